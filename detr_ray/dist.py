@@ -1,0 +1,62 @@
+"""The few collective operations the core needs, through ``torch.distributed``.
+
+Each is a no-op (or the single-process answer) when no process group is
+initialised, so the same loss code runs in a notebook, a test and a Ray Train
+worker. Nothing here knows about Ray: Ray Train sets up the process group and
+this module only reads it.
+"""
+
+from __future__ import annotations
+
+import torch.distributed as torch_dist
+from torch import Tensor
+
+
+def is_distributed() -> bool:
+    """True when a ``torch.distributed`` process group is initialised."""
+    return torch_dist.is_available() and torch_dist.is_initialized()
+
+
+def get_world_size() -> int:
+    """Number of processes in the default group (1 without one)."""
+    return torch_dist.get_world_size() if is_distributed() else 1
+
+
+def get_rank() -> int:
+    """This process's rank in the default group (0 without one)."""
+    return torch_dist.get_rank() if is_distributed() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def reduce_mean(tensor: Tensor) -> Tensor:
+    """Mean of ``tensor`` over all processes (all-reduce sum / world size).
+
+    Returns a new tensor; the input is not modified. Without a process group
+    it returns ``tensor`` itself. The result carries no gradient history:
+    it is meant for normalisers such as the number of positive boxes.
+    """
+    world_size = get_world_size()
+    if world_size == 1:
+        return tensor
+    reduced = tensor.detach().clone()
+    torch_dist.all_reduce(reduced.div_(world_size), op=torch_dist.ReduceOp.SUM)
+    return reduced
+
+
+def all_gather_objects(obj: object) -> list[object]:
+    """Every process's ``obj``, in rank order (``[obj]`` without a process group)."""
+    world_size = get_world_size()
+    if world_size == 1:
+        return [obj]
+    gathered: list[object] = [None] * world_size
+    torch_dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier() -> None:
+    """Wait for every process (no-op without a process group)."""
+    if is_distributed():
+        torch_dist.barrier()

@@ -1,0 +1,193 @@
+"""DETR's set loss: classification, L1 and GIoU on Hungarian-matched pairs.
+
+Notation as in :mod:`detr_ray.matching`. For every decoder layer (all at
+once, not in a loop):
+
+- ``loss_cls``: cross-entropy over the ``K + 1`` logits of every query, with
+  class weight 1 for objects and ``bg_cls_weight`` for background (unmatched
+  queries), summed and divided by ``num_pos + bg_cls_weight * num_neg``.
+- ``loss_bbox``: L1 between matched normalised cxcywh boxes, summed over the
+  four coordinates and the pairs, divided by ``num_total_pos``.
+- ``loss_iou``: ``1 - GIoU`` of matched pairs, divided by ``num_total_pos``.
+
+``num_total_pos`` is the number of matched targets averaged over all workers
+(``reduce_mean``) and clamped to at least 1; the classification normaliser is
+averaged too when ``sync_cls_avg_factor``. Each worker then holds
+``its share / global mean``, and DDP's gradient averaging makes N workers
+train exactly like one process with the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detr_ray.boxes import cxcywh_to_xyxy, giou
+from detr_ray.dist import reduce_mean
+from detr_ray.matching import FlatTargets, HungarianMatcher, Matching
+
+LOSS_TERMS = ("loss_cls", "loss_bbox", "loss_iou")
+
+
+def loss_names(num_layers: int) -> list[str]:
+    """Keys of :meth:`SetCriterion.forward`'s dict, in order, ``loss`` last.
+
+    The last decoder layer's terms are ``loss_cls``, ``loss_bbox``, ``loss_iou``;
+    layer ``i < L - 1`` has ``d{i}.loss_cls`` ... as in the reference.
+    """
+    names = list(LOSS_TERMS)
+    for layer in range(num_layers - 1):
+        names += [f"d{layer}.{term}" for term in LOSS_TERMS]
+    return names + ["loss"]
+
+
+class SetCriterion(nn.Module):
+    """The DETR set loss of every decoder layer.
+
+    Args:
+        num_classes: ``K``, the number of object classes; logits have ``K + 1``
+            channels with background last.
+        matcher: the :class:`HungarianMatcher` that pairs queries with targets.
+        cls_weight, bbox_weight, iou_weight: weights of the three loss terms.
+        bg_cls_weight: class weight of background in the cross-entropy
+            (``eos_coef`` in the official DETR).
+        sync_cls_avg_factor: average the classification normaliser over
+            workers, as ``num_total_pos`` always is.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        cls_weight: float = 1.0,
+        bbox_weight: float = 5.0,
+        iou_weight: float = 2.0,
+        bg_cls_weight: float = 0.1,
+        sync_cls_avg_factor: bool = True,
+    ):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not 0.0 <= bg_cls_weight:
+            raise ValueError(f"bg_cls_weight must be >= 0, got {bg_cls_weight}")
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.cls_weight = float(cls_weight)
+        self.bbox_weight = float(bbox_weight)
+        self.iou_weight = float(iou_weight)
+        self.bg_cls_weight = float(bg_cls_weight)
+        self.sync_cls_avg_factor = sync_cls_avg_factor
+        class_weight = torch.ones(num_classes + 1)
+        class_weight[num_classes] = bg_cls_weight
+        self.register_buffer("class_weight", class_weight, persistent=False)
+
+    def forward(
+        self,
+        cls_scores: Tensor,
+        bbox_preds: Tensor,
+        targets: Sequence[Mapping[str, Tensor]] | FlatTargets,
+    ) -> dict[str, Tensor]:
+        """Match, then compute the weighted losses of every decoder layer.
+
+        Args:
+            cls_scores: ``(L, B, Q, K + 1)`` logits, background last.
+            bbox_preds: ``(L, B, Q, 4)`` normalised cxcywh.
+            targets: ``B`` dicts with ``labels (G_b,)`` in ``[0, K)`` and
+                ``boxes (G_b, 4)`` normalised cxcywh (or their FlatTargets).
+
+        Returns:
+            the weighted losses keyed as :func:`loss_names` says, each a 0-dim
+            tensor, plus ``loss``, their sum.
+        """
+        flat = (
+            targets
+            if isinstance(targets, FlatTargets)
+            else FlatTargets.from_list(targets, device=cls_scores.device)
+        )
+        matching = self.matcher(cls_scores.detach(), bbox_preds.detach(), flat)
+        return self.losses(cls_scores, bbox_preds, flat, matching)
+
+    def losses(
+        self, cls_scores: Tensor, bbox_preds: Tensor, targets: FlatTargets, matching: Matching
+    ) -> dict[str, Tensor]:
+        """The weighted losses for a given matching (see :meth:`forward`)."""
+        self._check_labels(targets)
+        num_layers, num_images, num_queries, num_logits = cls_scores.shape
+        if num_logits != self.num_classes + 1:
+            raise ValueError(
+                f"cls_scores has {num_logits} logits per query; expected num_classes + 1 = "
+                f"{self.num_classes + 1} (background last)"
+            )
+        # The loss is computed in at least float32, also under autocast.
+        dtype = torch.promote_types(cls_scores.dtype, torch.float32)
+        cls_scores, bbox_preds = cls_scores.to(dtype), bbox_preds.to(dtype)
+        num_total_pos, cls_avg_factor = self._normalisers(matching, num_images * num_queries, dtype)
+
+        # Index of each matched query in the flattened (L * B * Q) predictions.
+        layers = torch.arange(num_layers, device=cls_scores.device)[:, None]  # (L, 1)
+        pred_idx = (layers * num_images + matching.image_idx) * num_queries + matching.query_idx
+        pred_idx = pred_idx.reshape(-1)  # (L * P,)
+        target_idx = matching.target_idx.reshape(-1)  # (L * P,)
+
+        # Classification: every query, background unless matched.
+        target_classes = torch.full(
+            (num_layers * num_images * num_queries,), self.num_classes, device=cls_scores.device
+        )
+        target_classes[pred_idx] = targets.labels[target_idx]
+        cross_entropy = F.cross_entropy(
+            cls_scores.reshape(-1, num_logits),
+            target_classes,
+            weight=self.class_weight.to(dtype),
+            reduction="none",
+        )  # (L * B * Q,)
+        loss_cls = cross_entropy.view(num_layers, -1).sum(1) / cls_avg_factor  # (L,)
+
+        # Boxes: matched pairs only.
+        matched_pred = bbox_preds.reshape(-1, 4).index_select(0, pred_idx)  # (L * P, 4) cxcywh
+        matched_pred = matched_pred.view(num_layers, -1, 4)  # (L, P, 4)
+        matched_target = targets.boxes_cxcywh.to(dtype).index_select(0, target_idx)
+        matched_target = matched_target.view(num_layers, -1, 4)  # (L, P, 4)
+        loss_bbox = (matched_pred - matched_target).abs().sum((1, 2)) / num_total_pos  # (L,)
+        giou_pairs = giou(cxcywh_to_xyxy(matched_pred), cxcywh_to_xyxy(matched_target))  # (L, P)
+        loss_iou = (1 - giou_pairs).sum(1) / num_total_pos  # (L,)
+
+        weighted = torch.stack(
+            (self.cls_weight * loss_cls, self.bbox_weight * loss_bbox, self.iou_weight * loss_iou),
+            dim=1,
+        )  # (L, 3)
+        names = loss_names(num_layers)
+        per_layer = torch.cat((weighted[-1], weighted[:-1].reshape(-1)))  # last layer first
+        losses = dict(zip(names[:-1], per_layer.unbind()))
+        losses["loss"] = weighted.sum()
+        return losses
+
+    def _normalisers(
+        self, matching: Matching, num_predictions: int, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """``num_total_pos`` and the classification normaliser, both clamped to >= 1.
+
+        One all-reduce for both: the counts are the same in every layer.
+        """
+        num_pos = matching.num_pairs
+        counts = torch.tensor(
+            [num_pos, num_predictions - num_pos], dtype=dtype, device=matching.query_idx.device
+        )
+        mean_counts = reduce_mean(counts)
+        num_total_pos = mean_counts[0].clamp(min=1)
+        cls_counts = mean_counts if self.sync_cls_avg_factor else counts
+        cls_avg_factor = (cls_counts[0] + self.bg_cls_weight * cls_counts[1]).clamp(min=1)
+        return num_total_pos, cls_avg_factor
+
+    def _check_labels(self, targets: FlatTargets) -> None:
+        if targets.labels.numel() == 0:
+            return
+        low, high = (int(v) for v in torch.aminmax(targets.labels))
+        if low < 0 or high >= self.num_classes:
+            raise ValueError(
+                f"target labels must be in [0, {self.num_classes}) for num_classes="
+                f"{self.num_classes}; got labels from {low} to {high}. "
+                "Set model.num_classes to the number of categories, or fix the label map."
+            )

@@ -1,0 +1,49 @@
+"""Shared test fixtures: small random DETR outputs and targets."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests' own helpers (reference_math)
+
+
+def random_image_targets(generator, num_targets, num_classes, img_hw, dtype=torch.float64):
+    """Targets of one image: labels, absolute xyxy boxes inside it, normalised cxcywh."""
+    h, w = img_hw
+    xy1 = torch.rand(num_targets, 2, generator=generator, dtype=dtype) * 0.7
+    wh = torch.rand(num_targets, 2, generator=generator, dtype=dtype) * 0.28 + 0.02
+    xyxy_norm = torch.cat([xy1, xy1 + wh], 1)
+    factor = torch.tensor([w, h, w, h], dtype=dtype)
+    abs_xyxy = xyxy_norm * factor
+    cxcywh = torch.cat([xy1 + wh / 2, wh], 1)
+    labels = torch.randint(0, num_classes, (num_targets,), generator=generator)
+    return {"labels": labels, "boxes": cxcywh, "boxes_abs": abs_xyxy, "hw": (h, w)}
+
+
+@pytest.fixture
+def make_batch():
+    """Build ``(cls_scores (L,B,Q,K+1), bbox_preds (L,B,Q,4), targets)`` in float64."""
+
+    def build(num_layers, num_queries, num_classes, counts, seed=0, dtype=torch.float64):
+        g = torch.Generator().manual_seed(seed)
+        num_images = len(counts)
+        cls_scores = (
+            torch.randn(
+                num_layers, num_images, num_queries, num_classes + 1, generator=g, dtype=dtype
+            )
+            * 2
+        )
+        centre = torch.rand(num_layers, num_images, num_queries, 2, generator=g, dtype=dtype)
+        size = torch.rand(num_layers, num_images, num_queries, 2, generator=g, dtype=dtype) * 0.5
+        bbox_preds = torch.cat([centre, size], -1)
+        sizes = [(int(h), int(w)) for h, w in torch.randint(200, 900, (num_images, 2), generator=g)]
+        targets = [
+            random_image_targets(g, n, num_classes, hw, dtype) for n, hw in zip(counts, sizes)
+        ]
+        return cls_scores, bbox_preds, targets
+
+    return build

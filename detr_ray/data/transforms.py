@@ -1,0 +1,209 @@
+"""DETR's augmentation and preprocessing, on PIL images (no torchvision).
+
+Every transform is a callable ``(image, target) -> (image, target)``. Until
+the last step ``target["boxes_xyxy"]`` holds ``(G, 4)`` absolute-pixel boxes
+of the current image; :class:`ToNormalizedTensor` turns the image into a
+normalised ``(3, H, W)`` tensor and the boxes into ``target["boxes"]``,
+normalised cxcywh relative to the transformed, unpadded image (the format the
+model predicts and the loss takes), and records ``target["size"] = (h, w)``.
+
+Randomness comes from Python's ``random`` module, which ``DataLoader`` seeds
+in every worker.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from detr_ray.boxes import xyxy_to_cxcywh
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    """Scales of DETR's augmentation; the defaults are the official COCO recipe.
+
+    Training: horizontal flip; then either a multi-scale resize of the short
+    side to one of ``train_scales`` (long side at most ``max_size``), or, with
+    probability ``crop_prob``, a resize to one of ``crop_resize_scales``, a
+    random crop with sides in ``crop_size``, then the same multi-scale resize.
+    Validation: short side ``val_scale``, long side at most ``max_size``.
+    """
+
+    train_scales: tuple[int, ...] = tuple(range(480, 801, 32))
+    max_size: int = 1333
+    crop_prob: float = 0.5
+    crop_resize_scales: tuple[int, ...] = (400, 500, 600)
+    crop_size: tuple[int, int] = (384, 600)
+    flip_prob: float = 0.5
+    val_scale: int = 800
+
+    def __post_init__(self):
+        if not self.train_scales or min(self.train_scales) <= 0:
+            raise ValueError(f"train_scales must be positive sizes, got {self.train_scales}")
+        if self.max_size <= 0 or self.val_scale <= 0:
+            raise ValueError(
+                f"max_size and val_scale must be positive, got {self.max_size}, {self.val_scale}"
+            )
+        if not 0 <= self.crop_prob <= 1 or not 0 <= self.flip_prob <= 1:
+            raise ValueError("crop_prob and flip_prob must be probabilities in [0, 1]")
+        low, high = self.crop_size
+        if not 0 < low <= high:
+            raise ValueError(
+                f"crop_size must be (min, max) with 0 < min <= max, got {self.crop_size}"
+            )
+
+
+def build_transforms(config: AugmentationConfig, train: bool):
+    """The training (random) or validation (deterministic) pipeline."""
+    to_tensor = ToNormalizedTensor()
+    if not train:
+        return Compose([Resize(config.val_scale, config.max_size), to_tensor])
+    multi_scale = RandomResize(config.train_scales, config.max_size)
+    crop_then_resize = Compose(
+        [
+            RandomResize(config.crop_resize_scales),
+            RandomSizeCrop(*config.crop_size),
+            multi_scale,
+        ]
+    )
+    return Compose(
+        [
+            RandomHorizontalFlip(config.flip_prob),
+            RandomSelect(crop_then_resize, multi_scale, p=config.crop_prob),
+            to_tensor,
+        ]
+    )
+
+
+class Compose:
+    def __init__(self, transforms: Sequence):
+        self.transforms = list(transforms)
+
+    def __call__(self, image, target):
+        for transform in self.transforms:
+            image, target = transform(image, target)
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms})"
+
+
+class RandomHorizontalFlip:
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, image: Image.Image, target: dict):
+        if random.random() >= self.p:
+            return image, target
+        width = image.width
+        boxes = target["boxes_xyxy"]
+        flipped = torch.stack(
+            (width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]), 1
+        )
+        return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), {**target, "boxes_xyxy": flipped}
+
+
+def resized_hw(height: int, width: int, short_side: int, max_size: int | None) -> tuple[int, int]:
+    """Output ``(h, w)`` with the short side ``short_side`` and the long side at
+    most ``max_size``, keeping the aspect ratio (the official DETR's rounding)."""
+    if max_size is not None:
+        short, long = min(height, width), max(height, width)
+        if long / short * short_side > max_size:
+            short_side = int(round(max_size * short / long))
+    if width <= height:
+        return int(short_side * height / width), short_side
+    return short_side, int(short_side * width / height)
+
+
+def resize(image: Image.Image, target: dict, short_side: int, max_size: int | None):
+    """Bilinear resize; boxes are scaled by the same per-axis factors."""
+    height, width = resized_hw(image.height, image.width, short_side, max_size)
+    if (height, width) == (image.height, image.width):
+        return image, target
+    scale = torch.tensor(
+        [width / image.width, height / image.height] * 2, dtype=target["boxes_xyxy"].dtype
+    )
+    resized = image.resize((width, height), Image.Resampling.BILINEAR)
+    return resized, {**target, "boxes_xyxy": target["boxes_xyxy"] * scale}
+
+
+class Resize:
+    def __init__(self, short_side: int, max_size: int | None = None):
+        self.short_side, self.max_size = short_side, max_size
+
+    def __call__(self, image, target):
+        return resize(image, target, self.short_side, self.max_size)
+
+
+class RandomResize:
+    """Resize the short side to a random choice of ``sizes``."""
+
+    def __init__(self, sizes: Sequence[int], max_size: int | None = None):
+        self.sizes, self.max_size = list(sizes), max_size
+
+    def __call__(self, image, target):
+        return resize(image, target, random.choice(self.sizes), self.max_size)
+
+
+def crop(image: Image.Image, target: dict, top: int, left: int, height: int, width: int):
+    """Crop; boxes are shifted, clipped to the crop, and dropped when empty."""
+    boxes = target["boxes_xyxy"] - torch.tensor([left, top, left, top], dtype=torch.float32)
+    limit = torch.tensor([width, height, width, height], dtype=torch.float32)
+    boxes = torch.minimum(boxes.clamp(min=0), limit)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    cropped = image.crop((left, top, left + width, top + height))
+    return cropped, {**target, "boxes_xyxy": boxes[keep], "labels": target["labels"][keep]}
+
+
+class RandomSizeCrop:
+    """A crop with random sides in ``[min_size, max_size]`` (at most the image's)."""
+
+    def __init__(self, min_size: int, max_size: int):
+        self.min_size, self.max_size = min_size, max_size
+
+    def __call__(self, image, target):
+        width = random.randint(min(self.min_size, image.width), min(image.width, self.max_size))
+        height = random.randint(min(self.min_size, image.height), min(image.height, self.max_size))
+        top = random.randint(0, image.height - height)
+        left = random.randint(0, image.width - width)
+        return crop(image, target, top, left, height, width)
+
+
+class RandomSelect:
+    """Apply ``first`` with probability ``p``, otherwise ``second``."""
+
+    def __init__(self, first, second, p: float = 0.5):
+        self.first, self.second, self.p = first, second, p
+
+    def __call__(self, image, target):
+        if random.random() < self.p:
+            return self.first(image, target)
+        return self.second(image, target)
+
+
+class ToNormalizedTensor:
+    """PIL image -> ``(3, H, W)`` float normalised by ImageNet statistics;
+    ``boxes_xyxy`` (pixels) -> ``boxes`` (normalised cxcywh); adds ``size``."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+
+    def __call__(self, image: Image.Image, target: dict):
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (H, W, 3)
+        tensor = (pixels.permute(2, 0, 1).float().div_(255) - self.mean) / self.std
+        height, width = image.height, image.width
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+        boxes_cxcywh = xyxy_to_cxcywh(target["boxes_xyxy"].float()) / scale
+        out = {k: v for k, v in target.items() if k != "boxes_xyxy"}
+        out.update(boxes=boxes_cxcywh, size=(height, width))
+        return tensor, out

@@ -1,0 +1,196 @@
+"""COCO box evaluation through pycocotools' COCOeval.
+
+Detections come in as one dict per image: ``image_id``, ``boxes_xyxy``
+``(N, 4)`` absolute pixels in the *original* image, ``scores (N,)`` and
+``labels (N,)`` contiguous labels. They become COCO results (category ids
+mapped back, ``[x, y, w, h]`` boxes), and COCOeval scores them.
+
+The metric dict holds COCOeval's 12 numbers under ``AP AP50 AP75 APs APm APl
+AR1 AR10 AR100 ARs ARm ARl`` (in [0, 1]; NaN where COCOeval prints -1, i.e.
+no ground truth in that area range) and per-class AP under ``AP/<name>``.
+
+In distributed evaluation each worker scores its shard; the per-image results
+are gathered to rank 0 (``torch.distributed``), duplicates that a padded
+distributed sampler produces are dropped, and rank 0 runs COCOeval once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detr_ray.data.coco import DataError, coco_from_dict, load_coco_json
+from detr_ray.data.labels import LabelMap
+from detr_ray.dist import all_gather_objects, is_main_process
+
+COCO_METRICS = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
+
+
+def to_coco_results(detections: Iterable[Mapping], label_map: LabelMap) -> list[dict]:
+    """Per-image detections -> COCO result dicts (``bbox`` as ``[x, y, w, h]``)."""
+    results = []
+    for det in detections:
+        boxes = np.asarray(det["boxes_xyxy"], dtype=np.float64).reshape(-1, 4)
+        scores = np.asarray(det["scores"], dtype=np.float64).reshape(-1)
+        labels = np.asarray(det["labels"]).reshape(-1)
+        for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+            results.append(
+                {
+                    "image_id": int(det["image_id"]),
+                    "category_id": label_map.category_id(int(label)),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": score,
+                }
+            )
+    return results
+
+
+def evaluate(
+    coco_gt: COCO,
+    results: Sequence[Mapping],
+    image_ids: Iterable[int] | None = None,
+) -> tuple[dict[str, float], str]:
+    """Score COCO box results against ground truth.
+
+    Args:
+        coco_gt: the ground truth.
+        results: COCO result dicts (``image_id``, ``category_id``, ``bbox``, ``score``).
+        image_ids: evaluate only these images (default: every image in ``coco_gt``).
+
+    Returns:
+        ``(metrics, summary)``: the metric dict described in the module
+        docstring, and COCOeval's printed summary table.
+    """
+    _check_results(coco_gt, results)
+    coco_dt = _load_results(coco_gt, results)
+    evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+    if image_ids is not None:
+        evaluator.params.imgIds = sorted(set(int(i) for i in image_ids))
+    summary = io.StringIO()
+    with contextlib.redirect_stdout(summary):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    metrics = {name: _undefined_to_nan(v) for name, v in zip(COCO_METRICS, evaluator.stats)}
+    label_map = LabelMap.from_categories(coco_gt.dataset["categories"])
+    precision = evaluator.eval["precision"]  # (IoU thresholds, recall, K, area, max dets)
+    for k, category_id in enumerate(evaluator.params.catIds):
+        per_class = precision[:, :, k, 0, -1]  # area "all", 100 detections
+        defined = per_class[per_class > -1]
+        label = label_map.label_of(category_id)
+        value = float(defined.mean()) if defined.size else math.nan
+        metrics[f"AP/{label_map.metric_name(label)}"] = value
+    return metrics, _summary_table(summary.getvalue())
+
+
+def evaluate_results_file(
+    ann_file: str | os.PathLike, results_file: str | os.PathLike
+) -> tuple[dict[str, float], str]:
+    """Score an existing COCO results JSON (a list of result dicts)."""
+    coco_gt = coco_from_dict(load_coco_json(ann_file))
+    path = Path(results_file)
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"results file {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"results file {path} is not valid JSON: {e.msg} (line {e.lineno})"
+        ) from None
+    if not isinstance(results, list):
+        raise DataError(f"results file {path} must hold a JSON list of detections")
+    try:
+        return evaluate(coco_gt, results)
+    except DataError as e:
+        raise DataError(f"results file {path}: {e}") from None
+
+
+def gather_image_results(local: Sequence[tuple[int, list[dict]]]) -> list[dict] | None:
+    """Every worker's ``(image_id, results)`` pairs -> rank 0's flat result list.
+
+    An image scored by several workers (a padded distributed sampler repeats a
+    few) counts once. Returns ``None`` on the other ranks. Without a process
+    group it is the flattened input.
+    """
+    gathered = all_gather_objects(list(local))
+    if not is_main_process():
+        return None
+    seen: set[int] = set()
+    results: list[dict] = []
+    for worker in gathered:
+        for image_id, image_results in worker:
+            if image_id not in seen:
+                seen.add(image_id)
+                results.extend(image_results)
+    return results
+
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """A two-column table of the metrics, COCO's 12 first, then per class."""
+    lines = []
+    for name, value in metrics.items():
+        shown = "  n/a" if value is None or math.isnan(value) else f"{value:.3f}"
+        lines.append(f"  {name:<28} {shown}")
+    return "\n".join(lines)
+
+
+def _check_results(coco_gt: COCO, results: Sequence[Mapping]) -> None:
+    known_images, known_categories = set(coco_gt.imgs), set(coco_gt.cats)
+    for index, result in enumerate(results):
+        for key in ("image_id", "category_id", "bbox", "score"):
+            if key not in result:
+                raise DataError(f"detection {index} has no '{key}'")
+        if result["image_id"] not in known_images:
+            raise DataError(
+                f"detection {index} is for image_id {result['image_id']}, "
+                "which the annotation file does not have"
+            )
+        if result["category_id"] not in known_categories:
+            raise DataError(
+                f"detection {index} has category_id {result['category_id']}, "
+                "which the annotation file does not have"
+            )
+
+
+def _load_results(coco_gt: COCO, results: Sequence[Mapping]) -> COCO:
+    if results:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return coco_gt.loadRes([dict(r) for r in results])
+    # pycocotools cannot load an empty result list; an empty detection set scores 0.
+    return coco_from_dict(
+        {
+            "images": coco_gt.dataset["images"],
+            "categories": coco_gt.dataset["categories"],
+            "annotations": [],
+        }
+    )
+
+
+def _undefined_to_nan(value: float) -> float:
+    return math.nan if value < 0 else float(value)
+
+
+def _summary_table(printed: str) -> str:
+    return "\n".join(line for line in printed.splitlines() if line.lstrip().startswith("Average"))

@@ -54,6 +54,13 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=2)
     evaluate.add_argument("--json", action="store_true", help="print the metric dict as JSON")
     evaluate.set_defaults(run=_run_eval)
+
+    predict = commands.add_parser("predict", help="draw a checkpoint's detections on images")
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("--checkpoint", required=True, help="detr-ray or official DETR checkpoint")
+    predict.add_argument("--out", required=True, help="folder for the PNGs and detections.json")
+    predict.add_argument("--threshold", type=float, default=0.5, help="minimum score to keep")
+    predict.set_defaults(run=_run_predict)
     return parser
 
 
@@ -86,6 +93,14 @@ def _run_eval(args) -> int:
     else:
         print(summary)
         print(format_metrics(metrics))
+    return 0
+
+
+def _run_predict(args) -> int:
+    from detr_ray.inference import predict_images
+
+    json_path = predict_images(args.checkpoint, args.images, args.out, args.threshold)
+    print(f"wrote {len(args.images)} image(s) and {json_path}")
     return 0
 
 

@@ -1,0 +1,201 @@
+"""ResNet-18/34/50/101 backbones with torchvision's parameter and buffer names.
+
+The module's ``state_dict`` keys are exactly those of a torchvision ResNet
+without its classifier (``fc``), so ImageNet weights saved by torchvision load
+with strict key checking (:func:`load_torchvision_state_dict`). Batch norm is
+frozen (statistics and affine terms are buffers, as in the official DETR), the
+stem and the first ``5 - trainable_stages`` stages get no gradient, and the
+last stage can trade its stride for dilation (DETR's DC5 variant).
+
+Input ``(B, 3, H, W)``; output the last feature map ``(B, C, H/32, W/32)``
+(``H/16`` with dilation), ``C = 512`` for ResNet-18/34, ``2048`` for 50/101.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+# depth -> (block kind, blocks per stage)
+RESNET_LAYOUTS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+}
+CLASSIFIER_KEYS = ("fc.weight", "fc.bias")
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """Batch norm with fixed statistics and affine terms, all buffers.
+
+    Detection batches are too small for batch statistics; DETR freezes them.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A trainable BatchNorm2d's state_dict also counts batches; that has no use here.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def _conv3x3(in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 3, stride, padding=dilation, dilation=dilation, bias=False)
+
+
+def _conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 1, stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(
+        self, in_ch: int, planes: int, stride: int = 1, downsample=None, dilation: int = 1
+    ):
+        super().__init__()
+        if dilation > 1:
+            raise ValueError("dilation is only supported for ResNet-50/101 (bottleneck blocks)")
+        self.conv1 = _conv3x3(in_ch, planes, stride)
+        self.bn1 = FrozenBatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = FrozenBatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet v1.5 bottleneck: the stride sits on the 3x3 conv."""
+
+    expansion = 4
+
+    def __init__(
+        self, in_ch: int, planes: int, stride: int = 1, downsample=None, dilation: int = 1
+    ):
+        super().__init__()
+        self.conv1 = _conv1x1(in_ch, planes)
+        self.bn1 = FrozenBatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride, dilation)
+        self.bn2 = FrozenBatchNorm2d(planes)
+        self.conv3 = _conv1x1(planes, planes * self.expansion)
+        self.bn3 = FrozenBatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision-compatible ResNet body (no pooling, no classifier).
+
+    Args:
+        depth: 18, 34, 50 or 101.
+        dilation: replace the last stage's stride with dilation (DC5).
+        trainable_stages: how many of the last stages (``layer4`` backwards)
+            receive gradients; 3 (the official DETR) freezes the stem and
+            ``layer1``, 0 freezes everything, 5 trains the stem too.
+    """
+
+    def __init__(self, depth: int = 50, dilation: bool = False, trainable_stages: int = 3):
+        super().__init__()
+        if depth not in RESNET_LAYOUTS:
+            raise ValueError(f"ResNet depth must be one of {sorted(RESNET_LAYOUTS)}, got {depth}")
+        if not 0 <= trainable_stages <= 5:
+            raise ValueError(f"trainable_stages must be in [0, 5], got {trainable_stages}")
+        kind, blocks = RESNET_LAYOUTS[depth]
+        block = BasicBlock if kind == "basic" else Bottleneck
+        self.depth = depth
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = FrozenBatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self._in_ch, self._dilation = 64, 1
+        self.layer1 = self._make_stage(block, 64, blocks[0], stride=1)
+        self.layer2 = self._make_stage(block, 128, blocks[1], stride=2)
+        self.layer3 = self._make_stage(block, 256, blocks[2], stride=2)
+        self.layer4 = self._make_stage(block, 512, blocks[3], stride=2, dilate=dilation)
+        self.num_channels = 512 * block.expansion
+        self._init_weights()
+        stages = [("conv1",), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]
+        frozen = {name for stage in stages[: 5 - trainable_stages] for name in stage}
+        for name, param in self.named_parameters():
+            if name.split(".")[0] in frozen:
+                param.requires_grad_(False)
+
+    def _make_stage(self, block, planes: int, num_blocks: int, stride: int, dilate: bool = False):
+        previous_dilation = self._dilation
+        if dilate:
+            self._dilation *= stride
+            stride = 1
+        downsample = None
+        if stride != 1 or self._in_ch != planes * block.expansion:
+            downsample = nn.Sequential(
+                _conv1x1(self._in_ch, planes * block.expansion, stride),
+                FrozenBatchNorm2d(planes * block.expansion),
+            )
+        layers = [block(self._in_ch, planes, stride, downsample, previous_dilation)]
+        self._in_ch = planes * block.expansion
+        layers += [
+            block(self._in_ch, planes, dilation=self._dilation) for _ in range(1, num_blocks)
+        ]
+        return nn.Sequential(*layers)
+
+    def _init_weights(self) -> None:
+        # torchvision's initialisation (for training without ImageNet weights).
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # Zero the last norm of each residual branch: each block starts as identity.
+        for m in self.modules():
+            if isinstance(m, Bottleneck):
+                m.bn3.weight.zero_()
+            elif isinstance(m, BasicBlock):
+                m.bn2.weight.zero_()
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def load_torchvision_state_dict(backbone: ResNetBackbone, state_dict: Mapping[str, Tensor]) -> None:
+    """Load a torchvision ResNet ``state_dict`` (ImageNet weights) strictly.
+
+    The classifier (``fc.*``) and ``num_batches_tracked`` counters are ignored;
+    any other missing or unexpected key is an error that lists them.
+    """
+    weights = {k: v for k, v in state_dict.items() if k not in CLASSIFIER_KEYS}
+    expected = set(backbone.state_dict())
+    given = {k for k in weights if not k.endswith("num_batches_tracked")}
+    missing, unexpected = sorted(expected - given), sorted(given - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"not a torchvision ResNet-{backbone.depth} state_dict: "
+            f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
+            f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
+        )
+    backbone.load_state_dict(weights, strict=True)

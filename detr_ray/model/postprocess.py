@@ -1,0 +1,51 @@
+"""From the last decoder layer's raw outputs to detections in pixels."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from detr_ray.boxes import cxcywh_to_xyxy
+
+
+def postprocess(
+    cls_scores: Tensor,
+    bbox_preds: Tensor,
+    orig_sizes: Tensor,
+    top_k: int | None = None,
+    score_threshold: float = 0.0,
+) -> list[dict[str, Tensor]]:
+    """Per-image detections in original-image pixels.
+
+    Args:
+        cls_scores: ``(B, Q, K + 1)`` logits of one decoder layer (usually the last).
+        bbox_preds: ``(B, Q, 4)`` normalised cxcywh.
+        orig_sizes: ``(B, 2)`` ``(h, w)`` each image's original size.
+        top_k: keep at most this many detections per image, best first.
+        score_threshold: drop detections scoring below it.
+
+    Returns:
+        ``B`` dicts with ``scores (N,)``, ``labels (N,)`` (contiguous labels,
+        background never) and ``boxes_xyxy (N, 4)`` absolute pixels, sorted by
+        score. Each query gives its best object class (softmax over all
+        ``K + 1`` logits, background then dropped), as in the official DETR.
+    """
+    prob = cls_scores.float().softmax(-1)[..., :-1]  # (B, Q, K)
+    scores, labels = prob.max(-1)  # (B, Q)
+    height, width = orig_sizes.float().unbind(-1)
+    scale = (width, height, width, height)
+    boxes = cxcywh_to_xyxy(bbox_preds.float())  # (B, Q, 4) normalised
+    detections = []
+    for i in range(cls_scores.shape[0]):
+        order = scores[i].argsort(descending=True)
+        if top_k is not None:
+            order = order[:top_k]
+        order = order[scores[i][order] >= score_threshold]
+        image_scale = boxes.new_tensor([s[i] for s in scale])
+        detections.append(
+            {
+                "scores": scores[i][order],
+                "labels": labels[i][order],
+                "boxes_xyxy": boxes[i][order] * image_scale,
+            }
+        )
+    return detections

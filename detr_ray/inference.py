@@ -32,7 +32,7 @@ def detect_batch(model, batch: Batch, top_k: int | None = 100, score_threshold: 
     Returns one dict per image with ``image_id`` added.
     """
     device = next(model.parameters()).device
-    cls_scores, bbox_preds = model(batch.images.to(device), batch.padding_mask.to(device))
+    cls_scores, bbox_preds = model(*batch.to(device).inputs())
     orig_sizes = torch.tensor([m.orig_size for m in batch.metas], device=device)
     detections = postprocess(cls_scores[-1], bbox_preds[-1], orig_sizes, top_k, score_threshold)
     for det, meta in zip(detections, batch.metas):

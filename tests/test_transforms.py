@@ -10,9 +10,10 @@ from detr_ray.data.transforms import (
     IMAGENET_STD,
     AugmentationConfig,
     RandomHorizontalFlip,
-    ToNormalizedTensor,
+    ToTensor,
     build_transforms,
     crop,
+    normalize_images,
     resize,
     resized_hw,
 )
@@ -65,8 +66,12 @@ def test_crop_clips_and_drops_boxes_with_their_labels():
 
 def test_normalisation_and_cxcywh_by_hand():
     image = Image.new("RGB", (4, 2), (255, 0, 128))
-    tensor, target = ToNormalizedTensor()(image, _target([[1, 0, 3, 2]]))
-    assert tensor.shape == (3, 2, 4)
+    tensor, target = ToTensor()(image, _target([[1, 0, 3, 2]]))
+    assert tensor.shape == (3, 2, 4) and tensor.dtype == torch.uint8
+    mask = torch.zeros(1, 2, 4, dtype=torch.bool)
+    mask[0, :, 3] = True  # pretend the last column is padding
+    tensor = normalize_images(tensor[None], mask)[0]
+    assert (tensor[:, :, 3] == 0).all()
     expected = [
         (1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0],
         (0 - IMAGENET_MEAN[1]) / IMAGENET_STD[1],
@@ -97,7 +102,7 @@ def test_training_pipeline_keeps_boxes_on_their_pixels():
     for _ in range(60):
         tensor, target = pipeline(image, _target([[10, 20, 70, 50]]))
         h, w = target["size"]
-        red = (tensor[0] > 1.5) & (tensor[1] < -1.5)  # normalised red
+        red = (tensor[0] > 212) & (tensor[1] < 43)  # uint8 red, blended edges excluded
         if len(target["boxes"]) == 0:
             assert red.sum() <= 2  # cropped away
             continue
@@ -126,3 +131,11 @@ def test_bad_config_values_are_named():
         AugmentationConfig(crop_prob=1.5)
     with pytest.raises(ValueError, match="crop_size"):
         AugmentationConfig(crop_size=(600, 384))
+
+
+def test_scaled_recipe():
+    assert AugmentationConfig.scaled(800, step=1) == AugmentationConfig()
+    small = AugmentationConfig.scaled(128)
+    assert small.val_scale == 128 and small.max_size == 213
+    assert small.train_scales == (80, 88, 96, 104, 112, 120, 128)  # 480..800 * 0.16, step 8
+    assert small.crop_size == (64, 96)  # 384 * 0.16 = 61.4 -> 64; 600 * 0.16 = 96

@@ -9,6 +9,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from detr_ray.data.transforms import normalize_images
+
 
 class ImageMeta(NamedTuple):
     """Per-image facts the model, loss and evaluation need (sizes are (h, w))."""
@@ -23,7 +25,7 @@ class ImageMeta(NamedTuple):
 class Batch:
     """A padded batch.
 
-    images        (B, 3, H, W) float, zero where padded
+    images        (B, 3, H, W) uint8, zero where padded (see :meth:`inputs`)
     padding_mask  (B, H, W) bool, True = padding, False = pixel
     targets       B dicts with ``labels (G,)`` and ``boxes (G, 4)`` normalised
                   cxcywh relative to the image's own unpadded size
@@ -37,6 +39,11 @@ class Batch:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def inputs(self) -> tuple[Tensor, Tensor]:
+        """What the model takes: ImageNet-normalised float images (0 in the
+        padding) and the padding mask, on the batch's device."""
+        return normalize_images(self.images, self.padding_mask), self.padding_mask
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         def move(t: Tensor) -> Tensor:

@@ -2,10 +2,15 @@
 
 Every transform is a callable ``(image, target) -> (image, target)``. Until
 the last step ``target["boxes_xyxy"]`` holds ``(G, 4)`` absolute-pixel boxes
-of the current image; :class:`ToNormalizedTensor` turns the image into a
-normalised ``(3, H, W)`` tensor and the boxes into ``target["boxes"]``,
-normalised cxcywh relative to the transformed, unpadded image (the format the
-model predicts and the loss takes), and records ``target["size"] = (h, w)``.
+of the current image; :class:`ToTensor` turns the image into a ``(3, H, W)``
+uint8 tensor and the boxes into ``target["boxes"]``, normalised cxcywh
+relative to the transformed, unpadded image (the format the model predicts and
+the loss takes), and records ``target["size"] = (h, w)``.
+
+Images stay uint8 until they reach the device that runs the model: a quarter
+of the bytes between loader processes and to the GPU. :func:`normalize_images`
+then applies the ImageNet normalisation (and zeroes the padding, as the
+official DETR's pad-after-normalise does).
 
 Randomness comes from Python's ``random`` module, which ``DataLoader`` seeds
 in every worker.
@@ -61,10 +66,28 @@ class AugmentationConfig:
                 f"crop_size must be (min, max) with 0 < min <= max, got {self.crop_size}"
             )
 
+    @classmethod
+    def scaled(cls, val_scale: int, step: int = 8) -> AugmentationConfig:
+        """The official recipe shrunk (or grown) so its validation scale is
+        ``val_scale``: every size times ``val_scale / 800``, rounded to ``step``."""
+        factor = val_scale / 800
+
+        def size(value: float) -> int:
+            return max(step, int(round(value * factor / step)) * step)
+
+        default = cls()
+        return cls(
+            train_scales=tuple(sorted({size(s) for s in default.train_scales})),
+            max_size=int(round(default.max_size * factor)),
+            crop_resize_scales=tuple(size(s) for s in default.crop_resize_scales),
+            crop_size=(size(default.crop_size[0]), size(default.crop_size[1])),
+            val_scale=val_scale,
+        )
+
 
 def build_transforms(config: AugmentationConfig, train: bool):
     """The training (random) or validation (deterministic) pipeline."""
-    to_tensor = ToNormalizedTensor()
+    to_tensor = ToTensor()
     if not train:
         return Compose([Resize(config.val_scale, config.max_size), to_tensor])
     multi_scale = RandomResize(config.train_scales, config.max_size)
@@ -190,20 +213,31 @@ class RandomSelect:
         return self.second(image, target)
 
 
-class ToNormalizedTensor:
-    """PIL image -> ``(3, H, W)`` float normalised by ImageNet statistics;
-    ``boxes_xyxy`` (pixels) -> ``boxes`` (normalised cxcywh); adds ``size``."""
-
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
-        self.mean = torch.tensor(mean).view(3, 1, 1)
-        self.std = torch.tensor(std).view(3, 1, 1)
+class ToTensor:
+    """PIL image -> ``(3, H, W)`` uint8; ``boxes_xyxy`` (pixels) -> ``boxes``
+    (normalised cxcywh); adds ``size = (h, w)``."""
 
     def __call__(self, image: Image.Image, target: dict):
         pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (H, W, 3)
-        tensor = (pixels.permute(2, 0, 1).float().div_(255) - self.mean) / self.std
         height, width = image.height, image.width
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
         boxes_cxcywh = xyxy_to_cxcywh(target["boxes_xyxy"].float()) / scale
         out = {k: v for k, v in target.items() if k != "boxes_xyxy"}
         out.update(boxes=boxes_cxcywh, size=(height, width))
-        return tensor, out
+        return pixels.permute(2, 0, 1).contiguous(), out
+
+
+def normalize_images(
+    images: torch.Tensor,
+    padding_mask: torch.Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """``(B, 3, H, W)`` uint8 -> float ``(pixel / 255 - mean) / std``, 0 where padded.
+
+    ``padding_mask`` is ``(B, H, W)``, True = padding.
+    """
+    mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    normalized = (images.float().div_(255) - mean_t).div_(std_t)
+    return normalized.masked_fill_(padding_mask[:, None], 0.0)

@@ -80,6 +80,9 @@ def _worker(rank, world_size, init_file, counts, seed, out_dir):
             {"rank": get_rank(), "world": get_world_size(), "result": result},
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
+        # Both ranks meet before teardown: a rank that destroys its gloo group
+        # while the other still talks to it aborts the process (SIGABRT).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

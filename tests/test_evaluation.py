@@ -170,6 +170,9 @@ def _gather_worker(rank, init_file, shards, out_dir):
         merged = gather_image_results(shards[rank])
         with open(os.path.join(out_dir, f"gathered{rank}.json"), "w") as f:
             json.dump(merged, f)
+        # Both ranks meet before teardown: a rank that destroys its gloo group
+        # while the other still talks to it aborts the process (SIGABRT).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -122,16 +122,32 @@ def official_forward(sd, images, padding_mask, depth, nhead, dilation=False):
     mask = mask.flatten(1)
     n_enc = len({k.split(".")[3] for k in sd if k.startswith("transformer.encoder.layers.")})
     n_dec = len({k.split(".")[3] for k in sd if k.startswith("transformer.decoder.layers.")})
+    pre = "transformer.encoder.norm.weight" in sd  # --pre_norm
     for i in range(n_enc):
         p = f"transformer.encoder.layers.{i}"
+        if pre:
+            x = _ln(sd, p + ".norm1", src)
+            src = src + _mha(sd, p + ".self_attn", x + pos, x + pos, x, nhead, mask)
+            src = src + _ffn(sd, p, _ln(sd, p + ".norm2", src))
+            continue
         q = src + pos
         src = _ln(sd, p + ".norm1", src + _mha(sd, p + ".self_attn", q, q, src, nhead, mask))
         src = _ln(sd, p + ".norm2", src + _ffn(sd, p, src))
+    if pre:
+        src = _ln(sd, "transformer.encoder.norm", src)
     query_pos = sd["query_embed.weight"][:, None].repeat(1, b, 1)  # (Q, B, C)
     tgt = torch.zeros_like(query_pos)
     hs = []
     for i in range(n_dec):
         p = f"transformer.decoder.layers.{i}"
+        if pre:
+            x = _ln(sd, p + ".norm1", tgt)
+            tgt = tgt + _mha(sd, p + ".self_attn", x + query_pos, x + query_pos, x, nhead)
+            x = _ln(sd, p + ".norm2", tgt)
+            tgt = tgt + _mha(sd, p + ".multihead_attn", x + query_pos, src + pos, src, nhead, mask)
+            tgt = tgt + _ffn(sd, p, _ln(sd, p + ".norm3", tgt))
+            hs.append(_ln(sd, "transformer.decoder.norm", tgt))
+            continue
         q = tgt + query_pos
         tgt = _ln(sd, p + ".norm1", tgt + _mha(sd, p + ".self_attn", q, q, tgt, nhead))
         tgt = _ln(

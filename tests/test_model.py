@@ -99,6 +99,7 @@ def test_backbone_freezing_follows_trainable_stages():
                 "num_queries": 5,
             },
         ),
+        ("detr_r18_tiny", {"pre_norm": True, "num_encoder_layers": 2}),
     ],
 )
 def test_outputs_equal_the_official_computation(preset, overrides):

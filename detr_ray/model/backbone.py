@@ -26,6 +26,7 @@ RESNET_LAYOUTS = {
     101: ("bottleneck", (3, 4, 23, 3)),
 }
 CLASSIFIER_KEYS = ("fc.weight", "fc.bias")
+NORMS = ("frozen", "batch", "group")
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -51,6 +52,19 @@ class FrozenBatchNorm2d(nn.Module):
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
         return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def _norm_factory(kind: str):
+    """``frozen``: DETR's fixed batch norm (pretrained backbones, small batches);
+    ``batch``: ordinary batch norm; ``group``: GroupNorm with 32 groups, whose
+    statistics do not depend on the batch (training from scratch)."""
+    if kind == "frozen":
+        return FrozenBatchNorm2d
+    if kind == "batch":
+        return nn.BatchNorm2d
+    if kind == "group":
+        return lambda channels: nn.GroupNorm(min(32, channels), channels)
+    raise ValueError(f"backbone norm must be one of {NORMS}, got {kind!r}")
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -119,27 +133,45 @@ class ResNetBackbone(nn.Module):
         trainable_stages: how many of the last stages (``layer4`` backwards)
             receive gradients; 3 (the official DETR) freezes the stem and
             ``layer1``, 0 freezes everything, 5 trains the stem too.
+        norm: ``frozen`` (the official DETR; keys as torchvision's), ``batch``
+            or ``group`` (for training from scratch).
+        num_stages: 4 (the official DETR: output stride 32) or 3 (stop after
+            ``layer3``: stride 16, a finer feature map for small images).
     """
 
-    def __init__(self, depth: int = 50, dilation: bool = False, trainable_stages: int = 3):
+    def __init__(
+        self,
+        depth: int = 50,
+        dilation: bool = False,
+        trainable_stages: int = 3,
+        norm: str = "frozen",
+        num_stages: int = 4,
+    ):
         super().__init__()
         if depth not in RESNET_LAYOUTS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_LAYOUTS)}, got {depth}")
         if not 0 <= trainable_stages <= 5:
             raise ValueError(f"trainable_stages must be in [0, 5], got {trainable_stages}")
+        if num_stages not in (3, 4):
+            raise ValueError(f"num_stages must be 3 or 4, got {num_stages}")
+        if dilation and num_stages == 3:
+            raise ValueError("dilation applies to layer4; it needs num_stages 4")
         kind, blocks = RESNET_LAYOUTS[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
         self.depth = depth
+        self._norm = _norm_factory(norm)
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = FrozenBatchNorm2d(64)
+        self.bn1 = self._norm(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         self._in_ch, self._dilation = 64, 1
         self.layer1 = self._make_stage(block, 64, blocks[0], stride=1)
         self.layer2 = self._make_stage(block, 128, blocks[1], stride=2)
         self.layer3 = self._make_stage(block, 256, blocks[2], stride=2)
-        self.layer4 = self._make_stage(block, 512, blocks[3], stride=2, dilate=dilation)
-        self.num_channels = 512 * block.expansion
+        if num_stages == 4:
+            self.layer4 = self._make_stage(block, 512, blocks[3], stride=2, dilate=dilation)
+        self.num_stages = num_stages
+        self.num_channels = (512 if num_stages == 4 else 256) * block.expansion
         self._init_weights()
         stages = [("conv1",), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]
         frozen = {name for stage in stages[: 5 - trainable_stages] for name in stage}
@@ -170,16 +202,19 @@ class ResNetBackbone(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        # Zero the last norm of each residual branch: each block starts as identity.
-        for m in self.modules():
-            if isinstance(m, Bottleneck):
-                m.bn3.weight.zero_()
-            elif isinstance(m, BasicBlock):
-                m.bn2.weight.zero_()
+        # Zero the last norm of each residual branch: each block starts as the
+        # identity, which keeps a from-scratch network trainable.
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    m.bn3.weight.zero_()
+                elif isinstance(m, BasicBlock):
+                    m.bn2.weight.zero_()
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.layer4(x) if self.num_stages == 4 else x
 
 
 def load_torchvision_state_dict(backbone: ResNetBackbone, state_dict: Mapping[str, Tensor]) -> None:

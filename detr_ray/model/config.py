@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from detr_ray.model.backbone import RESNET_LAYOUTS, ResNetBackbone
+from detr_ray.model.backbone import NORMS, RESNET_LAYOUTS, ResNetBackbone
 from detr_ray.model.detr import DETR
 from detr_ray.model.position_encoding import LearnedPositionalEncoding, SinePositionalEncoding
 from detr_ray.model.transformer import Transformer
@@ -23,12 +23,15 @@ class ModelConfig:
     backbone_depth: int = 50
     dilation: bool = False
     trainable_backbone_stages: int = 3
+    backbone_norm: str = "frozen"
+    backbone_stages: int = 4
     d_model: int = 256
     nhead: int = 8
     num_encoder_layers: int = 6
     num_decoder_layers: int = 6
     dim_feedforward: int = 2048
     dropout: float = 0.1
+    pre_norm: bool = False
     num_queries: int = 100
     position_encoding: str = "sine"
     num_classes: int | None = None
@@ -38,6 +41,9 @@ class ModelConfig:
         checks = [
             ("backbone_depth", self.backbone_depth in depths, f"one of {depths}"),
             ("trainable_backbone_stages", 0 <= self.trainable_backbone_stages <= 5, "in [0, 5]"),
+            ("backbone_norm", self.backbone_norm in NORMS, f"one of {NORMS}"),
+            ("backbone_stages", self.backbone_stages in (3, 4), "3 or 4"),
+            ("dilation", not self.dilation or self.backbone_stages == 4, "false with 3 stages"),
             ("nhead", self.nhead >= 1, ">= 1"),
             ("d_model", self.d_model % max(self.nhead, 1) == 0, "a multiple of nhead"),
             ("d_model", self.d_model > 0 and self.d_model % 2 == 0, "positive and even"),
@@ -89,7 +95,11 @@ def build_model(config: ModelConfig) -> DETR:
     if config.num_classes is None:
         raise ValueError("model.num_classes is not set (it normally comes from the dataset)")
     backbone = ResNetBackbone(
-        config.backbone_depth, config.dilation, config.trainable_backbone_stages
+        config.backbone_depth,
+        config.dilation,
+        config.trainable_backbone_stages,
+        config.backbone_norm,
+        config.backbone_stages,
     )
     num_feats = config.d_model // 2
     if config.position_encoding == "sine":
@@ -103,6 +113,7 @@ def build_model(config: ModelConfig) -> DETR:
         num_decoder_layers=config.num_decoder_layers,
         dim_feedforward=config.dim_feedforward,
         dropout=config.dropout,
+        pre_norm=config.pre_norm,
     )
     return DETR(backbone, position_encoding, transformer, config.num_classes, config.num_queries)
 

@@ -116,8 +116,6 @@ def official_config(state_dict: Mapping[str, Tensor], args=None) -> ModelConfig:
     (and win over ``args``: they are what will be loaded).
     """
     args = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-    if args.get("pre_norm"):
-        raise ValueError("pre-norm DETR checkpoints (--pre_norm) are not supported")
     if args.get("masks") or any(
         k.startswith(("bbox_attention.", "mask_head.")) for k in state_dict
     ):
@@ -148,6 +146,7 @@ def official_config(state_dict: Mapping[str, Tensor], args=None) -> ModelConfig:
         if "transformer.encoder.layers.0.linear1.weight" in state_dict
         else state_dict["transformer.decoder.layers.0.linear1.weight"].shape[0],
         dropout=float(args.get("dropout", 0.1)),
+        pre_norm="transformer.encoder.norm.weight" in state_dict,
         num_queries=state_dict["query_embed.weight"].shape[0],
         position_encoding="learned" if "backbone.1.row_embed.weight" in state_dict else "sine",
         num_classes=state_dict["class_embed.weight"].shape[0] - 1,

@@ -7,7 +7,10 @@ As in the official DETR: the positional encoding is added to queries and
 keys (never values) at every attention; the decoder's queries start at zero
 and carry learned query positional embeddings; the encoder's padding mask is
 the key padding mask of every attention over the image; one final LayerNorm
-is applied to every decoder layer's output. Attention is
+is applied to every decoder layer's output. Layers are post-norm by default;
+``pre_norm`` is the official code's ``--pre_norm`` option (LayerNorm before
+each sublayer, plus a final encoder norm), which trains more easily from
+scratch. Attention is
 ``nn.MultiheadAttention`` with ``need_weights=False``, which runs PyTorch's
 fused scaled-dot-product kernel (the same math, no attention matrix kept).
 """
@@ -20,8 +23,9 @@ from torch import Tensor, nn
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
+    def __init__(self, d_model, nhead, dim_feedforward, dropout, pre_norm=False):
         super().__init__()
+        self.pre_norm = pre_norm
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
@@ -33,18 +37,24 @@ class EncoderLayer(nn.Module):
 
     def forward(self, src: Tensor, pos: Tensor, key_padding_mask: Tensor) -> Tensor:
         """``src``, ``pos`` ``(B, S, C)``; ``key_padding_mask`` ``(B, S)`` True = padding."""
-        q = k = src + pos
-        attended = self.self_attn(q, k, src, key_padding_mask=key_padding_mask, need_weights=False)[
-            0
-        ]
-        src = self.norm1(src + self.dropout1(attended))
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
-        return self.norm2(src + self.dropout2(ffn))
+        if self.pre_norm:
+            src = src + self.dropout1(self._attend(self.norm1(src), pos, key_padding_mask))
+            return src + self.dropout2(self._ffn(self.norm2(src)))
+        src = self.norm1(src + self.dropout1(self._attend(src, pos, key_padding_mask)))
+        return self.norm2(src + self.dropout2(self._ffn(src)))
+
+    def _attend(self, x: Tensor, pos: Tensor, key_padding_mask: Tensor) -> Tensor:
+        q = k = x + pos
+        return self.self_attn(q, k, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
+
+    def _ffn(self, x: Tensor) -> Tensor:
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
+    def __init__(self, d_model, nhead, dim_feedforward, dropout, pre_norm=False):
         super().__init__()
+        self.pre_norm = pre_norm
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.cross_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
@@ -66,37 +76,50 @@ class DecoderLayer(nn.Module):
         memory_padding_mask: Tensor,
     ) -> Tensor:
         """``tgt``, ``query_pos`` ``(B, Q, C)``; ``memory``, ``pos`` ``(B, S, C)``."""
+        cross = dict(memory=memory, pos=pos, query_pos=query_pos, mask=memory_padding_mask)
+        if self.pre_norm:
+            x = self.norm1(tgt)
+            q = k = x + query_pos
+            tgt = tgt + self.dropout1(self.self_attn(q, k, x, need_weights=False)[0])
+            tgt = tgt + self.dropout2(self._cross(self.norm2(tgt), **cross))
+            return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
         q = k = tgt + query_pos
-        attended = self.self_attn(q, k, tgt, need_weights=False)[0]
-        tgt = self.norm1(tgt + self.dropout1(attended))
-        attended = self.cross_attn(
-            tgt + query_pos,
-            memory + pos,
-            memory,
-            key_padding_mask=memory_padding_mask,
-            need_weights=False,
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, need_weights=False)[0]))
+        tgt = self.norm2(tgt + self.dropout2(self._cross(tgt, **cross)))
+        return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
+
+    def _cross(self, x: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor, mask: Tensor):
+        """Queries (with their positions) attend to the image (keys with positions)."""
+        return self.cross_attn(
+            x + query_pos, memory + pos, memory, key_padding_mask=mask, need_weights=False
         )[0]
-        tgt = self.norm2(tgt + self.dropout2(attended))
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout3(ffn))
+
+    def _ffn(self, x: Tensor) -> Tensor:
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
 
 
 class Encoder(nn.Module):
-    def __init__(self, num_layers: int, **layer_kwargs):
+    def __init__(self, num_layers: int, d_model: int, pre_norm: bool = False, **layer_kwargs):
         super().__init__()
-        self.layers = nn.ModuleList(EncoderLayer(**layer_kwargs) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            EncoderLayer(d_model=d_model, pre_norm=pre_norm, **layer_kwargs)
+            for _ in range(num_layers)
+        )
+        # pre-norm layers leave their output unnormalised: one final norm
+        self.norm = nn.LayerNorm(d_model) if pre_norm else None
 
     def forward(self, src: Tensor, pos: Tensor, key_padding_mask: Tensor) -> Tensor:
         for layer in self.layers:
             src = layer(src, pos, key_padding_mask)
-        return src
+        return src if self.norm is None else self.norm(src)
 
 
 class Decoder(nn.Module):
-    def __init__(self, num_layers: int, d_model: int, **layer_kwargs):
+    def __init__(self, num_layers: int, d_model: int, pre_norm: bool = False, **layer_kwargs):
         super().__init__()
         self.layers = nn.ModuleList(
-            DecoderLayer(d_model=d_model, **layer_kwargs) for _ in range(num_layers)
+            DecoderLayer(d_model=d_model, pre_norm=pre_norm, **layer_kwargs)
+            for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(d_model)
 
@@ -120,12 +143,15 @@ class Transformer(nn.Module):
         num_decoder_layers: int = 6,
         dim_feedforward: int = 2048,
         dropout: float = 0.1,
+        pre_norm: bool = False,
     ):
         super().__init__()
         if d_model % nhead:
             raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
-        layer = dict(nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout)
-        self.encoder = Encoder(num_encoder_layers, d_model=d_model, **layer)
+        layer = dict(
+            nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout, pre_norm=pre_norm
+        )
+        self.encoder = Encoder(num_encoder_layers, d_model, **layer)
         self.decoder = Decoder(num_decoder_layers, d_model, **layer)
         self.d_model = d_model
         for p in self.parameters():

@@ -4,7 +4,13 @@ import pytest
 import torch
 from torchvision_fixtures import HERE, formula_input, formula_state_dict
 
-from detr_ray.model.backbone import ResNetBackbone, load_torchvision_state_dict
+from detr_ray.model.backbone import (
+    BasicBlock,
+    Bottleneck,
+    FrozenBatchNorm2d,
+    ResNetBackbone,
+    load_torchvision_state_dict,
+)
 
 
 def _torchvision_keys(depth):
@@ -57,3 +63,47 @@ def test_dilation_halves_the_stride_of_the_last_stage():
     assert ResNetBackbone(50, dilation=True)(x).shape == (1, 2048, 4, 4)
     with pytest.raises(ValueError, match="dilation"):
         ResNetBackbone(18, dilation=True)
+
+
+@pytest.mark.parametrize(
+    "depth, norm, expected",
+    [
+        (18, "group", torch.nn.GroupNorm),
+        (18, "batch", torch.nn.BatchNorm2d),
+        (50, "group", torch.nn.GroupNorm),
+        (18, "frozen", FrozenBatchNorm2d),
+    ],
+)
+def test_the_chosen_norm_is_used_everywhere_and_every_branch_learns(depth, norm, expected):
+    # The stem, every block and every downsample use the chosen norm (20 for a
+    # ResNet-18, 53 for a ResNet-50); and no residual branch is dead: its last
+    # norm either learns (zero-initialised scale, which gets a gradient) or, when
+    # frozen, keeps a non-zero scale so its convolutions get a gradient.
+    backbone = ResNetBackbone(depth, trainable_stages=5, norm=norm).train()
+    norms = [m for m in backbone.modules() if isinstance(m, expected)]
+    assert len(norms) == {18: 20, 50: 53}[depth]
+    assert not [m for m in backbone.modules() if isinstance(m, (FrozenBatchNorm2d,
+        torch.nn.GroupNorm, torch.nn.BatchNorm2d)) and not isinstance(m, expected)]  # fmt: skip
+    backbone(torch.randn(2, 3, 64, 64)).square().mean().backward()
+    blocks = [m for m in backbone.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    assert len(blocks) == {18: 8, 50: 16}[depth]
+    for block in blocks:
+        last_norm, last_conv = (
+            (block.bn3, block.conv3) if isinstance(block, Bottleneck) else (block.bn2, block.conv2)
+        )
+        if norm == "frozen":
+            assert last_norm.weight.abs().min() > 0
+            assert last_conv.weight.grad.abs().sum() > 0
+        else:
+            assert last_norm.weight.abs().max() == 0  # starts as the identity
+            assert last_norm.weight.grad.abs().sum() > 0
+
+
+def test_torchvision_weights_load_into_batch_norm_and_refuse_group_norm():
+    state_dict = formula_state_dict(_torchvision_keys(18))
+    batch = ResNetBackbone(18, norm="batch")
+    load_torchvision_state_dict(batch, state_dict)
+    assert torch.equal(batch.layer2[0].bn1.running_var, state_dict["layer2.0.bn1.running_var"])
+    assert torch.equal(batch.layer4[1].conv2.weight, state_dict["layer4.1.conv2.weight"])
+    with pytest.raises(ValueError, match="backbone_norm to 'frozen'"):
+        load_torchvision_state_dict(ResNetBackbone(18, norm="group"), state_dict)

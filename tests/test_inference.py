@@ -127,7 +127,7 @@ def test_fine_tune_backbone_from_a_torchvision_file(tmp_path):
 
     path = tmp_path / "resnet18.pth"
     torch.save(formula_state_dict(_torchvision_keys(18)), path)
-    model = build_model(preset_config("detr_r18_tiny", num_classes=3))
+    model = build_model(preset_config("detr_r18_tiny", num_classes=3, backbone_norm="frozen"))
     assert "torchvision" in initialise_from(model, path, LABELS)
     assert torch.equal(
         model.backbone.layer3[1].conv2.weight,

@@ -69,15 +69,25 @@ def test_backbone_freezing_follows_trainable_stages():
         if not p.requires_grad
     }
     assert frozen == {"conv1", "layer1"}
-    nothing = build_preset("detr_r18_tiny", num_classes=2, trainable_backbone_stages=0)
-    assert not any(p.requires_grad for p in nothing.backbone.parameters())
+    for norm in ["frozen", "group", "batch"]:
+        nothing = build_preset(
+            "detr_r18_tiny", num_classes=2, trainable_backbone_stages=0, backbone_norm=norm
+        )
+        assert not any(p.requires_grad for p in nothing.backbone.parameters()), norm
+    # frozen stages keep their batch-norm statistics in train mode; trained ones update them
+    partly = build_preset(
+        "detr_r18_tiny", num_classes=2, backbone_norm="batch", trainable_backbone_stages=3
+    ).train()
+    assert not partly.backbone.bn1.training and not partly.backbone.layer1[0].bn1.training
+    assert partly.backbone.layer2[0].bn1.training and partly.training
 
 
 @pytest.mark.parametrize(
     "preset, overrides",
     [
-        ("detr_r18_tiny", {}),
-        ("detr_r18_small", {"dropout": 0.0}),
+        # the official DETR's backbone has frozen batch norm
+        ("detr_r18_tiny", {"backbone_norm": "frozen"}),
+        ("detr_r18_small", {"dropout": 0.0, "backbone_norm": "frozen"}),
         (
             "detr_r50",
             {
@@ -99,7 +109,7 @@ def test_backbone_freezing_follows_trainable_stages():
                 "num_queries": 5,
             },
         ),
-        ("detr_r18_tiny", {"pre_norm": True, "num_encoder_layers": 2}),
+        ("detr_r18_tiny", {"pre_norm": True, "num_encoder_layers": 2, "backbone_norm": "frozen"}),
     ],
 )
 def test_outputs_equal_the_official_computation(preset, overrides):

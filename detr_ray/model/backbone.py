@@ -79,16 +79,22 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(
-        self, in_ch: int, planes: int, stride: int = 1, downsample=None, dilation: int = 1
+        self,
+        in_ch: int,
+        planes: int,
+        stride: int = 1,
+        downsample=None,
+        dilation: int = 1,
+        norm=FrozenBatchNorm2d,
     ):
         super().__init__()
         if dilation > 1:
             raise ValueError("dilation is only supported for ResNet-50/101 (bottleneck blocks)")
         self.conv1 = _conv3x3(in_ch, planes, stride)
-        self.bn1 = FrozenBatchNorm2d(planes)
+        self.bn1 = norm(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(planes, planes)
-        self.bn2 = FrozenBatchNorm2d(planes)
+        self.bn2 = norm(planes)
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
@@ -104,15 +110,21 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(
-        self, in_ch: int, planes: int, stride: int = 1, downsample=None, dilation: int = 1
+        self,
+        in_ch: int,
+        planes: int,
+        stride: int = 1,
+        downsample=None,
+        dilation: int = 1,
+        norm=FrozenBatchNorm2d,
     ):
         super().__init__()
         self.conv1 = _conv1x1(in_ch, planes)
-        self.bn1 = FrozenBatchNorm2d(planes)
+        self.bn1 = norm(planes)
         self.conv2 = _conv3x3(planes, planes, stride, dilation)
-        self.bn2 = FrozenBatchNorm2d(planes)
+        self.bn2 = norm(planes)
         self.conv3 = _conv1x1(planes, planes * self.expansion)
-        self.bn3 = FrozenBatchNorm2d(planes * self.expansion)
+        self.bn3 = norm(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -158,7 +170,7 @@ class ResNetBackbone(nn.Module):
             raise ValueError("dilation applies to layer4; it needs num_stages 4")
         kind, blocks = RESNET_LAYOUTS[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
-        self.depth = depth
+        self.depth, self.norm = depth, norm
         self._norm = _norm_factory(norm)
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = self._norm(64)
@@ -173,11 +185,21 @@ class ResNetBackbone(nn.Module):
         self.num_stages = num_stages
         self.num_channels = (512 if num_stages == 4 else 256) * block.expansion
         self._init_weights()
-        stages = [("conv1",), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]
-        frozen = {name for stage in stages[: 5 - trainable_stages] for name in stage}
+        stages = [("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]
+        self._frozen = {name for stage in stages[: 5 - trainable_stages] for name in stage}
         for name, param in self.named_parameters():
-            if name.split(".")[0] in frozen:
+            if name.split(".")[0] in self._frozen:
                 param.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ResNetBackbone:
+        """As ``nn.Module.train``, but frozen stages stay in eval mode, so their
+        batch-norm statistics (``backbone_norm: batch``) do not move either."""
+        super().train(mode)
+        for name in self._frozen:
+            module = getattr(self, name, None)
+            if module is not None:
+                module.eval()
+        return self
 
     def _make_stage(self, block, planes: int, num_blocks: int, stride: int, dilate: bool = False):
         previous_dilation = self._dilation
@@ -188,12 +210,13 @@ class ResNetBackbone(nn.Module):
         if stride != 1 or self._in_ch != planes * block.expansion:
             downsample = nn.Sequential(
                 _conv1x1(self._in_ch, planes * block.expansion, stride),
-                FrozenBatchNorm2d(planes * block.expansion),
+                self._norm(planes * block.expansion),
             )
-        layers = [block(self._in_ch, planes, stride, downsample, previous_dilation)]
+        layers = [block(self._in_ch, planes, stride, downsample, previous_dilation, self._norm)]
         self._in_ch = planes * block.expansion
         layers += [
-            block(self._in_ch, planes, dilation=self._dilation) for _ in range(1, num_blocks)
+            block(self._in_ch, planes, dilation=self._dilation, norm=self._norm)
+            for _ in range(1, num_blocks)
         ]
         return nn.Sequential(*layers)
 
@@ -202,14 +225,17 @@ class ResNetBackbone(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        # Zero the last norm of each residual branch: each block starts as the
-        # identity, which keeps a from-scratch network trainable.
+        # Zero the last (trainable) norm of each residual branch: each block
+        # starts as the identity, which keeps a from-scratch network trainable.
+        # A frozen norm's scale is a buffer: zeroing it would cut the branch
+        # off for good, so frozen backbones keep the plain initialisation.
         with torch.no_grad():
             for m in self.modules():
-                if isinstance(m, Bottleneck):
-                    m.bn3.weight.zero_()
-                elif isinstance(m, BasicBlock):
-                    m.bn2.weight.zero_()
+                last = m.bn3 if isinstance(m, Bottleneck) else getattr(m, "bn2", None)
+                if isinstance(m, (Bottleneck, BasicBlock)) and isinstance(
+                    last.weight, nn.Parameter
+                ):
+                    last.weight.zero_()
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
@@ -223,14 +249,23 @@ def load_torchvision_state_dict(backbone: ResNetBackbone, state_dict: Mapping[st
     The classifier (``fc.*``) and ``num_batches_tracked`` counters are ignored;
     any other missing or unexpected key is an error that lists them.
     """
-    weights = {k: v for k, v in state_dict.items() if k not in CLASSIFIER_KEYS}
-    expected = set(backbone.state_dict())
-    given = {k for k in weights if not k.endswith("num_batches_tracked")}
-    missing, unexpected = sorted(expected - given), sorted(given - expected)
+    if backbone.norm == "group":
+        raise ValueError(
+            "torchvision ResNet weights hold batch-norm statistics, which a group-norm "
+            "backbone cannot use: set model.backbone_norm to 'frozen' (as the official "
+            "DETR) or 'batch' to start from them"
+        )
+
+    def counter(key: str) -> bool:
+        return key.endswith("num_batches_tracked")
+
+    weights = {k: v for k, v in state_dict.items() if k not in CLASSIFIER_KEYS and not counter(k)}
+    expected = {k for k in backbone.state_dict() if not counter(k)}
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unexpected:
         raise ValueError(
             f"not a torchvision ResNet-{backbone.depth} state_dict: "
             f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
             f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
         )
-    backbone.load_state_dict(weights, strict=True)
+    backbone.load_state_dict(weights, strict=False)  # only the batch-norm counters are absent

@@ -34,8 +34,9 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# Every demo is a new run (a repeated run name would resume the finished one).
 demo: $(STAMP)
-	$(BIN)/detr-ray demo
+	$(BIN)/detr-ray train configs/shapes_tiny.yaml --set run.name=shapes_tiny-$$(date +%Y%m%d-%H%M%S)
 
 lint: $(STAMP)
 	$(BIN)/ruff check detr_ray tests bench

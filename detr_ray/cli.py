@@ -28,6 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"detr-ray: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        print(f"detr-ray: {e or 'interrupted'}", file=sys.stderr)
+        return 130
+    except RuntimeError as e:
+        if type(e).__name__ in ("TrainingStopped", "RuntimeError"):
+            print(f"detr-ray: error: {e}", file=sys.stderr)
+            return 1
+        raise
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -54,6 +62,22 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=2)
     evaluate.add_argument("--json", action="store_true", help="print the metric dict as JSON")
     evaluate.set_defaults(run=_run_eval)
+
+    train = commands.add_parser("train", help="train a DETR on Ray Train workers")
+    train.add_argument("config", help="experiment YAML, e.g. configs/shapes_tiny.yaml")
+    train.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a config key (repeatable)")  # fmt: skip
+    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    train.add_argument("--num-workers", type=int, help="sets scaling.num_workers")
+    train.add_argument("--gpu", action="store_true", help="sets scaling.use_gpu")
+    train.add_argument("--resume-from", help="sets run.resume_from: a checkpoint to continue")
+    train.set_defaults(run=_run_train)
+
+    dashboard = commands.add_parser("dashboard", help="the MLflow UI for the tracking store")
+    dashboard.add_argument("--tracking-uri", help="default: sqlite store in --storage-path")
+    dashboard.add_argument("--storage-path", default="runs", help="run.storage_path (default runs)")
+    dashboard.add_argument("--port", type=int, default=5000)
+    dashboard.set_defaults(run=_run_dashboard)
 
     predict = commands.add_parser("predict", help="draw a checkpoint's detections on images")
     predict.add_argument("images", nargs="+", help="image files")
@@ -94,6 +118,41 @@ def _run_eval(args) -> int:
         print(summary)
         print(format_metrics(metrics))
     return 0
+
+
+def _run_train(args) -> int:
+    from detr_ray.config import load_config
+    from detr_ray.evaluation import format_metrics
+    from detr_ray.train.launcher import run_training
+
+    overrides = list(args.overrides)
+    if args.num_workers is not None:
+        overrides.append(f"scaling.num_workers={args.num_workers}")
+    if args.gpu:
+        overrides.append("scaling.use_gpu=true")
+    if args.resume_from:
+        overrides.append(f"run.resume_from={args.resume_from}")
+    config = load_config(args.config, overrides)
+    outcome = run_training(config, address=args.address)
+    metrics = outcome.get("metrics") or {}
+    print(
+        f"\n[detr-ray] finished {outcome.get('epoch')} epochs ({outcome.get('global_step')} steps)"
+    )
+    if metrics:
+        print("[detr-ray] validation metrics:")
+        print(format_metrics(metrics))
+    print(f"[detr-ray] latest checkpoint: {outcome.get('latest_checkpoint')}")
+    if outcome.get("best_checkpoint"):
+        print(f"[detr-ray] best checkpoint:   {outcome['best_checkpoint']}")
+    print(f"[detr-ray] MLflow run {outcome.get('mlflow_run_id')} in {outcome.get('tracking_uri')}")
+    print("[detr-ray] open the dashboard: detr-ray dashboard   (then http://127.0.0.1:5000)")
+    return 0
+
+
+def _run_dashboard(args) -> int:
+    from detr_ray.dashboard import run_dashboard
+
+    return run_dashboard(args.tracking_uri, args.storage_path, args.port)
 
 
 def _run_predict(args) -> int:

@@ -8,6 +8,7 @@ this module only reads it.
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as torch_dist
 from torch import Tensor
 
@@ -60,3 +61,21 @@ def barrier() -> None:
     """Wait for every process (no-op without a process group)."""
     if is_distributed():
         torch_dist.barrier()
+
+
+def all_gather_tensor(tensor: Tensor) -> Tensor:
+    """Stack every process's equally shaped ``tensor``: ``(world_size, *shape)``."""
+    if not is_distributed():
+        return tensor[None]
+    gathered = [torch.empty_like(tensor) for _ in range(get_world_size())]
+    torch_dist.all_gather(gathered, tensor.contiguous())
+    return torch.stack(gathered)
+
+
+def any_across(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True if ``flag`` is true on any process (the same answer on every process)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
+    return bool(value.item())

@@ -90,8 +90,8 @@ def predict_images(
         detections = detect_batch(loaded.model, batch, top_k=None, score_threshold=score_threshold)[
             0
         ]
-        entries = _describe(detections, loaded.label_map)
-        _draw(image, entries).save(out_dir / f"{Path(path).stem}.png")
+        entries = describe_detections(detections, loaded.label_map)
+        draw_detections(image, entries).save(out_dir / f"{Path(path).stem}.png")
         records.append({"file": str(path), "width": image.width, "height": image.height,
                         "detections": entries})  # fmt: skip
     json_path = out_dir / "detections.json"
@@ -109,7 +109,7 @@ def _open_image(path: Path) -> Image.Image:
         raise DataError(f"cannot read image {path}: {e}") from None
 
 
-def _describe(detections: dict, label_map: LabelMap) -> list[dict]:
+def describe_detections(detections: dict, label_map: LabelMap) -> list[dict]:
     entries = []
     for score, label, box in zip(
         detections["scores"].tolist(),
@@ -128,7 +128,7 @@ def _describe(detections: dict, label_map: LabelMap) -> list[dict]:
     return entries
 
 
-def _draw(image: Image.Image, entries: list[dict]) -> Image.Image:
+def draw_detections(image: Image.Image, entries: list[dict]) -> Image.Image:
     canvas = image.copy()
     draw = ImageDraw.Draw(canvas)
     for entry in entries:
@@ -142,4 +142,11 @@ def _draw(image: Image.Image, entries: list[dict]) -> Image.Image:
     return canvas
 
 
-__all__ = ["LoadedModel", "detect_batch", "evaluate_checkpoint", "predict_images"]
+__all__ = [
+    "LoadedModel",
+    "describe_detections",
+    "detect_batch",
+    "draw_detections",
+    "evaluate_checkpoint",
+    "predict_images",
+]

@@ -293,3 +293,24 @@ def _raise_non_finite(cost: np.ndarray, counts: Sequence[int]) -> None:
         "(NaN or inf in the predicted logits or boxes): the model diverged. Lower the learning "
         "rate, enable gradient clipping, or resume from an earlier checkpoint."
     )
+
+
+def matching_changes(matching: Matching) -> tuple[Tensor, int]:
+    """How often each earlier decoder layer matches a target differently.
+
+    Returns ``changed (L - 1,)``: for every layer ``l < L - 1``, the number of
+    targets matched in the last layer whose matched query in layer ``l`` is a
+    different one (or none); and the number of targets matched in the last
+    layer. ``changed / total`` is the layer's matching instability.
+    """
+    num_layers, num_pairs = matching.query_idx.shape
+    device = matching.query_idx.device
+    if num_pairs == 0 or num_layers < 2:
+        return torch.zeros(max(num_layers - 1, 0), dtype=torch.int64, device=device), num_pairs
+    num_targets = sum(matching.counts)
+    # query_of[l, t]: the query matched to target t in layer l, -1 if unmatched
+    query_of = torch.full((num_layers, num_targets), -1, dtype=torch.int64, device=device)
+    query_of.scatter_(1, matching.target_idx, matching.query_idx)
+    matched_last = query_of[-1] >= 0  # (T,)
+    differs = (query_of[:-1] != query_of[-1]) & matched_last  # (L-1, T)
+    return differs.sum(1), int(matched_last.sum())

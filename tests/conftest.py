@@ -47,3 +47,23 @@ def make_batch():
         return cls_scores, bbox_preds, targets
 
     return build
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session (starting Ray costs seconds)."""
+    import os
+
+    os.environ.update(
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_TRAIN_ENABLE_PRINT_PATCH="0",
+        RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0",
+        RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2",
+        MLFLOW_DISABLE_TELEMETRY="true",
+    )
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -144,6 +144,7 @@ class CocoDetection(torch.utils.data.Dataset):
             by default the file's categories sorted by id.
         filter_empty: leave out images without any training box.
         on_bad_image: ``"error"`` or ``"skip"`` for missing/unreadable images.
+        max_images: keep only the first this many images (e.g. a quick validation).
     """
 
     def __init__(
@@ -154,6 +155,7 @@ class CocoDetection(torch.utils.data.Dataset):
         label_map: LabelMap | None = None,
         filter_empty: bool = False,
         on_bad_image: str = "error",
+        max_images: int | None = None,
     ):
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(
@@ -174,6 +176,8 @@ class CocoDetection(torch.utils.data.Dataset):
             kept = [r for r in records if len(r.labels)]
             self.stats["empty images filtered"] = len(records) - len(kept)
             records = kept
+        if max_images is not None:
+            records = records[:max_images]
         self.records = self._drop_missing_images(records)
         self._report()
 

@@ -1,0 +1,415 @@
+"""The experiment configuration: typed, loaded from YAML, overridable with ``--set``.
+
+Sections and their keys are the frozen dataclasses below; every weight and
+size is set in exactly one place. Loading goes YAML -> nested dict ->
+``--set a.b=value`` overrides -> dataclasses, and every problem (an unknown
+key, a value of the wrong type, a value out of range) raises
+:class:`ConfigError` naming the dotted key.
+
+Two conveniences exist only in YAML: ``model.preset`` starts the model section
+from a named preset (its other keys override the preset), and
+``data.augmentation.scaled_to`` starts the augmentation from the official
+recipe scaled to that validation size. The resolved config (what
+:meth:`ExperimentConfig.to_dict` writes) spells every key out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detr_ray.data.transforms import AugmentationConfig
+from detr_ray.matching import BOX_COST_FORMATS
+from detr_ray.model.config import ModelConfig, preset_config
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message names the key and the value."""
+
+
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class SyntheticDataConfig:
+    """Generate the synthetic shapes dataset at ``root`` when its files are missing."""
+
+    root: str = "data/shapes"
+    num_train: int = 512
+    num_val: int = 64
+    size: int = 128
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_ann: str = "data/shapes/annotations/train.json"
+    train_images: str = "data/shapes/train"
+    val_ann: str = "data/shapes/annotations/val.json"
+    val_images: str = "data/shapes/val"
+    synthetic: SyntheticDataConfig | None = None
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    size_divisor: int = 32
+    filter_empty: bool = False
+    on_bad_image: str = "error"
+    num_workers: int = 2
+    val_max_images: int | None = None
+
+    def __post_init__(self):
+        _require(self.size_divisor >= 1, "data.size_divisor", self.size_divisor, ">= 1")
+        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
+        _require(self.on_bad_image in ("error", "skip"), "data.on_bad_image", self.on_bad_image,
+                 "'error' or 'skip'")  # fmt: skip
+        _require(self.val_max_images is None or self.val_max_images >= 1, "data.val_max_images",
+                 self.val_max_images, ">= 1 or null")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """Pretrained weights for fine-tuning (``model.init_from``, ``model.class_head``)."""
+
+    init_from: str | None = None
+    class_head: str = "keep"
+
+    def __post_init__(self):
+        _require(self.class_head in ("keep", "reinit"), "model.class_head", self.class_head,
+                 "'keep' or 'reinit'")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MatcherConfig:
+    cls_cost: float = 1.0
+    bbox_cost: float = 5.0
+    iou_cost: float = 2.0
+    bbox_cost_format: str = "xyxy"
+
+    def __post_init__(self):
+        for key in ("cls_cost", "bbox_cost", "iou_cost"):
+            _require(getattr(self, key) >= 0, f"matcher.{key}", getattr(self, key), ">= 0")
+        _require(self.bbox_cost_format in BOX_COST_FORMATS, "matcher.bbox_cost_format",
+                 self.bbox_cost_format, f"one of {BOX_COST_FORMATS}")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    cls_weight: float = 1.0
+    bbox_weight: float = 5.0
+    iou_weight: float = 2.0
+    bg_cls_weight: float = 0.1
+    sync_cls_avg_factor: bool = True
+
+    def __post_init__(self):
+        for key in ("cls_weight", "bbox_weight", "iou_weight", "bg_cls_weight"):
+            _require(getattr(self, key) >= 0, f"loss.{key}", getattr(self, key), ">= 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with a separate backbone learning rate; gradient-norm clipping."""
+
+    lr: float = 1e-4
+    backbone_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    grad_clip: float | None = 0.1
+
+    def __post_init__(self):
+        _require(self.lr > 0, "optim.lr", self.lr, "> 0")
+        _require(self.backbone_lr >= 0, "optim.backbone_lr", self.backbone_lr, ">= 0")
+        _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
+        _require(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip",
+                 self.grad_clip, "> 0 or null")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 500
+    lr_drop_epochs: tuple[int, ...] = (400,)
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0
+    batch_size: int = 2  # per worker
+    max_steps_per_epoch: int | None = None
+    amp: str = "off"
+    channels_last: bool = False
+    seed: int = 42
+    eval_every: int = 1  # epochs
+    log_every: int = 10  # steps
+    report_every: int | None = None  # steps; None: once per epoch
+    max_nan_steps: int = 10  # consecutive skipped steps before the run stops
+
+    def __post_init__(self):
+        _require(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
+        _require(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
+        _require(0 < self.lr_gamma <= 1, "train.lr_gamma", self.lr_gamma, "in (0, 1]")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, ">= 0")
+        _require(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
+                 "train.max_steps_per_epoch", self.max_steps_per_epoch, ">= 1 or null")  # fmt: skip
+        _require(self.amp in AMP_MODES, "train.amp", self.amp, f"one of {AMP_MODES}")
+        _require(self.eval_every >= 1, "train.eval_every", self.eval_every, ">= 1")
+        _require(self.log_every >= 1, "train.log_every", self.log_every, ">= 1")
+        _require(self.report_every is None or self.report_every >= 1, "train.report_every",
+                 self.report_every, ">= 1 or null")  # fmt: skip
+        _require(self.max_nan_steps >= 0, "train.max_nan_steps", self.max_nan_steps, ">= 0")
+        _require(all(e >= 1 for e in self.lr_drop_epochs), "train.lr_drop_epochs",
+                 self.lr_drop_epochs, "epochs >= 1")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+
+    def __post_init__(self):
+        _require(self.num_workers >= 1, "scaling.num_workers", self.num_workers, ">= 1")
+        _require(self.cpus_per_worker > 0, "scaling.cpus_per_worker", self.cpus_per_worker, "> 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where the run lives; the same name and storage path resume it."""
+
+    name: str = "detr"
+    storage_path: str = "runs"
+    max_failures: int = 2
+    keep_checkpoints: int = 3
+    resume_from: str | None = None
+
+    def __post_init__(self):
+        _require(bool(self.name) and "/" not in self.name, "run.name", self.name,
+                 "a non-empty name without '/'")  # fmt: skip
+        _require(self.max_failures >= 0, "run.max_failures", self.max_failures, ">= 0")
+        _require(self.keep_checkpoints >= 1, "run.keep_checkpoints", self.keep_checkpoints, ">= 1")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow. ``uri`` null: a sqlite file in the run's storage path."""
+
+    uri: str | None = None
+    experiment: str = "detr-ray"
+    log_images: int = 4
+
+    def __post_init__(self):
+        _require(self.log_images >= 0, "tracking.log_images", self.log_images, ">= 0")
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """Fault injection, for tests of the failure paths. Leave unset."""
+
+    fail_once_at_step: int | None = None
+    nan_at_steps: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    matcher: MatcherConfig = field(default_factory=MatcherConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+    def __post_init__(self):
+        if self.train.amp == "fp16" and not self.scaling.use_gpu:
+            raise ConfigError(
+                "train.amp: fp16 needs a GPU (scaling.use_gpu: true); use bf16 on CPU"
+            )
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def from_dict(cls, raw: dict) -> ExperimentConfig:
+        """Build and validate from a nested dict (YAML's shape)."""
+        raw = _expand_conveniences(_deep_copy(raw))
+        model_raw = dict(raw.pop("model", {}) or {})
+        init_raw = {k: model_raw.pop(k) for k in ("init_from", "class_head") if k in model_raw}
+        return _build(cls, {**raw, "model": model_raw, "init": init_raw}, prefix="")
+
+    def to_dict(self) -> dict:
+        """The resolved config as plain data; ``from_dict`` of it is equal to ``self``."""
+        data = _plain(dataclasses.asdict(self))
+        data["model"].update(data.pop("init"))
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value, e.g. for MLflow params."""
+        return _flatten(self.to_dict())
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config and apply ``a.b=value`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    try:
+        return ExperimentConfig.from_dict(apply_overrides(raw, overrides or []))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``["train.epochs=3", "data.synthetic=null"]`` applied to a nested dict (copied)."""
+    raw = _deep_copy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        parts = key.split(".")
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: depth + 1])} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+# ---------------------------------------------------------------------- internals
+def _require(ok: bool, key: str, value: Any, requirement: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {requirement}, got {value!r}")
+
+
+def _expand_conveniences(raw: dict) -> dict:
+    model = raw.get("model")
+    if isinstance(model, dict) and "preset" in model:
+        model = dict(model)
+        name = model.pop("preset")
+        arch_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+        arch = {k: v for k, v in model.items() if k in arch_keys}
+        try:
+            base = dataclasses.asdict(preset_config(str(name)))
+        except ValueError as e:
+            raise ConfigError(f"model.preset: {e}") from None
+        base.update(arch)
+        model.update(base)
+        raw["model"] = model
+    data = raw.get("data")
+    augmentation = data.get("augmentation") if isinstance(data, dict) else None
+    if isinstance(augmentation, dict) and "scaled_to" in augmentation:
+        augmentation = dict(augmentation)
+        scale = augmentation.pop("scaled_to")
+        if not isinstance(scale, int) or scale < 8:
+            raise ConfigError(f"data.augmentation.scaled_to must be an integer >= 8, got {scale!r}")
+        base = dataclasses.asdict(AugmentationConfig.scaled(scale))
+        base.update(augmentation)
+        data["augmentation"] = base
+    return raw
+
+
+def _build(cls, raw: Any, prefix: str):
+    """Instantiate dataclass ``cls`` from ``raw``, checking keys and types."""
+    where = prefix.rstrip(".") or "the config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in raw if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; {where} has keys {known}")
+    values = {}
+    for name, value in raw.items():
+        values[name] = _coerce(value, hints[name], f"{prefix}{name}")
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        message = str(e)
+        if prefix and not message.startswith(prefix.split(".")[0]):
+            message = f"{where}: {message}"
+        raise ConfigError(message) from None
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _coerce(value, inner[0], key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{key}.")
+    if origin is tuple:
+        item_type = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if isinstance(value, str):  # YAML reads 1e-4 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        if hint is int:
+            if not isinstance(value, (int, float)) or float(value) != int(value):
+                raise ConfigError(f"{key} must be an integer, got {value!r}")
+            return int(value)
+        if not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _deep_copy(raw):
+    return _plain(raw) if isinstance(raw, dict) else raw
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,66 @@
+"""``detr-ray dashboard``: the MLflow UI for a tracking store, on loopback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from detr_ray.tracking import tracking_uri
+
+READY_TIMEOUT_S = 60
+
+
+def start_dashboard(uri: str | None, storage_path: str, port: int) -> subprocess.Popen:
+    """Start ``mlflow server`` on 127.0.0.1:``port`` for the store and wait until it answers.
+
+    ``uri`` None means the default store of ``storage_path`` (where
+    ``detr-ray train`` logs by default).
+    """
+    uri = tracking_uri(uri, storage_path)
+    if uri.startswith("sqlite:///"):
+        database = Path(uri[len("sqlite:///") :])
+        if not database.is_file():
+            raise FileNotFoundError(
+                f"no MLflow store at {database}: train first (detr-ray train ...), or pass "
+                "--tracking-uri / --storage-path"
+            )
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", uri, "--workers", "1",
+    ]  # fmt: skip
+    server = subprocess.Popen(command, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(
+                f"mlflow server exited with code {server.returncode} (port {port} in use?)"
+            )
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.5)
+    server.terminate()
+    raise RuntimeError(f"mlflow server did not answer on {url} within {READY_TIMEOUT_S} s")
+
+
+def run_dashboard(uri: str | None, storage_path: str, port: int) -> int:
+    server = start_dashboard(uri, storage_path, port)
+    print(f"MLflow UI for {tracking_uri(uri, storage_path)}:\n  http://127.0.0.1:{port}\n"
+          "(listening on loopback only; on a remote machine use SSH port forwarding: "
+          f"ssh -L {port}:127.0.0.1:{port} HOST). Ctrl-C stops it.", flush=True)  # fmt: skip
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        server.wait(timeout=10)
+        return 0

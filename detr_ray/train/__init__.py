@@ -1,0 +1,1 @@
+"""Distributed training: the engine (plain PyTorch), the Ray Train worker, the driver."""

@@ -1,0 +1,372 @@
+"""The training engine: optimiser, schedule, one step, one epoch, evaluation.
+
+Plain PyTorch with ``torch.distributed`` through :mod:`detr_ray.dist`; no Ray,
+no MLflow. The Ray Train worker (:mod:`detr_ray.train.worker`) builds a
+:class:`Engine` and hands it callbacks for logging and reporting, so this file
+can be read (and tested) as an ordinary DETR training loop.
+
+Determinism: every epoch reseeds Python, NumPy and torch from
+``(seed, epoch, rank)`` and the sampler shuffles by ``(seed, epoch)``, so a run
+resumed at an epoch boundary continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from detr_ray import dist
+from detr_ray.config import ExperimentConfig
+from detr_ray.data.collate import Batch, PadCollate
+from detr_ray.data.labels import LabelMap
+from detr_ray.evaluation import gather_image_results, to_coco_results
+from detr_ray.inference import detect_batch
+from detr_ray.losses import SetCriterion, loss_names
+from detr_ray.matching import FlatTargets, HungarianMatcher, Matching, matching_changes
+
+log = logging.getLogger(__name__)
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (e.g. too many non-finite losses); checkpoints are kept."""
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0  # completed epochs
+    step_in_epoch: int = 0  # optimiser steps done in the current epoch
+    global_step: int = 0  # optimiser steps (and skipped steps) so far
+    nan_streak: int = 0  # consecutive skipped steps
+    skipped_steps: list[int] = field(default_factory=list)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 1009 + rank) % (2**31)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def build_criterion(config: ExperimentConfig, num_classes: int) -> SetCriterion:
+    m, loss = config.matcher, config.loss
+    matcher = HungarianMatcher(m.cls_cost, m.bbox_cost, m.iou_cost, m.bbox_cost_format)
+    return SetCriterion(
+        num_classes,
+        matcher,
+        cls_weight=loss.cls_weight,
+        bbox_weight=loss.bbox_weight,
+        iou_weight=loss.iou_weight,
+        bg_cls_weight=loss.bg_cls_weight,
+        sync_cls_avg_factor=loss.sync_cls_avg_factor,
+    )
+
+
+def build_optimizer(model: nn.Module, config: ExperimentConfig) -> torch.optim.AdamW:
+    """AdamW with two groups, ``backbone`` (backbone_lr) and ``other`` (lr)."""
+    module = model.module if hasattr(model, "module") else model
+    backbone, other = [], []
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            (backbone if name.startswith("backbone.") else other).append(param)
+    groups = [{"params": other, "lr": config.optim.lr, "name": "other"}]
+    if backbone:
+        groups.append({"params": backbone, "lr": config.optim.backbone_lr, "name": "backbone"})
+    kwargs = {"weight_decay": config.optim.weight_decay}
+    try:  # the fused kernel is several times faster on CPU and GPU
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+def lr_factor(step: int, steps_per_epoch: int, config: ExperimentConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then ``lr_gamma`` per passed drop epoch."""
+    train = config.train
+    warmup = min(1.0, (step + 1) / train.warmup_steps) if train.warmup_steps else 1.0
+    epoch = step // max(steps_per_epoch, 1)
+    drops = sum(1 for e in train.lr_drop_epochs if epoch >= e)
+    return warmup * train.lr_gamma**drops
+
+
+class SkipFirst(Sampler):
+    """The wrapped sampler's indices after the first ``skip`` (mid-epoch resume)."""
+
+    def __init__(self, sampler: Sampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self) -> Iterator[int]:
+        for i, index in enumerate(self.sampler):
+            if i >= self.skip:
+                yield index
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+
+@dataclass
+class StepLog:
+    """What one logged step reports (already averaged over workers)."""
+
+    global_step: int
+    epoch: int
+    step_in_epoch: int
+    steps_per_epoch: int
+    metrics: dict[str, float]
+
+
+class Engine:
+    """Train one DETR with one :class:`ExperimentConfig` in this process.
+
+    Args:
+        model: the (possibly DDP-wrapped) model, already on ``device``.
+        train_set, val_set: datasets yielding ``(image, target)`` after transforms.
+        label_map: the label map of ``train_set``.
+        device: where the model lives.
+    """
+
+    def __init__(self, config, model, train_set, val_set, label_map: LabelMap, device):
+        self.config = config
+        self.model = model
+        self.module = model.module if hasattr(model, "module") else model
+        self.device = torch.device(device)
+        self.label_map = label_map
+        self.criterion = build_criterion(config, self.module.num_classes).to(self.device)
+        self.optimizer = build_optimizer(model, config)
+        self.train_set, self.val_set = train_set, val_set
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.sampler = DistributedSampler(
+            train_set, self.world_size, self.rank, shuffle=True, seed=config.train.seed
+        )
+        full = math.ceil(len(self.sampler) / config.train.batch_size)
+        limit = config.train.max_steps_per_epoch
+        self.steps_per_epoch = min(full, limit) if limit else full
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, self.steps_per_epoch, config)
+        )
+        use_fp16 = config.train.amp == "fp16"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_fp16)
+        self.memory_format = (
+            torch.channels_last if config.train.channels_last else torch.contiguous_format
+        )
+        self.state = TrainState()
+        self.collate = PadCollate(config.data.size_divisor)
+
+    # ------------------------------------------------------------------ state
+    def training_state(self) -> dict:
+        """Everything but the model weights that a resume needs."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "train_state": vars(self.state).copy(),
+        }
+
+    def load_checkpoint(self, checkpoint: dict) -> None:
+        """Model weights and training state from a detr-ray checkpoint."""
+        self.module.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.state = TrainState(**checkpoint["train_state"])
+
+    @property
+    def finished(self) -> bool:
+        return self.state.epoch >= self.config.train.epochs
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(
+        self,
+        on_log: Callable[[StepLog], None] = lambda _: None,
+        on_mid_epoch_report: Callable[[], None] = lambda: None,
+        should_fail: Callable[[int], None] = lambda _: None,
+    ) -> None:
+        """Train until the end of the current epoch (resuming mid-epoch if needed)."""
+        config, state = self.config, self.state
+        epoch = state.epoch
+        seed_everything(epoch_seed(config.train.seed, epoch, self.rank))
+        self.sampler.set_epoch(epoch)
+        skip = state.step_in_epoch * config.train.batch_size
+        loader = DataLoader(
+            self.train_set,
+            batch_size=config.train.batch_size,
+            sampler=SkipFirst(self.sampler, skip) if skip else self.sampler,
+            num_workers=config.data.num_workers,
+            collate_fn=self.collate,
+            pin_memory=self.device.type == "cuda",
+            drop_last=False,
+            generator=torch.Generator().manual_seed(
+                epoch_seed(config.train.seed, epoch, self.rank)
+            ),
+        )
+        self.model.train()
+        window = _Window()
+        for batch in loader:
+            if state.step_in_epoch >= self.steps_per_epoch:
+                break
+            should_fail(state.global_step + 1)  # the 1-based number of the step to come
+            window.images += 0 if batch is None else len(batch)
+            result = self.train_step(batch)
+            state.global_step += 1
+            state.step_in_epoch += 1
+            if state.global_step % config.train.log_every == 0:
+                on_log(self._step_log(result, window))
+                window = _Window()
+            if config.train.report_every and state.global_step % config.train.report_every == 0:
+                if state.step_in_epoch < self.steps_per_epoch:
+                    on_mid_epoch_report()
+        state.epoch += 1
+        state.step_in_epoch = 0
+
+    def train_step(self, batch: Batch | None) -> dict:
+        """One optimiser step; returns what the logs need. Non-finite outputs,
+        losses or gradients on any worker skip the step on every worker."""
+        config = self.config
+        empty = batch is None  # every image of this batch was unreadable (on_bad_image: skip)
+        if not empty:
+            batch = batch.to(self.device, non_blocking=True)
+            images, padding_mask = batch.inputs()
+            images = images.contiguous(memory_format=self.memory_format)
+            with self._autocast():
+                cls_scores, bbox_preds = self.model(images, padding_mask)
+            step_number = self.state.global_step + 1  # 1-based, as logged
+            if step_number in config.debug.nan_at_steps and self.rank == 0:
+                cls_scores = cls_scores * float("nan")  # fault injection for tests
+            outputs_ok = bool(torch.isfinite(cls_scores).all() and torch.isfinite(bbox_preds).all())
+        else:
+            outputs_ok = True
+        # Every worker must agree before the criterion's all-reduce and DDP's.
+        if dist.any_across(empty or not outputs_ok, self.device):
+            return self._skip("non-finite model outputs" if not outputs_ok else "an empty batch")
+        flat = FlatTargets.from_list(batch.targets, device=self.device)
+        matching = self.criterion.matcher(cls_scores.detach(), bbox_preds.detach(), flat)
+        losses = self.criterion.losses(cls_scores, bbox_preds, flat, matching)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = config.optim.grad_clip if config.optim.grad_clip else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
+        # Gradients are all-reduced, so every worker sees the same norm.
+        if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():
+            return self._skip("a non-finite loss or gradient")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.state.nan_streak = 0
+        return {"losses": losses, "matching": matching, "grad_norm": grad_norm, "skipped": False}
+
+    def _skip(self, why: str) -> dict:
+        state = self.state
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()  # the schedule follows steps taken, skipped or not
+        step_number = state.global_step + 1  # 1-based, as logged
+        state.nan_streak += 1
+        state.skipped_steps.append(step_number)
+        if self.rank == 0:
+            log.warning(
+                "step %d: %s; step skipped (%d in a row, limit train.max_nan_steps=%d)",
+                step_number, why, state.nan_streak, self.config.train.max_nan_steps,
+            )  # fmt: skip
+        if state.nan_streak > self.config.train.max_nan_steps:
+            raise TrainingStopped(
+                f"stopped at step {step_number} (epoch {state.epoch + 1}): {why} for "
+                f"{state.nan_streak} steps in a row (train.max_nan_steps="
+                f"{self.config.train.max_nan_steps}). The model diverged; lower optim.lr, "
+                "check the data, or resume from the last checkpoint."
+            )
+        return {"skipped": True}
+
+    def _autocast(self):
+        if self.config.train.amp == "off":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.train.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _step_log(self, result: dict, window: _Window) -> StepLog:
+        """Average the step's numbers over workers (one all-gather; every rank calls it)."""
+        num_layers = len(self.module.transformer.decoder.layers)
+        names = loss_names(num_layers)
+        if result["skipped"]:
+            values = torch.full((len(names),), float("nan"))
+            num_pos, changed, total, grad_norm = 0.0, torch.zeros(num_layers - 1), 0, float("nan")
+        else:
+            values = torch.stack([result["losses"][n].detach().float() for n in names]).cpu()
+            matching: Matching = result["matching"]
+            num_pos = float(matching.num_pairs)
+            changed, total = matching_changes(matching)
+            grad_norm = float(result["grad_norm"])
+        row = torch.cat(
+            (values, torch.tensor([num_pos, float(total), float(window.images)]),
+             changed.float().cpu())
+        ).to(self.device)  # fmt: skip
+        table = dist.all_gather_tensor(row).cpu()  # (world, columns)
+        metrics = dict(zip(names, table[:, : len(names)].mean(0).tolist()))
+        positives = table[:, len(names)]
+        matched, images = table[:, len(names) + 1].sum(), table[:, len(names) + 2].sum()
+        changes = table[:, len(names) + 3 :].sum(0)
+        elapsed = time.perf_counter() - window.start
+        metrics.update(
+            {
+                "grad_norm": grad_norm,
+                "positives/mean": float(positives.mean()),
+                "positives/min": float(positives.min()),
+                "positives/max": float(positives.max()),
+                "images_per_s": float(images) / max(elapsed, 1e-9),
+                "skipped_steps": float(len(self.state.skipped_steps)),
+            }
+        )
+        for layer, value in enumerate(changes.tolist()):
+            metrics[f"d{layer}.match_changed"] = value / float(matched) if matched else 0.0
+        for group in self.optimizer.param_groups:
+            metrics[f"lr/{group['name']}"] = group["lr"]
+        return StepLog(
+            self.state.global_step, self.state.epoch, self.state.step_in_epoch,
+            self.steps_per_epoch, metrics,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> list[dict] | None:
+        """Detections of this worker's shard of the validation set, gathered to
+        rank 0 as COCO results (``None`` on other ranks)."""
+        sampler = DistributedSampler(self.val_set, self.world_size, self.rank, shuffle=False)
+        loader = DataLoader(
+            self.val_set,
+            batch_size=self.config.train.batch_size,
+            sampler=sampler,
+            num_workers=self.config.data.num_workers,
+            collate_fn=self.collate,
+        )
+        self.module.eval()
+        local = []
+        for batch in loader:
+            if batch is None:
+                continue
+            with self._autocast():
+                detections = detect_batch(self.module, batch)
+            for det in detections:
+                local.append((det["image_id"], to_coco_results([det], self.label_map)))
+        self.module.train()
+        return gather_image_results(local)
+
+
+class _Window:
+    """Images and time since the last logged step."""
+
+    def __init__(self):
+        self.images = 0
+        self.start = time.perf_counter()

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detr_ray.config import ConfigError, ExperimentConfig, apply_overrides, load_config
+from detr_ray.data.transforms import AugmentationConfig
+from detr_ray.model.config import PRESETS
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def test_shipped_configs_load():
+    tiny = load_config(CONFIGS / "shapes_tiny.yaml")
+    coco = load_config(CONFIGS / "coco_detr_r50.yaml")
+    assert tiny.data.synthetic is not None and tiny.scaling.num_workers == 2
+    assert tiny.data.augmentation == AugmentationConfig.scaled(128)
+    # the official recipe
+    assert coco.model == PRESETS["detr_r50"]
+    assert (coco.optim.lr, coco.optim.backbone_lr, coco.optim.weight_decay) == (1e-4, 1e-5, 1e-4)
+    assert coco.optim.grad_clip == 0.1 and coco.train.batch_size == 2
+    assert coco.train.epochs == 500 and coco.train.lr_drop_epochs == (400,)
+    assert (coco.matcher.cls_cost, coco.matcher.bbox_cost, coco.matcher.iou_cost) == (1, 5, 2)
+    assert (coco.loss.cls_weight, coco.loss.bbox_weight, coco.loss.iou_weight) == (1, 5, 2)
+    assert coco.loss.bg_cls_weight == 0.1 and coco.data.augmentation == AugmentationConfig()
+
+
+def test_overrides_types_and_round_trip():
+    config = load_config(CONFIGS / "shapes_tiny.yaml", [
+        "train.epochs=3", "optim.lr=3e-4", "model.num_queries=7", "data.synthetic=null",
+        "train.lr_drop_epochs=[1, 2]", "run.name=other",
+    ])  # fmt: skip
+    assert config.train.epochs == 3 and config.optim.lr == 3e-4
+    assert config.model.num_queries == 7 and config.model.d_model == 128  # preset kept
+    assert config.data.synthetic is None and config.train.lr_drop_epochs == (1, 2)
+    again = ExperimentConfig.from_dict(yaml.safe_load(config.to_yaml()))
+    assert again == config
+    assert config.flat()["model.num_queries"] == 7
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=0", "train.epochs must be >= 1, got 0"),
+    ("train.epoch=3", "unknown key train.epoch; train has keys"),
+    ("optim.lr=fast", "optim.lr must be a number, got 'fast'"),
+    ("optim.lr=-1", "optim.lr must be > 0"),
+    ("train.batch_size=2.5", "train.batch_size must be an integer, got 2.5"),
+    ("scaling.use_gpu=maybe", "scaling.use_gpu must be true or false"),
+    ("matcher.bbox_cost_format=xywh", "matcher.bbox_cost_format must be one of"),
+    ("loss.bg_cls_weight=-0.1", "loss.bg_cls_weight must be >= 0"),
+    ("model.preset=detr_r999", "model.preset: unknown model preset 'detr_r999'"),
+    ("model.dropout=1.5", r"model.dropout must be in \[0, 1\)"),
+    ("model.class_head=random", "model.class_head must be 'keep' or 'reinit'"),
+    ("data.augmentation.crop_prob=2", "data.augmentation: crop_prob and flip_prob"),
+    ("data.on_bad_image=ignore", "data.on_bad_image must be 'error' or 'skip'"),
+    ("train.amp=fp16", "train.amp: fp16 needs a GPU"),
+    ("run.name=a/b", "run.name must be a non-empty name without '/'"),
+    ("bogus.key=1", "unknown key bogus; the config has keys"),
+])  # fmt: skip
+def test_bad_values_name_their_key(override, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(CONFIGS / "shapes_tiny.yaml", [override])
+    assert "shapes_tiny.yaml" in str(error.value)
+
+
+def test_malformed_files_and_overrides(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="--set expects key=value"):
+        apply_overrides({}, ["train.epochs"])
+    with pytest.raises(ConfigError, match="train.epochs is not a section"):
+        apply_overrides({"train": {"epochs": 3}}, ["train.epochs.x=1"])

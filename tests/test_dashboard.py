@@ -1,0 +1,52 @@
+import json
+import socket
+import urllib.request
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from detr_ray.dashboard import start_dashboard
+from detr_ray.tracking import RunTracker, tracking_uri
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_serves_the_default_store_on_loopback(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    storage = tmp_path / "runs"
+    storage.mkdir()
+    tracker = RunTracker(
+        tracking_uri(None, storage),
+        "detr-ray",
+        "demo",
+        storage / "demo",
+        storage,
+        params={"train.epochs": 2},
+    )
+    tracker.log_metrics(1, {"loss": 3.5, "d0.loss_cls": 1.25})
+    port = _free_port()
+    server = start_dashboard(None, str(storage), port)
+    try:
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/get?run_id={tracker.run_id}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            run = json.load(response)["run"]
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        assert metrics == {"loss": 3.5, "d0.loss_cls": 1.25}
+        with pytest.raises(OSError):  # loopback only
+            host = socket.gethostbyname(socket.gethostname())
+            if host.startswith("127."):
+                raise OSError("no other interface to try")
+            urllib.request.urlopen(f"http://{host}:{port}/health", timeout=3)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert MlflowClient(tracking_uri(None, storage)).get_run(tracker.run_id)
+
+
+def test_dashboard_without_a_store_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no MLflow store at .*mlflow.db: train first"):
+        start_dashboard(None, str(tmp_path / "nothing"), _free_port())

@@ -73,6 +73,35 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume-from", help="sets run.resume_from: a checkpoint to continue")
     train.set_defaults(run=_run_train)
 
+    sweep = commands.add_parser(
+        "tune", help="sweep config keys (matching costs, bg_cls_weight...) with Ray Tune"
+    )
+    sweep.add_argument("config", help="the base experiment YAML")
+    sweep.add_argument(
+        "--space", required=True, help="search space YAML, e.g. tune_spaces/joint.yaml"
+    )
+    sweep.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a base config key")  # fmt: skip
+    sweep.add_argument("--name", help="sweep name (default: the space file's name)")
+    sweep.add_argument("--num-samples", type=int, default=4, help="trials to sample (x grid)")
+    sweep.add_argument(
+        "--max-concurrent", type=int, help="trials at once (default: as resources allow)"
+    )
+    sweep.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
+    sweep.add_argument("--search", choices=["random", "optuna"], default="random")
+    sweep.add_argument("--metric", choices=["val_AP", "val_AP50", "loss"], default="val_AP",
+                       help="what ASHA and the summary rank trials by")  # fmt: skip
+    sweep.add_argument(
+        "--grace-period", type=int, default=1, help="epochs before ASHA may stop a trial"
+    )
+    sweep.add_argument(
+        "--reduction-factor", type=float, default=2.0, help="ASHA's reduction factor"
+    )
+    sweep.add_argument("--seed", type=int, help="seed of the random search")
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    sweep.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    sweep.set_defaults(run=_run_tune)
+
     dashboard = commands.add_parser("dashboard", help="the MLflow UI for the tracking store")
     dashboard.add_argument("--tracking-uri", help="default: sqlite store in --storage-path")
     dashboard.add_argument("--storage-path", default="runs", help="run.storage_path (default runs)")
@@ -147,6 +176,54 @@ def _run_train(args) -> int:
     print(f"[detr-ray] MLflow run {outcome.get('mlflow_run_id')} in {outcome.get('tracking_uri')}")
     print("[detr-ray] open the dashboard: detr-ray dashboard   (then http://127.0.0.1:5000)")
     return 0
+
+
+def _run_tune(args) -> int:
+    from pathlib import Path
+
+    from detr_ray.config import load_config
+    from detr_ray.tune.space import load_space
+    from detr_ray.tune.sweep import SweepOptions, run_sweep
+
+    base = load_config(args.config, args.overrides)
+    space = load_space(args.space, base.to_dict())
+    options = SweepOptions(
+        name=args.name or Path(args.space).stem,
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+        scheduler=args.scheduler,
+        search=args.search,
+        metric=args.metric,
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+        resume=args.resume,
+        seed=args.seed,
+    )
+    outcome = run_sweep(base, space, options, address=args.address)
+    print(f"\n[detr-ray] sweep {options.name!r}: {len(outcome.rows)} trial(s)")
+    for row in outcome.rows:
+        values = "  ".join(f"{k}={_short(row[k])}" for k in space.keys)
+        print(f"  {row['trial']}  {row['status']:<13} epochs {row['epochs']:<3} {values}  "
+              f"{options.metric} {_short(row[options.metric])}")  # fmt: skip
+    print(f"[detr-ray] table: {outcome.sweep_dir / 'results.csv'}")
+    print(f"[detr-ray] MLflow parent run {outcome.parent_run_id} in {outcome.tracking_uri}")
+    if outcome.interrupted:
+        print("[detr-ray] interrupted: unfinished trials run again with the same command "
+              "and --resume")  # fmt: skip
+        return 130
+    if outcome.best is None:
+        print(f"[detr-ray] no trial reported {options.metric}")
+        return 1
+    best = outcome.best
+    print(f"[detr-ray] best trial {best['trial']}: {options.metric} {_short(best[options.metric])}")
+    print(f"[detr-ray] its config: {outcome.best_config_path}  "
+          f"(detr-ray train {outcome.best_config_path})")  # fmt: skip
+    print(f"[detr-ray] its checkpoint: {best.get('checkpoint') or best['train_dir']}")
+    return 0
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _run_dashboard(args) -> int:

@@ -195,6 +195,7 @@ class TrackingConfig:
     uri: str | None = None
     experiment: str = "detr-ray"
     log_images: int = 4
+    parent_run_id: str | None = None  # set by sweeps: the run is a trial of this one
 
     def __post_init__(self):
         _require(self.log_images >= 0, "tracking.log_images", self.log_images, ">= 0")

@@ -1,4 +1,4 @@
-"""MLflow tracking of a training run: the only module that imports MLflow.
+"""MLflow tracking of training runs and sweeps: the only module that imports MLflow.
 
 Only the rank-0 worker tracks. One MLflow run per training run: it is found
 again after a restart (by the run id in the checkpoint, else by the run
@@ -25,6 +25,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
 RUN_DIR_TAG = "detr_ray.run_dir"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests children under it
 MAX_PARAM_LENGTH = 6000
 
 
@@ -163,6 +164,51 @@ class RunTracker:
         self.client.set_terminated(
             self.run_id, status=RunStatus.to_string(getattr(RunStatus, status))
         )
+
+    # ------------------------------------------------------------------ sweeps
+    def child_runs(self) -> dict[str, tuple[str, str]]:
+        """This run's children (a sweep's trials): run name -> (run id, status)."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.run_id}'"
+        )
+        return {r.info.run_name: (r.info.run_id, r.info.status) for r in runs}
+
+    def child_tag(self, run_id: str | None, key: str) -> str | None:
+        return None if run_id is None else self.client.get_run(run_id).data.tags.get(key)
+
+    def end_child(self, run_id: str, status: str, tags: Mapping[str, str]) -> None:
+        """Close a child run that cannot close itself (its trial was stopped)."""
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+        self.client.set_terminated(run_id, status=status)
+
+    def log_sweep_plot(self, rows: list[dict], keys: list[str], metric: str) -> None:
+        """``plots/<metric>_vs_params.png``: each trial's best ``metric`` against each key."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.8), squeeze=False)
+        for ax, key in zip(axes[0], keys):
+            for stopped in (False, True):
+                shown = [(r[key], r[metric]) for r in rows if r.get(metric) is not None
+                         and (r["status"] == "stopped early") == stopped]  # fmt: skip
+                if shown:
+                    xs, ys = zip(*shown)
+                    ax.scatter([_plottable(x) for x in xs], ys, marker="x" if stopped else "o",
+                               label="stopped early" if stopped else "ran to the end")  # fmt: skip
+            ax.set_xlabel(key)
+            ax.set_ylabel(metric)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        figure.tight_layout()
+        self.log_image(figure, f"plots/{metric}_vs_params.png")
+        plt.close(figure)
+
+
+def _plottable(value):
+    return value if isinstance(value, (int, float)) else str(value)
 
 
 def _parent(artifact_file: str) -> str | None:

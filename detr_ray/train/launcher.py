@@ -64,12 +64,17 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).resolve())
 
 
-def run_training(config: ExperimentConfig, address: str | None = None) -> dict:
+def run_training(
+    config: ExperimentConfig, address: str | None = None, callbacks: list | None = None
+) -> dict:
     """Train to the end (or resume and finish); returns the rank-0 worker's summary.
 
     Raises:
         TrainingStopped: the run stopped itself (e.g. diverged); checkpoints are kept.
         RuntimeError: workers kept failing beyond ``run.max_failures``.
+
+    ``callbacks`` go to Ray Train's ``RunConfig`` (a sweep passes Tune's
+    ``TuneReportCallback`` to forward every report to its trial).
     """
     config, label_map = prepare_config(config)
     for key, value in RAY_ENV_DEFAULTS.items():
@@ -109,6 +114,7 @@ def run_training(config: ExperimentConfig, address: str | None = None) -> dict:
             ),
             worker_runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENV_DEFAULTS}},
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks or [],
         ),
     )
     print(

@@ -132,7 +132,7 @@ def _starting_checkpoint(config: ExperimentConfig) -> dict | None:
 
 
 def _tracker(config: ExperimentConfig, run_dir: Path, start: dict | None):
-    from detr_ray.tracking import RunTracker, tracking_uri
+    from detr_ray.tracking import PARENT_TAG, RunTracker, tracking_uri
 
     uri = tracking_uri(config.tracking.uri, config.run.storage_path)
     tracker = RunTracker(
@@ -146,6 +146,8 @@ def _tracker(config: ExperimentConfig, run_dir: Path, start: dict | None):
     )
     if not tracker.resumed:
         tracker.log_text(config.to_yaml(), "config.yaml")
+        if config.tracking.parent_run_id:  # a sweep's trial: nest it under the sweep's run
+            tracker.set_tags({PARENT_TAG: config.tracking.parent_run_id})
     return tracker
 
 
@@ -158,6 +160,7 @@ class _Reporter:
         self.run_dir, self.rank, self.label_map, self.val_set = run_dir, rank, label_map, val_set
         self.started = time.perf_counter()
         self.start_step = engine.state.global_step
+        self.logged_losses: list[float] = []  # since the last report (rank 0)
         start = start or {}
         self.last_metrics: dict[str, float] = start.get("val_metrics", {})
         best = start.get("best_checkpoint")
@@ -168,6 +171,7 @@ class _Reporter:
     def on_log(self, step: StepLog) -> None:
         if self.rank != 0:
             return
+        self.logged_losses.append(step.metrics["loss"])
         self.tracker.log_metrics(step.global_step, step.metrics)
         total = self.config.train.epochs * step.steps_per_epoch
         done = step.global_step - self.start_step
@@ -211,6 +215,11 @@ class _Reporter:
         ap = evaluated.get("AP") if evaluated else None
         score = ap if ap is not None and ap == ap else -1.0  # NaN/none: unranked
         metrics = {"epoch": state.epoch, "global_step": state.global_step, SCORE_METRIC: score}
+        if evaluated:
+            metrics["val_AP50"] = evaluated.get("AP50", -1.0)
+        if self.logged_losses:  # the mean logged training loss since the last report
+            metrics["loss"] = sum(self.logged_losses) / len(self.logged_losses)
+            self.logged_losses = []
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)  # [Ray]
             return

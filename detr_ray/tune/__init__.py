@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: search spaces (pure) and Ray Tune runs (the edge)."""

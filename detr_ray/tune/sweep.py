@@ -1,0 +1,370 @@
+"""Sweeps: one Ray Tune trial per sampled config, each a full Ray Train run.
+
+Layout of a sweep named ``S`` with ``run.storage_path`` ``R``::
+
+    R/sweeps/S/                  Ray Tune's experiment (state, trial folders)
+    R/sweeps/S/train/<trial_id>/ each trial's Ray Train run: its checkpoints
+    R/sweeps/S/best_config.yaml  the best trial's config, for ``detr-ray train``
+    R/sweeps/S/results.csv       one row per trial
+
+MLflow: a parent run for the sweep (found again on ``--resume`` by its
+folder), one child run per trial (the ordinary training run, tagged with the
+parent) with the same per-decoder-layer losses and COCO metrics as any run.
+
+Each trial is a Tune *function trainable* that fits a ``TorchTrainer``
+(Ray Train V2); ``TuneReportCallback`` forwards every Train report (one per
+epoch) to Tune, and ASHA's budget is the ``epoch`` those reports carry. A
+trial's Train run is named by its trial id, so a resumed sweep continues an
+interrupted trial from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from detr_ray.config import ConfigError, ExperimentConfig
+from detr_ray.tune.space import SearchSpace
+
+SCHEDULERS = ("asha", "fifo")
+SEARCHERS = ("random", "optuna")
+# What a trial reports each epoch (see detr_ray.train.worker): metric -> mode.
+METRICS = {"val_AP": "max", "val_AP50": "max", "loss": "min"}
+TRIAL_DRIVER_CPUS = 0.01  # the trial's own process only waits for its Train run
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How to search: ``detr-ray tune``'s flags."""
+
+    name: str
+    num_samples: int = 4
+    max_concurrent: int | None = None
+    scheduler: str = "asha"
+    search: str = "random"
+    metric: str = "val_AP"
+    grace_period: int = 1  # epochs every trial gets before ASHA may stop it
+    reduction_factor: float = 2.0
+    resume: bool = False
+    seed: int | None = None  # of the random search
+
+    def __post_init__(self):
+        def bad(key, value, what):
+            raise ConfigError(f"--{key.replace('_', '-')} must be {what}, got {value!r}")
+
+        if not self.name or "/" in self.name:
+            bad("name", self.name, "a non-empty name without '/'")
+        if self.num_samples < 1:
+            bad("num_samples", self.num_samples, ">= 1")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            bad("max_concurrent", self.max_concurrent, ">= 1")
+        if self.scheduler not in SCHEDULERS:
+            bad("scheduler", self.scheduler, f"one of {SCHEDULERS}")
+        if self.search not in SEARCHERS:
+            bad("search", self.search, f"one of {SEARCHERS}")
+        if self.metric not in METRICS:
+            bad("metric", self.metric, f"one of {list(METRICS)}")
+        if self.grace_period < 1:
+            bad("grace_period", self.grace_period, ">= 1")
+        if self.reduction_factor <= 1:
+            bad("reduction_factor", self.reduction_factor, "> 1")
+
+    @property
+    def mode(self) -> str:
+        return METRICS[self.metric]
+
+
+@dataclass
+class SweepOutcome:
+    sweep_dir: Path
+    interrupted: bool
+    rows: list[dict]  # one per trial, as in results.csv
+    best: dict | None  # the best row
+    best_config_path: Path | None
+    parent_run_id: str
+    tracking_uri: str
+
+
+def run_sweep(
+    base: ExperimentConfig, space: SearchSpace, options: SweepOptions, address: str | None = None
+) -> SweepOutcome:
+    """Run (or resume) a sweep of ``base`` over ``space`` to the end."""
+    from detr_ray.tracking import RunTracker, tracking_uri
+    from detr_ray.train.launcher import RAY_ENV_DEFAULTS, prepare_config
+
+    base, _ = prepare_config(base)  # absolute paths, synthetic data, num_classes
+    sweep_dir = Path(base.run.storage_path) / "sweeps" / options.name
+    _check_resume(sweep_dir, options.resume)
+    uri = tracking_uri(base.tracking.uri, base.run.storage_path)
+    parent = RunTracker(
+        uri,
+        base.tracking.experiment,
+        f"sweep {options.name}",
+        sweep_dir,
+        base.run.storage_path,
+        params=_sweep_params(space, options),
+    )
+    if not parent.resumed:
+        parent.log_text(base.to_yaml(), "base_config.yaml")
+        parent.log_text(Path(space.source).read_text() if Path(space.source).is_file()
+                        else repr(space), "search_space.yaml")  # fmt: skip
+        parent.set_tags({"detr_ray.sweep": options.name})
+
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's trial table (CLIReporter)
+    import ray
+    from ray import tune
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True)
+
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trial,
+            base=base.to_dict(),
+            space=space,
+            train_dir=str(sweep_dir / "train"),
+            tracking_uri=uri,
+            parent_run_id=parent.run_id,
+        ),
+        {"cpu": TRIAL_DRIVER_CPUS},
+    )
+    print(f"[detr-ray] sweep {options.name!r} over {space.keys} ({space.source}); "
+          f"folder {sweep_dir}; MLflow parent run {parent.run_id}", flush=True)  # fmt: skip
+    if options.resume:
+        print("[detr-ray] resuming: finished trials are kept, the others run", flush=True)
+        tuner = tune.Tuner.restore(
+            str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        searcher = _searcher(options, space)
+        # A seeded random search limits concurrency itself (Tune ignores the
+        # TuneConfig limit next to it, with a warning).
+        seeded = searcher is not None and options.search == "random"
+        tuner = tune.Tuner(
+            trainable,
+            param_space=to_tune_space(space),
+            tune_config=tune.TuneConfig(
+                metric=options.metric,
+                mode=options.mode,
+                num_samples=options.num_samples,
+                max_concurrent_trials=None if seeded else options.max_concurrent,
+                scheduler=_scheduler(options, base.train.epochs),
+                search_alg=searcher,
+            ),
+            run_config=tune.RunConfig(
+                name=options.name,
+                storage_path=str(sweep_dir.parent),
+                progress_reporter=_reporter(space, options),
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+    try:
+        grid = tuner.fit()
+    except BaseException:
+        parent.finish("FAILED")
+        raise
+    return _finish(grid, base, space, options, sweep_dir, parent)
+
+
+# ---------------------------------------------------------------------- the trial
+def _trial(
+    params: dict, base: dict, space: SearchSpace, train_dir: str, tracking_uri: str,
+    parent_run_id: str,
+) -> None:  # fmt: skip
+    """One trial: the sampled config trained by Ray Train, reported to Tune."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from detr_ray.train.launcher import run_training
+
+    config = space.apply(base, {key: params[key] for key in space.keys})
+    trial_id = ray.tune.get_context().get_trial_id()
+    config = dataclasses.replace(
+        config,
+        run=dataclasses.replace(config.run, name=trial_id, storage_path=train_dir),
+        tracking=dataclasses.replace(
+            config.tracking, uri=tracking_uri, parent_run_id=parent_run_id
+        ),
+        # ASHA compares trials at every epoch: evaluate every epoch, report once.
+        train=dataclasses.replace(config.train, eval_every=1, report_every=None),
+    )
+    run_training(config, callbacks=[TuneReportCallback()])
+
+
+def to_tune_space(space: SearchSpace) -> dict:
+    """Ray Tune's distributions for ``space`` (keys stay dotted)."""
+    from ray import tune
+
+    makers = {
+        "uniform": tune.uniform,
+        "loguniform": tune.loguniform,
+        "quniform": tune.quniform,
+        "randint": tune.randint,
+        "choice": lambda *values: tune.choice(list(values)),
+        "grid": lambda *values: tune.grid_search(list(values)),
+    }
+    return {p.key: makers[p.kind](*p.args) for p in space.params}
+
+
+def _scheduler(options: SweepOptions, max_epochs: int):
+    if options.scheduler == "fifo":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        # The epoch each report carries, not Tune's iteration count: a trial
+        # resumed after an interruption restarts its count but not its epochs.
+        time_attr="epoch",
+        max_t=max_epochs,
+        grace_period=min(options.grace_period, max_epochs),
+        reduction_factor=options.reduction_factor,
+    )
+
+
+def _searcher(options: SweepOptions, space: SearchSpace):
+    if options.search == "random":
+        if options.seed is None:
+            return None
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(
+            random_state=options.seed, max_concurrent=options.max_concurrent or 0
+        )
+    if any(p.kind == "grid" for p in space.params):
+        raise ConfigError(f"{space.source}: --search optuna cannot sample 'grid' entries; "
+                          "use 'choice' or --search random")  # fmt: skip
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "--search optuna needs Optuna: pip install -e '.[optuna]' (or pip install optuna)"
+        ) from None
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(seed=options.seed)
+
+
+def _reporter(space: SearchSpace, options: SweepOptions):
+    from ray.tune import CLIReporter
+
+    return CLIReporter(
+        metric_columns={
+            "epoch": "epoch",
+            options.metric: options.metric,
+            "loss": "loss",
+        },  # fmt: skip
+        parameter_columns={key: key for key in space.keys},
+        max_report_frequency=15,
+    )
+
+
+def _check_resume(sweep_dir: Path, resume: bool) -> None:
+    state_exists = (sweep_dir / "tuner.pkl").exists()
+    if resume and not state_exists:
+        raise ConfigError(f"--resume: no sweep to resume in {sweep_dir}; drop --resume to start")
+    if not resume and sweep_dir.exists():
+        raise ConfigError(
+            f"a sweep already exists in {sweep_dir}: add --resume to continue it, or pick "
+            "another --name"
+        )
+
+
+def _sweep_params(space: SearchSpace, options: SweepOptions) -> dict:
+    params = {f"sweep.{k}": v for k, v in dataclasses.asdict(options).items() if k != "resume"}
+    params["sweep.space"] = space.source
+    params["sweep.loss_weights"] = space.loss_weights
+    params |= {f"space.{p.key}": p.describe() for p in space.params}
+    return params
+
+
+# ---------------------------------------------------------------------- the end
+def _finish(grid, base, space, options, sweep_dir, parent) -> SweepOutcome:
+    """Results table, best config, plots; early-stopped children marked KILLED."""
+    children = parent.child_runs()  # trial id (the child's run name) -> (run id, status)
+    rows, interrupted = [], False
+    # ResultGrid keeps its trials (with their Tune status) in this order.
+    for trial, result in zip(grid._experiment_analysis.trials, grid):
+        metrics = result.metrics or {}
+        epochs = int(metrics.get("epoch", 0) or 0)
+        done = bool((trial.last_result or {}).get("done"))
+        status = _status(trial.status, done, epochs, base.train.epochs)
+        interrupted |= status == "unfinished"
+        run_id, run_status = children.get(trial.trial_id, (None, None))
+        # Tune stops a trial right after the report that ends it (ASHA at max_t
+        # too), often before its Train run closes its MLflow run: close it here.
+        if status == "stopped early" and run_status == "RUNNING":
+            parent.end_child(run_id, "KILLED", {"detr_ray.stopped_early": "true"})
+        elif status == "finished" and run_status == "RUNNING":
+            parent.end_child(run_id, "FINISHED", {})
+        sampled = {key: trial.config.get(key) for key in space.keys}
+        rows.append({"trial": trial.trial_id, "status": status, "epochs": epochs, **sampled,
+                     options.metric: _best_value(result.metrics_dataframe, options),
+                     "last_loss": metrics.get("loss"), "mlflow_run_id": run_id,
+                     "train_dir": str(sweep_dir / "train" / trial.trial_id)})  # fmt: skip
+    ranked = [r for r in rows if r[options.metric] is not None]
+    sign = 1 if options.mode == "max" else -1
+    best = max(ranked, key=lambda r: sign * r[options.metric]) if ranked else None
+    best_config_path = None
+    table = _csv(rows)
+    (sweep_dir / "results.csv").write_text(table)
+    parent.log_text(table, "results.csv")
+    if best is not None:
+        best_config = _best_config(base, space, best, options)
+        best_config_path = sweep_dir / "best_config.yaml"
+        best_config_path.write_text(best_config.to_yaml())
+        parent.log_text(best_config.to_yaml(), "best_config.yaml")
+        best["checkpoint"] = parent.child_tag(best["mlflow_run_id"], "best_checkpoint")
+        parent.set_tags({"best_trial": str(best["trial"]),
+                         f"best_{options.metric}": f"{best[options.metric]:.4f}"})  # fmt: skip
+    parent.log_sweep_plot(rows, space.keys, options.metric)
+    parent.finish("KILLED" if interrupted else "FINISHED")
+    return SweepOutcome(sweep_dir, interrupted, rows, best, best_config_path, parent.run_id,
+                        parent.uri)  # fmt: skip
+
+
+def _status(tune_status: str, done: bool, epochs_done: int, epochs: int) -> str:
+    """A trial's outcome. Tune marks ``done`` the last result of a trial that
+    returned or that its scheduler stopped; a sweep interrupted by Ctrl-C
+    leaves its running trials without it (and pending ones without results)."""
+    if tune_status == "ERROR":
+        return "error"
+    if not done:
+        return "unfinished"
+    return "finished" if epochs_done >= epochs else "stopped early"
+
+
+def _best_value(history, options: SweepOptions) -> float | None:
+    if history is None or options.metric not in history:
+        return None
+    values = [v for v in history[options.metric].tolist()
+              if v is not None and math.isfinite(v) and v >= 0]  # fmt: skip
+    if not values:
+        return None
+    return max(values) if options.mode == "max" else min(values)
+
+
+def _best_config(base, space, best, options) -> ExperimentConfig:
+    """The best trial's config as a normal run of its own."""
+    config = space.apply(base.to_dict(), {key: best[key] for key in space.keys})
+    return dataclasses.replace(
+        config, run=dataclasses.replace(config.run, name=f"{options.name}-best")
+    )
+
+
+def _csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue()
+
+
+__all__ = ["METRICS", "SweepOptions", "SweepOutcome", "run_sweep", "to_tune_space"]

@@ -1,0 +1,125 @@
+"""Training throughput: the same Engine loop without Ray, on 1 Ray worker, on 2 Ray workers.
+
+    python bench/bench_train.py [--config configs/shapes_tiny.yaml] [--steps 40] [--rounds 2]
+
+All runs train the config's model on its data (no evaluation in the measured
+window) with the config's batch size per worker, and measure images/s the way
+training logs it (``images_per_s``: images of all workers over the wall time of
+each ``log_every`` window, data loading included). The first window (warm-up,
+process-group setup) is dropped; the median of the others is reported.
+
+- ``no_ray``: :class:`detr_ray.train.engine.Engine` in this process, torch on 2 threads;
+- ``ray_1``: ``detr-ray train`` with 1 worker x 2 CPUs (Ray gives it 2 threads);
+- ``ray_2``: 2 workers x 1 CPU (DDP over gloo; twice the images per step).
+
+Printed ratios: ``ray_1 / no_ray`` (Ray Train's overhead on the same loop and
+threads) and ``ray_2 / ray_1`` (data-parallel scaling on this machine). The
+runs alternate, ``--rounds`` times, so machine noise hits all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOG_EVERY = 5
+
+
+def overrides(steps: int, storage: str, name: str) -> list[str]:
+    return ["train.epochs=1", f"train.max_steps_per_epoch={steps}", f"train.log_every={LOG_EVERY}",
+            "train.eval_every=1000", "tracking.log_images=0", "data.val_max_images=1",
+            f"run.storage_path={storage}", f"run.name={name}"]  # fmt: skip
+
+
+def median_rate(rates: list[float]) -> float:
+    return statistics.median(rates[1:] if len(rates) > 1 else rates)
+
+
+def run_no_ray(config_path: str, steps: int, storage: str) -> float:
+    import torch
+
+    from detr_ray.config import load_config
+    from detr_ray.model import build_model
+    from detr_ray.train.engine import Engine, seed_everything
+    from detr_ray.train.launcher import prepare_config
+    from detr_ray.train.worker import _datasets
+
+    torch.set_num_threads(2)
+    config, label_map = prepare_config(
+        load_config(config_path, overrides(steps, storage, "no_ray"))
+    )
+    seed_everything(config.train.seed)
+    model = build_model(config.model)
+    train_set, val_set = _datasets(config, label_map)
+    engine = Engine(config, model, train_set, val_set, label_map, "cpu")
+    rates: list[float] = []
+    engine.train_epoch(on_log=lambda step: rates.append(step.metrics["images_per_s"]))
+    return median_rate(rates)
+
+
+def run_ray(config_path: str, steps: int, storage: str, workers: int) -> float:
+    from mlflow.tracking import MlflowClient
+
+    from detr_ray.config import load_config
+    from detr_ray.train.launcher import run_training
+
+    name = f"ray_{workers}_{time.time_ns()}"
+    extra = [f"scaling.num_workers={workers}", f"scaling.cpus_per_worker={2 // workers}"]
+    outcome = run_training(load_config(config_path, overrides(steps, storage, name) + extra))
+    client = MlflowClient(outcome["tracking_uri"])
+    history = client.get_metric_history(outcome["mlflow_run_id"], "images_per_s")
+    return median_rate([m.value for m in sorted(history, key=lambda m: m.step)])
+
+
+def child(args) -> None:
+    with tempfile.TemporaryDirectory() as storage:
+        if args.child == "no_ray":
+            rate = run_no_ray(args.config, args.steps, storage)
+        else:
+            rate = run_ray(args.config, args.steps, storage, int(args.child.split("_")[1]))
+    print("RESULT " + json.dumps({"rate": rate}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "shapes_tiny.yaml"))
+    parser.add_argument("--steps", type=int, default=40, help="optimiser steps per run")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    os.chdir(ROOT)  # the config's relative data paths
+    kinds = ["no_ray", "ray_1", "ray_2"]
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    for round_index in range(args.rounds):
+        for kind in kinds:
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", kind, "--config", args.config,
+                 "--steps", str(args.steps)],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+            if not lines:
+                sys.exit(f"{kind} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+            rate = json.loads(lines[0][7:])["rate"]
+            rates[kind].append(rate)
+            print(f"round {round_index + 1} {kind:<7} {rate:7.1f} images/s", flush=True)
+    best = {k: statistics.median(v) for k, v in rates.items()}
+    print("\nmedian images/s: " + "  ".join(f"{k} {v:.1f}" for k, v in best.items()))
+    print(f"Ray overhead, 1 worker vs the same loop without Ray: "
+          f"{best['ray_1'] / best['no_ray']:.3f}x throughput "
+          f"({(1 - best['ray_1'] / best['no_ray']) * 100:+.1f}% slower)")  # fmt: skip
+    print(f"2 workers vs 1 worker: {best['ray_2'] / best['ray_1']:.3f}x throughput")
+
+
+if __name__ == "__main__":
+    main()

@@ -42,6 +42,9 @@ def train_loop_per_worker(loop_config: dict) -> dict:
     rank = ray.train.get_context().get_world_rank()  # [Ray]
     device = ray.train.torch.get_device()  # [Ray]
 
+    # One intra-op thread per CPU this worker was given: torch otherwise takes
+    # every core of the machine in each worker, and 2 workers on 2 cores fight.
+    torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
     seed_everything(config.train.seed)  # the same initial weights on every worker
     model = build_model(config.model)
     train_set, val_set = _datasets(config, label_map)

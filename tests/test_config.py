@@ -14,7 +14,10 @@ def test_shipped_configs_load():
     tiny = load_config(CONFIGS / "shapes_tiny.yaml")
     coco = load_config(CONFIGS / "coco_detr_r50.yaml")
     assert tiny.data.synthetic is not None and tiny.scaling.num_workers == 2
-    assert tiny.data.augmentation == AugmentationConfig.scaled(128)
+    assert tiny.data.augmentation == AugmentationConfig.scaled(64)
+    assert (tiny.model.backbone_stages, tiny.model.pre_norm, tiny.model.backbone_norm) == (
+        3, True, "group"
+    )
     # the official recipe
     assert coco.model == PRESETS["detr_r50"]
     assert (coco.optim.lr, coco.optim.backbone_lr, coco.optim.weight_decay) == (1e-4, 1e-5, 1e-4)

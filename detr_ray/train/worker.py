@@ -36,6 +36,9 @@ SCORE_METRIC = "val_AP"  # what CheckpointConfig ranks checkpoints by
 def train_loop_per_worker(loop_config: dict) -> dict:
     """Train; returns (on rank 0) ``{"status", "message", "mlflow_run_id", "metrics", ...}``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Ray Train's "Reporting training result ..." line per worker and report
+    # would bury the progress lines in job logs.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     config = ExperimentConfig.from_dict(loop_config["experiment"])
     label_map = LabelMap.from_dict(loop_config["label_map"])
     run_dir = Path(loop_config["run_dir"])

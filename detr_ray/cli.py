@@ -174,7 +174,8 @@ def _run_train(args) -> int:
     if outcome.get("best_checkpoint"):
         print(f"[detr-ray] best checkpoint:   {outcome['best_checkpoint']}")
     print(f"[detr-ray] MLflow run {outcome.get('mlflow_run_id')} in {outcome.get('tracking_uri')}")
-    print("[detr-ray] open the dashboard: detr-ray dashboard   (then http://127.0.0.1:5000)")
+    print(f"[detr-ray] open the dashboard: {_dashboard_command(config)}   "
+          "(then http://127.0.0.1:5000)")  # fmt: skip
     return 0
 
 
@@ -224,6 +225,18 @@ def _run_tune(args) -> int:
 
 def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _dashboard_command(config) -> str:
+    """The command that shows this config's MLflow store, as this shell can run it."""
+    import os
+
+    program = sys.argv[0] if os.sep in sys.argv[0] else "detr-ray"
+    if config.tracking.uri:
+        return f"{program} dashboard --tracking-uri {config.tracking.uri}"
+    if os.path.normpath(config.run.storage_path) != "runs":
+        return f"{program} dashboard --storage-path {config.run.storage_path}"
+    return f"{program} dashboard"
 
 
 def _run_dashboard(args) -> int:

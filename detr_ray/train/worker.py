@@ -35,10 +35,7 @@ SCORE_METRIC = "val_AP"  # what CheckpointConfig ranks checkpoints by
 
 def train_loop_per_worker(loop_config: dict) -> dict:
     """Train; returns (on rank 0) ``{"status", "message", "mlflow_run_id", "metrics", ...}``."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # Ray Train's "Reporting training result ..." line per worker and report
-    # would bury the progress lines in job logs.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    _log_detr_ray_info()
     config = ExperimentConfig.from_dict(loop_config["experiment"])
     label_map = LabelMap.from_dict(loop_config["label_map"])
     run_dir = Path(loop_config["run_dir"])
@@ -100,6 +97,19 @@ def train_loop_per_worker(loop_config: dict) -> dict:
 
 
 # ---------------------------------------------------------------------- setup
+def _log_detr_ray_info() -> None:
+    """INFO for detr-ray's own loggers only. (An INFO root logger would also
+    print Ray Train's "Reporting training result ..." for every worker and
+    report, which buries the progress lines in job logs.)"""
+    logger = logging.getLogger("detr_ray")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def _datasets(config: ExperimentConfig, label_map: LabelMap):
     data = config.data
     common = dict(label_map=label_map, on_bad_image=data.on_bad_image)

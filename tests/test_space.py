@@ -89,3 +89,15 @@ def test_bad_space_files_name_the_file(tmp_path):
     extra.write_text(yaml.safe_dump({"parameters": {}}))
     with pytest.raises(ConfigError, match=r"extra.yaml: unknown top-level keys \['parameters'\]"):
         load_space(extra)
+
+
+def test_a_trial_is_fitted_to_a_small_cluster():
+    from detr_ray.tune.sweep import TRIAL_DRIVER_CPUS, fit_trial_to_cluster
+
+    base = ExperimentConfig.from_dict({"scaling": {"num_workers": 2, "cpus_per_worker": 1.0}})
+    assert fit_trial_to_cluster(base, 4.0) is base  # fits: unchanged
+    fitted = fit_trial_to_cluster(base, 2.0).scaling  # 2 x 1 + the trial's own 0.01 > 2
+    assert fitted.cpus_per_worker == 0.99
+    assert 2 * fitted.cpus_per_worker + TRIAL_DRIVER_CPUS <= 2.0
+    with pytest.raises(ConfigError, match="lower scaling.num_workers"):
+        fit_trial_to_cluster(base, 0.01)

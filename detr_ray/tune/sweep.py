@@ -123,6 +123,7 @@ def run_sweep(
 
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=True)
+    base = fit_trial_to_cluster(base, ray.cluster_resources().get("CPU", 0.0))
 
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -171,6 +172,27 @@ def run_sweep(
         parent.finish("FAILED")
         raise
     return _finish(grid, base, space, options, sweep_dir, parent)
+
+
+def fit_trial_to_cluster(base: ExperimentConfig, cluster_cpus: float) -> ExperimentConfig:
+    """Shrink ``scaling.cpus_per_worker`` so that one trial (its workers plus
+    its own driver's share) fits the cluster, e.g. 2 workers x 1 CPU on a
+    2-CPU laptop; an unchanged config would wait for resources forever."""
+    scaling = base.scaling
+    if base.scaling.use_gpu:
+        return base
+    need = scaling.num_workers * scaling.cpus_per_worker + TRIAL_DRIVER_CPUS
+    if need <= cluster_cpus:
+        return base
+    fitted = math.floor((cluster_cpus - TRIAL_DRIVER_CPUS) / scaling.num_workers * 100) / 100
+    if fitted <= 0:
+        raise ConfigError(
+            f"a trial needs scaling.num_workers={scaling.num_workers} workers but the cluster "
+            f"has {cluster_cpus:g} CPUs: lower scaling.num_workers"
+        )
+    print(f"[detr-ray] a trial asks for {need:g} CPUs, the cluster has {cluster_cpus:g}: "
+          f"scaling.cpus_per_worker {scaling.cpus_per_worker:g} -> {fitted:g}")  # fmt: skip
+    return dataclasses.replace(base, scaling=dataclasses.replace(scaling, cpus_per_worker=fitted))
 
 
 # ---------------------------------------------------------------------- the trial

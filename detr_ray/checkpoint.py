@@ -52,17 +52,17 @@ def checkpoint_dict(
         "model": module.state_dict(),
         "model_config": model_config.to_dict(),
         "label_map": label_map.to_dict(),
-        "augmentation": _plain(asdict(augmentation or AugmentationConfig())),
+        "augmentation": plain_data(asdict(augmentation or AugmentationConfig())),
         **training_state,
     }
 
 
-def _plain(value):
+def plain_data(value):
     """Tuples -> lists, recursively (the saved dict stays plain JSON-like data)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_data(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_data(v) for v in value]
     return value
 
 

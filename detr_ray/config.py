@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from detr_ray.checkpoint import plain_data
 from detr_ray.data.transforms import AugmentationConfig
 from detr_ray.matching import BOX_COST_FORMATS
 from detr_ray.model.config import ModelConfig, preset_config
@@ -240,7 +241,7 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict:
         """The resolved config as plain data; ``from_dict`` of it is equal to ``self``."""
-        data = _plain(dataclasses.asdict(self))
+        data = plain_data(dataclasses.asdict(self))
         data["model"].update(data.pop("init"))
         return data
 
@@ -254,19 +255,24 @@ class ExperimentConfig:
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML experiment config and apply ``a.b=value`` overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    raw = read_yaml_file(path, "config file")
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections")
     try:
         return ExperimentConfig.from_dict(apply_overrides(raw, overrides or []))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def read_yaml_file(path: str | os.PathLike, what: str) -> Any:
+    """The YAML document in ``path`` (``{}`` if empty); errors name ``what`` and the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -394,16 +400,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _deep_copy(raw):
-    return _plain(raw) if isinstance(raw, dict) else raw
+    return plain_data(raw) if isinstance(raw, dict) else raw
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:

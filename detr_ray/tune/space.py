@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from detr_ray.config import ConfigError, ExperimentConfig, apply_overrides
+from detr_ray.config import ConfigError, ExperimentConfig, apply_overrides, read_yaml_file
 
 RANGES = {"uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2}
 LISTS = ("choice", "grid")
@@ -92,13 +91,7 @@ def load_space(path: str | os.PathLike, base: dict | None = None) -> SearchSpace
     ``base`` (a config dict, default: the default config) is used to check
     that the extremes of every distribution make a valid config.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"search space {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"search space {path} is not valid YAML: {e}") from None
+    raw = read_yaml_file(path, "search space")
     return parse_space(raw, source=str(path), base=base)
 
 

@@ -15,6 +15,11 @@ import sys
 
 from detr_ray.data.coco import DataError
 
+ADDRESS_HELP = (
+    "Ray Jobs API address, e.g. http://127.0.0.1:8265 (default: "
+    "RAY_API_SERVER_ADDRESS, else RAY_ADDRESS, else the local cluster)"
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
@@ -32,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"detr-ray: {e or 'interrupted'}", file=sys.stderr)
         return 130
     except RuntimeError as e:
-        if type(e).__name__ in ("TrainingStopped", "RuntimeError"):
+        if type(e).__name__ in ("TrainingStopped", "RuntimeError", "JobsError"):
             print(f"detr-ray: error: {e}", file=sys.stderr)
             return 1
         raise
@@ -101,6 +106,38 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     sweep.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     sweep.set_defaults(run=_run_tune)
+
+    submit = commands.add_parser(
+        "submit", help="submit a job spec (jobs/*.yaml) to a Ray cluster's Jobs API"
+    )
+    submit.add_argument("job", help="job spec YAML, e.g. jobs/train_shapes_local.yaml")
+    submit.add_argument("--address", help=ADDRESS_HELP)
+    submit.add_argument("--follow", action="store_true",
+                        help="stream the logs and exit with the job's status")  # fmt: skip
+    submit.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override a key of the entrypoint's config")  # fmt: skip
+    submit.add_argument("--submission-id", help="the job's id (default: the spec's, else Ray's)")
+    submit.add_argument("--print-ray-command", action="store_true",
+                        help="print the same submission as a `ray job submit` "
+                             "command; submit nothing")  # fmt: skip
+    submit.set_defaults(run=_run_submit)
+
+    jobs = commands.add_parser("jobs", help="list, inspect and stop jobs on a Ray cluster")
+    jobs_commands = jobs.add_subparsers(title="jobs commands")
+    for name, helptext, with_id in (
+        ("list", "every job on the cluster, newest first", False),
+        ("status", "a job's status and message", True),
+        ("logs", "a job's logs (--follow: until it ends)", True),
+        ("stop", "stop a running job", True),
+    ):
+        command = jobs_commands.add_parser(name, help=helptext)
+        if with_id:
+            command.add_argument("id", help="submission id (see `detr-ray jobs list`)")
+        if name == "logs":
+            command.add_argument("--follow", action="store_true")
+        command.add_argument("--address", help=ADDRESS_HELP)
+        command.set_defaults(run=_run_jobs, action=name)
 
     dashboard = commands.add_parser("dashboard", help="the MLflow UI for the tracking store")
     dashboard.add_argument("--tracking-uri", help="default: sqlite store in --storage-path")
@@ -237,6 +274,76 @@ def _dashboard_command(config) -> str:
     if os.path.normpath(config.run.storage_path) != "runs":
         return f"{program} dashboard --storage-path {config.run.storage_path}"
     return f"{program} dashboard"
+
+
+def _run_submit(args) -> int:
+    import dataclasses
+    import shlex
+
+    from detr_ray.jobs.spec import (
+        check_entrypoint,
+        load_job_spec,
+        ray_submit_command,
+        with_config_overrides,
+    )
+
+    spec = with_config_overrides(load_job_spec(args.job), args.overrides)
+    if args.submission_id:
+        spec = dataclasses.replace(spec, submission_id=args.submission_id)
+    check_entrypoint(spec, _build_parser().parse_args)
+    if args.print_ray_command:
+        print(shlex.join(ray_submit_command(spec, args.address)))
+        return 0
+
+    from detr_ray.jobs import client as jobs
+
+    connection = jobs.connect(args.address)
+    job_id = jobs.submit(connection, spec)
+    address = connection.get_address()
+    print(f"[detr-ray] submitted {job_id} to {address}: {spec.entrypoint}", flush=True)
+    if not args.follow:
+        print(f"[detr-ray] follow it: detr-ray jobs logs {job_id} --follow --address {address}")
+        return 0
+    try:
+        status = jobs.follow(connection, job_id)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"stopped following; job {job_id} keeps running (detr-ray jobs stop {job_id} "
+            f"--address {address} stops it)"
+        ) from None
+    print(f"[detr-ray] job {job_id} {status}", flush=True)
+    return jobs.status_exit_code(status)
+
+
+def _run_jobs(args) -> int:
+    from detr_ray.jobs import client as jobs
+
+    connection = jobs.connect(args.address)
+    try:
+        if args.action == "list":
+            rows = jobs.job_table(connection)
+            print(f"{'ID':<32} {'STATUS':<10} {'STARTED':<19} ENTRYPOINT")
+            for row in rows:
+                print(f"{row['id']:<32} {row['status']:<10} {row['start']:<19} "
+                      f"{row['entrypoint'][:80]}")  # fmt: skip
+            if not rows:
+                print("(no jobs)")
+            return 0
+        if args.action == "status":
+            info = connection.get_job_info(args.id)
+            message = f" ({info.message})" if info.message else ""
+            print(f"{args.id}: {info.status.value}{message}")
+            return 0
+        if args.action == "logs":
+            if args.follow:
+                return jobs.status_exit_code(jobs.follow(connection, args.id))
+            print(connection.get_job_logs(args.id), end="")
+            return 0
+        stopped = connection.stop_job(args.id)
+        print(f"{args.id}: " + ("stop requested" if stopped else "not running (nothing to stop)"))
+        return 0
+    except RuntimeError as e:  # the Jobs API's answer, e.g. an unknown id
+        raise jobs.JobsError(f"{args.action} {getattr(args, 'id', '')}: {e}") from None
 
 
 def _run_dashboard(args) -> int:

@@ -7,8 +7,8 @@ twice, so the metric history of a run that lost a worker has neither gaps nor
 repeats.
 
 Default store: ``sqlite:///<storage_path>/mlflow.db`` with artifacts under
-``<storage_path>/mlartifacts``; on a cluster set ``tracking.uri`` to an
-``http://`` MLflow server.
+``<storage_path>/mlartifacts``; on a cluster, ``tracking.uri`` (or MLflow's
+``MLFLOW_TRACKING_URI``, see ``prepare_config``) names an ``http://`` server.
 """
 
 from __future__ import annotations
@@ -151,7 +151,8 @@ class RunTracker:
             ax.set_title(term)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=8)
+        if axes[0].lines:  # nothing logged yet in a very short run
+            axes[0].legend(fontsize=8)
         figure.tight_layout()
         self.log_image(figure, "plots/decoder_layer_losses.png")
         plt.close(figure)

@@ -16,7 +16,9 @@ def test_shipped_configs_load():
     assert tiny.data.synthetic is not None and tiny.scaling.num_workers == 2
     assert tiny.data.augmentation == AugmentationConfig.scaled(64)
     assert (tiny.model.backbone_stages, tiny.model.pre_norm, tiny.model.backbone_norm) == (
-        3, True, "group"
+        3,
+        True,
+        "group",
     )
     # the official recipe
     assert coco.model == PRESETS["detr_r50"]
@@ -76,3 +78,27 @@ def test_malformed_files_and_overrides(tmp_path):
         apply_overrides({}, ["train.epochs"])
     with pytest.raises(ConfigError, match="train.epochs is not a section"):
         apply_overrides({"train": {"epochs": 3}}, ["train.epochs.x=1"])
+
+
+def test_prepare_config_expands_home_and_pins_the_tracking_store(tmp_path, monkeypatch):
+    """What a cluster job relies on: ``~`` is the running machine's home, and a head's
+    MLFLOW_TRACKING_URI reaches the workers through the config (not their environment)."""
+    from detr_ray.train.launcher import prepare_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.5:5000")
+    small = ["data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.size=32"]
+    config = load_config(CONFIGS / "shapes_tiny.yaml", [*small, "run.storage_path=~/runs"])
+    resolved, labels = prepare_config(config)
+    assert resolved.run.storage_path == str(tmp_path / "home" / "runs")
+    assert resolved.data.train_ann == str(
+        tmp_path / "data" / "shapes" / "annotations" / "train.json"
+    )
+    assert resolved.tracking.uri == "http://10.0.0.5:5000"
+    assert resolved.model.num_classes == labels.num_classes == 3
+    # A configured store wins over the environment; with neither, the default stays (sqlite).
+    configured = load_config(CONFIGS / "shapes_tiny.yaml", [*small, "tracking.uri=http://m:1"])
+    assert prepare_config(configured)[0].tracking.uri == "http://m:1"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert prepare_config(config)[0].tracking.uri is None

@@ -7,7 +7,7 @@ CORE = [
     "detr_ray.boxes", "detr_ray.matching", "detr_ray.losses", "detr_ray.dist",
     "detr_ray.model", "detr_ray.data", "detr_ray.data.synthetic", "detr_ray.evaluation",
     "detr_ray.inference", "detr_ray.checkpoint", "detr_ray.config", "detr_ray.train.engine",
-    "detr_ray.tune.space",
+    "detr_ray.tune.space", "detr_ray.jobs.spec",
 ]  # fmt: skip
 
 

@@ -29,23 +29,32 @@ RAY_ENV_DEFAULTS = {
 
 
 def prepare_config(config: ExperimentConfig) -> tuple[ExperimentConfig, LabelMap]:
-    """Absolute paths, the synthetic dataset if needed, and ``model.num_classes``."""
+    """Absolute paths, the synthetic dataset if needed, ``model.num_classes``, the store.
+
+    Paths may start with ``~`` (the home directory of the machine that runs this:
+    inside a cluster job, the head's). ``tracking.uri`` null takes MLflow's
+    ``MLFLOW_TRACKING_URI`` from the environment, if set.
+    """
     data = config.data
-    if data.synthetic is not None and not Path(data.train_ann).is_file():
+    if data.synthetic is not None and not Path(data.train_ann).expanduser().is_file():
         from detr_ray.data.synthetic import generate
 
         s = data.synthetic
         print(f"[detr-ray] generating the synthetic dataset in {s.root} (missing)", flush=True)
-        generate(s.root, s.num_train, s.num_val, size=s.size, seed=s.seed)
-    absolute = {k: str(Path(getattr(data, k)).resolve())
+        generate(Path(s.root).expanduser(), s.num_train, s.num_val, size=s.size, seed=s.seed)
+    absolute = {k: _absolute(getattr(data, k))
                 for k in ("train_ann", "train_images", "val_ann", "val_images")}  # fmt: skip
     data = dataclasses.replace(data, **absolute)
     run = dataclasses.replace(
         config.run,
-        storage_path=str(Path(config.run.storage_path).resolve()),
+        storage_path=_absolute(config.run.storage_path),
         resume_from=_absolute(config.run.resume_from),
     )
     init = dataclasses.replace(config.init, init_from=_absolute(config.init.init_from))
+    # Pinned here: workers on other nodes need not share the driver's environment.
+    tracking = dataclasses.replace(
+        config.tracking, uri=config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    )
     label_map = LabelMap.from_categories(load_coco_json(data.train_ann)["categories"])
     num_classes = config.model.num_classes
     if num_classes is None:
@@ -56,12 +65,14 @@ def prepare_config(config: ExperimentConfig) -> tuple[ExperimentConfig, LabelMap
             f"{label_map.num_classes} categories; leave it null to use theirs"
         )
     model = dataclasses.replace(config.model, num_classes=num_classes)
-    resolved = dataclasses.replace(config, data=data, run=run, init=init, model=model)
+    resolved = dataclasses.replace(
+        config, data=data, run=run, init=init, model=model, tracking=tracking
+    )
     return resolved, label_map
 
 
 def _absolute(path: str | None) -> str | None:
-    return None if path is None else str(Path(path).resolve())
+    return None if path is None else str(Path(path).expanduser().resolve())
 
 
 def run_training(

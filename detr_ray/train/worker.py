@@ -24,6 +24,7 @@ from detr_ray.config import ExperimentConfig
 from detr_ray.data.coco import CocoDetection
 from detr_ray.data.labels import LabelMap
 from detr_ray.data.transforms import build_transforms
+from detr_ray.dist import all_gather_objects
 from detr_ray.evaluation import evaluate
 from detr_ray.inference import describe_detections, detect_batch, draw_detections
 from detr_ray.model import build_model, initialise_from
@@ -61,6 +62,8 @@ def train_loop_per_worker(loop_config: dict) -> dict:
     model = ray.train.torch.prepare_model(  # [Ray] DDP (gloo on CPU, NCCL on GPU)
         model, parallel_strategy_kwargs={"forward_sync_buffers": False}
     )
+    # Which node each rank runs on: shown and tracked, so a multi-node run is visible.
+    worker_nodes = all_gather_objects(ray.get_runtime_context().get_node_id())  # [Ray]
     engine = Engine(config, model, train_set, val_set, label_map, device)
     if start is not None:
         engine.load_checkpoint(start)
@@ -68,6 +71,9 @@ def train_loop_per_worker(loop_config: dict) -> dict:
     tracker = None
     if rank == 0:
         tracker = _tracker(config, run_dir, start)
+        tracker.set_tags({"detr_ray.worker_nodes": ",".join(worker_nodes)})
+        print(f"[detr-ray] {len(worker_nodes)} worker(s) on {len(set(worker_nodes))} node(s)",
+              flush=True)  # fmt: skip
     reporter = _Reporter(config, engine, tracker, run_dir, rank, label_map, val_set, start)
     if rank == 0 and start is not None:
         print(f"[detr-ray] resumed at epoch {engine.state.epoch}, step {engine.state.global_step}")
@@ -89,11 +95,13 @@ def train_loop_per_worker(loop_config: dict) -> dict:
         if tracker is not None:
             tracker.set_tags({"detr_ray.stopped": str(stopped)})
             tracker.finish("FAILED")
-        return {"status": "stopped", "message": str(stopped), **reporter.summary()}
+        return {"status": "stopped", "message": str(stopped), "worker_nodes": worker_nodes,
+                **reporter.summary()}  # fmt: skip
     if tracker is not None:
         tracker.log_loss_plot(config.model.num_decoder_layers)
         tracker.finish("FINISHED")
-    return {"status": "completed", "message": "", **reporter.summary()}
+    return {"status": "completed", "message": "", "worker_nodes": worker_nodes,
+            **reporter.summary()}  # fmt: skip
 
 
 # ---------------------------------------------------------------------- setup

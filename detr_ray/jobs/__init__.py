@@ -1,0 +1,1 @@
+"""Cluster jobs: job specs (pure) and the Ray Jobs API client (edge)."""

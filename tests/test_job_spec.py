@@ -190,3 +190,25 @@ def test_the_address_comes_from_the_flag_then_the_api_variable_then_ray_address(
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://a:8265")
     assert resolve_address(None) == ("http://a:8265", "RAY_API_SERVER_ADDRESS")
     assert resolve_address("http://c:8265") == ("http://c:8265", "--address")
+
+
+def test_train_with_an_unreachable_address_fails_fast_naming_it(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    small = ["data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.size=32"]
+    sets = [arg for item in small for arg in ("--set", item)]
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "detr_ray.cli", "train", str(ROOT / "configs" / "shapes_tiny.yaml"),
+         "--address", closed, *sets],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert time.monotonic() - started < 60
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"cannot reach the Ray cluster at {closed} (from --address)" in out.stderr

@@ -64,8 +64,12 @@ def _use_token_if_available() -> None:
             Config.initialize("")
 
 
-def _probe(address: str, source: str) -> None:
-    """Fail fast, naming ``address``, if nothing accepts a TCP connection there."""
+def probe(address: str, source: str) -> None:
+    """Fail fast, naming ``address`` and ``source``, if nothing accepts a TCP connection there.
+
+    Also used before ``ray.init(address=...)`` (a GCS ``host:port``), which
+    would otherwise retry for a long time.
+    """
     url = address if "://" in address else f"http://{address}"
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https", "ray") or not parts.hostname:
@@ -103,7 +107,7 @@ def connect(flag: str | None = None):
     """A ``JobSubmissionClient`` for the resolved address, or a :class:`JobsError`."""
     address, source = resolve_address(flag)
     if address is not None:
-        _probe(address, source)
+        probe(address, source)
     _use_token_if_available()
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
@@ -114,8 +118,9 @@ def connect(flag: str | None = None):
     except AuthenticationError as e:
         raise JobsError(_auth_message(address or source, e)) from None
     except ConnectionError as e:
+        where = f"the Ray cluster at {address}" if address else "a Ray cluster on this machine"
         raise JobsError(
-            f"cannot reach the Ray cluster at {address or source}: {e} Start one with "
+            f"cannot reach {where}: {e} Start one with "
             "`RAY_AUTH_MODE=token ray start --head --dashboard-host 127.0.0.1` or pass "
             "--address (or set RAY_API_SERVER_ADDRESS)."
         ) from None

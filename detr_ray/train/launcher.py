@@ -98,6 +98,10 @@ def run_training(
     from detr_ray.train.worker import SCORE_METRIC, train_loop_per_worker
 
     if not ray.is_initialized():
+        if address not in (None, "auto", "local"):
+            from detr_ray.jobs.client import probe
+
+            probe(address, "--address")
         ray.init(address=address, log_to_driver=True)
     run_dir = Path(config.run.storage_path) / config.run.name
     scaling = config.scaling

@@ -122,6 +122,10 @@ def run_sweep(
     from ray import tune
 
     if not ray.is_initialized():
+        if address not in (None, "auto", "local"):
+            from detr_ray.jobs.client import probe
+
+            probe(address, "--address")
         ray.init(address=address, log_to_driver=True)
     base = fit_trial_to_cluster(base, ray.cluster_resources().get("CPU", 0.0))
 

@@ -211,8 +211,9 @@ def _run_train(args) -> int:
     if outcome.get("best_checkpoint"):
         print(f"[detr-ray] best checkpoint:   {outcome['best_checkpoint']}")
     print(f"[detr-ray] MLflow run {outcome.get('mlflow_run_id')} in {outcome.get('tracking_uri')}")
-    print(f"[detr-ray] open the dashboard: {_dashboard_command(config)}   "
-          "(then http://127.0.0.1:5000)")  # fmt: skip
+    command = _dashboard_command(config)
+    print(f"[detr-ray] open the dashboard: {command}"
+          + ("" if command.startswith("it is") else "   (then http://127.0.0.1:5000)"))  # fmt: skip
     return 0
 
 
@@ -269,8 +270,11 @@ def _dashboard_command(config) -> str:
     import os
 
     program = sys.argv[0] if os.sep in sys.argv[0] else "detr-ray"
-    if config.tracking.uri:
-        return f"{program} dashboard --tracking-uri {config.tracking.uri}"
+    uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")  # as prepare_config
+    if uri and uri.startswith(("http://", "https://")):
+        return f"it is the MLflow server {uri} (on a cluster: through its SSH forward)"
+    if uri:
+        return f"{program} dashboard --tracking-uri {uri}"
     if os.path.normpath(config.run.storage_path) != "runs":
         return f"{program} dashboard --storage-path {config.run.storage_path}"
     return f"{program} dashboard"

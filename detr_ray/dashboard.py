@@ -21,6 +21,8 @@ def start_dashboard(uri: str | None, storage_path: str, port: int) -> subprocess
     ``detr-ray train`` logs by default).
     """
     uri = tracking_uri(uri, storage_path)
+    if uri.startswith(("http://", "https://")):
+        raise ValueError(f"{uri} is an MLflow server already: open it in a browser")
     if uri.startswith("sqlite:///"):
         database = Path(uri[len("sqlite:///") :])
         if not database.is_file():

@@ -33,12 +33,14 @@ def tracking_uri(configured: str | None, storage_path: str | os.PathLike) -> str
     """``configured``, or the default sqlite file in ``storage_path``."""
     if configured:
         return configured
-    return f"sqlite:///{Path(storage_path).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{Path(storage_path).expanduser().resolve() / 'mlflow.db'}"
 
 
 def artifact_root(uri: str, storage_path: str | os.PathLike) -> str | None:
     """Where a new experiment keeps artifacts: beside a sqlite file, else the server's choice."""
-    return str(Path(storage_path).resolve() / "mlartifacts") if uri.startswith("sqlite:") else None
+    if not uri.startswith("sqlite:"):
+        return None
+    return str(Path(storage_path).expanduser().resolve() / "mlartifacts")
 
 
 class RunTracker:

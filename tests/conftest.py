@@ -49,6 +49,12 @@ def make_batch():
     return build
 
 
+@pytest.fixture(autouse=True)
+def _no_outside_tracking_server(monkeypatch):
+    """A developer's MLFLOW_TRACKING_URI would send test runs to their server."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole session (starting Ray costs seconds)."""

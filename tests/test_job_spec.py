@@ -69,6 +69,23 @@ def test_the_ray_cli_twin_submits_the_same_fields():
     assert shlex.split(rejoined)[-1] == "train.lr_drop_epochs=[4, 8]"
 
 
+def test_the_entrypoint_is_stored_as_rays_cli_sends_it():
+    # `ray job submit -- WORDS` sends shlex.join(WORDS): a glob or a ~ is a literal word
+    # there, and detr-ray submit sends the same string, so /bin/sh cannot expand it.
+    spec = parse("entrypoint: detr-ray train c.yaml --set run.name=*x --set a=~/r\n")
+    assert spec.entrypoint == "detr-ray train c.yaml --set 'run.name=*x' --set 'a=~/r'"
+    assert spec.entrypoint == shlex.join(ray_submit_command(spec)[4:])
+
+
+def test_a_remote_working_dir_is_not_looked_for_locally(tmp_path):
+    spec = parse("entrypoint: detr-ray train configs/c.yaml\n"
+                 "runtime_env: {working_dir: 's3://bucket/code.zip'}\n")  # fmt: skip
+    check_entrypoint(spec, _build_parser().parse_args, cwd=tmp_path)  # no configs/ here
+    bad_flags = parse("entrypoint: detr-ray train\nruntime_env: {working_dir: 's3://b/c.zip'}\n")
+    with pytest.raises(JobSpecError, match="arguments do not parse"):
+        check_entrypoint(bad_flags, _build_parser().parse_args, cwd=tmp_path)
+
+
 def test_an_unknown_key_is_named_with_a_suggestion():
     with pytest.raises(JobSpecError, match=r"spec.yaml: unknown key 'runtime_envs'.*'runtime_env'"):
         parse("entrypoint: detr-ray train c.yaml\nruntime_envs: {}\n")
@@ -86,6 +103,7 @@ def test_an_unknown_key_is_named_with_a_suggestion():
         ("entrypoint: x\nentrypoint_memory: 1.5\n", "entrypoint_memory is in bytes"),
         ("entrypoint: x\nmetadata: {n: 3}\n", "metadata.n must be a string"),
         ("- a list\n", "a job spec is a mapping"),
+        ("entrypoint: |\n  detr-ray train c.yaml\n  rm x\n", "spans several lines"),
     ],
 )
 def test_bad_specs_are_refused_with_the_key(text, message):
@@ -190,6 +208,7 @@ def test_the_address_comes_from_the_flag_then_the_api_variable_then_ray_address(
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://a:8265")
     assert resolve_address(None) == ("http://a:8265", "RAY_API_SERVER_ADDRESS")
     assert resolve_address("http://c:8265") == ("http://c:8265", "--address")
+    assert resolve_address("auto") == (None, "--address")  # Ray's word for "this machine"
 
 
 def test_train_with_an_unreachable_address_fails_fast_naming_it(tmp_path):

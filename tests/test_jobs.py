@@ -33,10 +33,20 @@ TINY = [  # one epoch of two steps, both logged, evaluated on 8 images
 ]  # fmt: skip
 
 
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free right now (all held open until all are chosen)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_ports(1)[0]
 
 
 class Head:
@@ -46,7 +56,8 @@ class Head:
     def env(self, **extra: str) -> dict:
         """A user's shell: the venv on PATH, a home without a Ray token, no Ray address."""
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "RAY_API_SERVER"))}  # fmt: skip
+               if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "RAY_API_SERVER",
+                                    "MLFLOW_TRACKING_URI"))}  # fmt: skip
         env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HOME=str(self.root / "home"),
                    RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true")  # fmt: skip
         env.update(extra)
@@ -68,12 +79,15 @@ def head():
     (root / "home").mkdir()
     token = root / "token"
     token.write_text(secrets.token_hex(32))
-    dashboard_port = _free_port()
-    h = Head(root, f"http://127.0.0.1:{dashboard_port}", token)
+    # Every port of the head its own, so a developer's running head does not clash.
+    dashboard, gcs, client, agent_http, agent_grpc, runtime_env, metrics = _free_ports(7)
+    h = Head(root, f"http://127.0.0.1:{dashboard}", token)
     command = [
         str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2",
-        f"--port={_free_port()}", "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dashboard_port}", f"--temp-dir={root / 'ray'}",
+        f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+        f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_http}",
+        f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
+        f"--metrics-export-port={metrics}", f"--temp-dir={root / 'ray'}",
     ]  # fmt: skip
     # A throwaway head need not drain for Ray's default 30 s when the module ends.
     env = h.env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),

@@ -34,12 +34,16 @@ class JobsError(RuntimeError):
 
 
 def resolve_address(flag: str | None) -> tuple[str | None, str]:
-    """``(address or None for the local cluster, where it came from)``."""
-    if flag:
-        return flag, "--address"
-    for variable in ADDRESS_VARIABLES:
-        if os.environ.get(variable):
-            return os.environ[variable], variable
+    """``(address or None for the local cluster, where it came from)``.
+
+    An address is ``http(s)://HOST:PORT`` (the Jobs API, port 8265 by default)
+    or, as everywhere in Ray, a cluster address ``HOST:PORT`` (the GCS, 6379);
+    ``auto`` and ``local`` mean the cluster on this machine.
+    """
+    for value, source in ((flag, "--address"),
+                          *((os.environ.get(v), v) for v in ADDRESS_VARIABLES)):  # fmt: skip
+        if value:
+            return (None if value in ("auto", "local") else value), source
     return None, "the local Ray cluster"
 
 
@@ -93,6 +97,12 @@ def probe(address: str, source: str) -> None:
         ) from None
 
 
+def check_cluster_address(address: str | None) -> None:
+    """Before ``ray.init(address=...)``: a concrete address that does not answer fails now."""
+    if address not in (None, "auto", "local"):
+        probe(address, "--address")
+
+
 @contextmanager
 def _only_address(address: str | None):
     """Ray's client lets the environment override its ``address``: hide it meanwhile."""
@@ -120,17 +130,24 @@ def connect(flag: str | None = None):
     except ConnectionError as e:
         where = f"the Ray cluster at {address}" if address else "a Ray cluster on this machine"
         raise JobsError(
-            f"cannot reach {where}: {e} Start one with "
-            "`RAY_AUTH_MODE=token ray start --head --dashboard-host 127.0.0.1` or pass "
+            f"cannot reach {where}: {e} Start one with `ray get-auth-token --generate` and "
+            "`RAY_AUTH_MODE=token ray start --head --dashboard-host 127.0.0.1`, or pass "
             "--address (or set RAY_API_SERVER_ADDRESS)."
         ) from None
-    except RuntimeError as e:  # e.g. an HTTP server that is not Ray's Jobs API
-        raise JobsError(f"{address or source} does not answer as a Ray Jobs API: {e}") from None
+    except (RuntimeError, OSError, ValueError) as e:  # e.g. a server that is not Ray's
+        raise JobsError(
+            f"{address or source} does not answer as a Ray Jobs API ({e}); the Jobs API "
+            "address looks like http://HOST:8265"
+        ) from None
 
 
 def _auth_message(where: str, error: Exception) -> str:
     token = token_source()
-    if token is None:
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode != "token":
+        fix = (f"RAY_AUTH_MODE is {mode!r}, so no token was sent: unset it (a token file "
+               "is then used when there is one) or set it to 'token'")  # fmt: skip
+    elif token is None:
         fix = ("no token was found: set RAY_AUTH_TOKEN_PATH to the cluster's token file (or "
                "RAY_AUTH_TOKEN to the token), or copy it to ~/.ray/auth_token; on the head "
                "node `ray get-auth-token` prints it")  # fmt: skip
@@ -154,7 +171,12 @@ def submit(client, spec: JobSpec) -> str:
 
 
 def follow(client, job_id: str, out=sys.stdout) -> str:
-    """Stream the job's logs to ``out`` until it ends; returns its final status."""
+    """Stream the job's logs to ``out`` until it ends; returns its final status.
+
+    A job that did not succeed also gets Ray's status message (e.g. a
+    runtime_env that failed to build, before the job printed anything).
+    """
+    import aiohttp
 
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
@@ -163,16 +185,36 @@ def follow(client, job_id: str, out=sys.stdout) -> str:
 
     try:
         asyncio.run(tail())
-    except RuntimeError:  # the log stream closed early (e.g. dashboard restart): poll
-        pass
-    return wait(client, job_id)
+    except (RuntimeError, aiohttp.ClientError, OSError) as e:
+        _known_job(client, job_id)  # an unknown id: say so; else the stream broke: poll
+        if not isinstance(e, RuntimeError):
+            out.write(f"[detr-ray] log stream interrupted ({type(e).__name__}); waiting\n")
+    status = wait(client, job_id)
+    if status != "SUCCEEDED":
+        message = client.get_job_info(job_id).message
+        if message:
+            out.write(f"[detr-ray] {job_id}: {message.strip().splitlines()[0]}\n")
+    return status
+
+
+def _known_job(client, job_id: str) -> None:
+    try:
+        client.get_job_status(job_id)
+    except RuntimeError as e:
+        raise JobsError(str(e)) from None
 
 
 def wait(client, job_id: str, poll_s: float = 1.0, timeout_s: float | None = None) -> str:
     """Poll until the job reaches a terminal status; returns it."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        status = str(client.get_job_status(job_id).value)
+        try:
+            status = str(client.get_job_status(job_id).value)
+        except OSError as e:  # requests' ConnectionError: the cluster or the tunnel went away
+            raise JobsError(
+                f"lost the connection to {client.get_address()} ({type(e).__name__}); the "
+                f"job keeps running there: detr-ray jobs status {job_id}"
+            ) from None
         if status in TERMINAL:
             return status
         if deadline is not None and time.monotonic() > deadline:
@@ -192,9 +234,10 @@ def job_table(client) -> list[dict]:
         rows.append({
             "id": job.submission_id or job.job_id,
             "status": str(job.status.value),
+            "started_ms": job.start_time or 0,
             "start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000))
             if job.start_time else "-",
             "entrypoint": job.entrypoint,
             "message": job.message or "",
         })  # fmt: skip
-    return sorted(rows, key=lambda row: row["start"], reverse=True)
+    return sorted(rows, key=lambda row: row["started_ms"], reverse=True)

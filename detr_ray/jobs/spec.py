@@ -14,8 +14,11 @@ option, so a spec is not a private format::
     entrypoint_resources: {}                              # --entrypoint-resources
 
 :func:`ray_submit_command` writes the equivalent ``ray job submit`` command.
-The entrypoint is a plain command (no ``$``, ``;``, ``|``...): ``ray job submit
--- CMD`` quotes each word, so shell syntax would mean something else there.
+The entrypoint is a plain command (no ``$``, ``;``, ``|``, newlines...): ``ray job
+submit -- CMD`` quotes each word, so shell syntax would mean something else
+there. It is stored as Ray's CLI would send it (``shlex.join`` of its words), so
+the two ways of submitting run the very same string: a glob or a ``~`` is a
+literal word in both.
 Relative paths (``runtime_env.working_dir``) are relative to the current
 directory, as with ``ray job submit``.
 
@@ -92,7 +95,7 @@ def parse_job_spec(raw, source: str) -> JobSpec:
     if not isinstance(entrypoint, str) or not entrypoint.strip():
         raise JobSpecError(f"{source}: 'entrypoint' must be a command, e.g. "
                            "'detr-ray train configs/shapes_tiny.yaml'")  # fmt: skip
-    _check_plain_command(entrypoint, source)
+    entrypoint = _check_plain_command(entrypoint, source)
     for key in ("runtime_env", "metadata", "entrypoint_resources"):
         if raw.get(key) is not None and not isinstance(raw[key], dict):
             raise JobSpecError(f"{source}: {key!r} must be a mapping, got {raw[key]!r}")
@@ -117,12 +120,17 @@ def parse_job_spec(raw, source: str) -> JobSpec:
     if submission_id is not None and not isinstance(submission_id, str):
         raise JobSpecError(f"{source}: submission_id must be a string, got {submission_id!r}")
     fields = {k: raw[k] for k in _KEYS if raw.get(k) is not None}
+    fields["entrypoint"] = entrypoint
     fields.setdefault("runtime_env", {})
     fields.setdefault("metadata", {})
     return JobSpec(**fields, source=source)
 
 
-def _check_plain_command(entrypoint: str, source: str) -> None:
+def _check_plain_command(entrypoint: str, source: str) -> str:
+    """The entrypoint as ``ray job submit -- WORDS`` sends it, or an error for shell syntax."""
+    if "\n" in entrypoint.strip():
+        raise JobSpecError(f"{source}: entrypoint spans several lines; a job spec holds one "
+                           "command (YAML '>-' folds lines into one)")  # fmt: skip
     try:
         words = shlex.split(entrypoint)
     except ValueError as e:
@@ -138,6 +146,7 @@ def _check_plain_command(entrypoint: str, source: str) -> None:
             "plain command, run alike by `detr-ray submit` and `ray job submit -- CMD`. Put "
             "environment variables in runtime_env.env_vars and steps in a script."
         )
+    return shlex.join(words)
 
 
 def with_config_overrides(spec: JobSpec, overrides: list[str]) -> JobSpec:
@@ -173,7 +182,7 @@ def detr_command(spec: JobSpec) -> list[str] | None:
 def working_dir(spec: JobSpec, cwd: str | os.PathLike = ".") -> Path | None:
     """The local folder the job's working directory is uploaded from (None: none or remote)."""
     value = spec.runtime_env.get("working_dir")
-    if value is None or "://" in str(value):
+    if value is None or _is_remote(value):
         return None
     folder = Path(cwd) / Path(str(value)).expanduser()
     if not folder.is_dir():
@@ -184,6 +193,10 @@ def working_dir(spec: JobSpec, cwd: str | os.PathLike = ".") -> Path | None:
     return folder.resolve()
 
 
+def _is_remote(working_dir) -> bool:
+    return "://" in str(working_dir)  # s3://, gs://, https://...zip: Ray downloads it
+
+
 def check_entrypoint(spec: JobSpec, parse_args, cwd: str | os.PathLike = ".") -> None:
     """Check a ``detr-ray train|tune`` entrypoint the way the job will see it.
 
@@ -192,7 +205,8 @@ def check_entrypoint(spec: JobSpec, parse_args, cwd: str | os.PathLike = ".") ->
     the job's working directory with its ``--set`` overrides, and
     ``run.storage_path`` must be absolute (or start with ``~``) whenever a
     working directory is uploaded. A local ``runtime_env.working_dir`` must
-    exist whatever the entrypoint.
+    exist whatever the entrypoint. With a remote working_dir (``s3://...``)
+    only the flags can be checked here.
     """
     upload = working_dir(spec, cwd)
     args = detr_command(spec)
@@ -203,6 +217,8 @@ def check_entrypoint(spec: JobSpec, parse_args, cwd: str | os.PathLike = ".") ->
     except SystemExit:
         raise JobSpecError(f"{spec.source}: the entrypoint's arguments do not parse (see the "
                            f"usage above): {spec.entrypoint}") from None  # fmt: skip
+    if _is_remote(spec.runtime_env.get("working_dir", "")):
+        return
     job_cwd = upload or Path(cwd).resolve()
     config_path = job_cwd / parsed.config
     if not config_path.is_file():
@@ -229,8 +245,9 @@ def _check_storage_outlives_job(config: ExperimentConfig, spec: JobSpec) -> None
         raise JobSpecError(
             f"{spec.source}: run.storage_path is {storage!r}, relative to the job's working "
             "directory, which is Ray's temporary copy of runtime_env.working_dir: checkpoints "
-            "and the MLflow store would be deleted with it. Add e.g. "
-            "--set run.storage_path=~/detr-ray/runs (a path every node can reach on a cluster)."
+            "and the MLflow store would be deleted with it. Add e.g. --set "
+            "run.storage_path=~/detr-ray/runs on one machine, or an absolute path every node "
+            "reaches (a shared file system) on a cluster."
         )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from detr_ray.config import ConfigError, ExperimentConfig
 from detr_ray.data.coco import load_coco_json
 from detr_ray.data.labels import LabelMap
+from detr_ray.jobs.client import check_cluster_address
 from detr_ray.train.engine import TrainingStopped
 
 # Quiet, single-copy worker output; no usage reporting. Users may override.
@@ -87,6 +88,7 @@ def run_training(
     ``callbacks`` go to Ray Train's ``RunConfig`` (a sweep passes Tune's
     ``TuneReportCallback`` to forward every report to its trial).
     """
+    check_cluster_address(address)  # before any slow work: an unreachable one fails now
     config, label_map = prepare_config(config)
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -98,10 +100,6 @@ def run_training(
     from detr_ray.train.worker import SCORE_METRIC, train_loop_per_worker
 
     if not ray.is_initialized():
-        if address not in (None, "auto", "local"):
-            from detr_ray.jobs.client import probe
-
-            probe(address, "--address")
         ray.init(address=address, log_to_driver=True)
     run_dir = Path(config.run.storage_path) / config.run.name
     scaling = config.scaling

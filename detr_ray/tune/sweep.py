@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detr_ray.config import ConfigError, ExperimentConfig
+from detr_ray.jobs.client import check_cluster_address
 from detr_ray.tune.space import SearchSpace
 
 SCHEDULERS = ("asha", "fifo")
@@ -97,6 +98,7 @@ def run_sweep(
     from detr_ray.tracking import RunTracker, tracking_uri
     from detr_ray.train.launcher import RAY_ENV_DEFAULTS, prepare_config
 
+    check_cluster_address(address)  # before any slow work: an unreachable one fails now
     base, _ = prepare_config(base)  # absolute paths, synthetic data, num_classes
     sweep_dir = Path(base.run.storage_path) / "sweeps" / options.name
     _check_resume(sweep_dir, options.resume)
@@ -122,10 +124,6 @@ def run_sweep(
     from ray import tune
 
     if not ray.is_initialized():
-        if address not in (None, "auto", "local"):
-            from detr_ray.jobs.client import probe
-
-            probe(address, "--address")
         ray.init(address=address, log_to_driver=True)
     base = fit_trial_to_cluster(base, ray.cluster_resources().get("CPU", 0.0))
 

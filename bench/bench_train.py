@@ -10,6 +10,7 @@ process-group setup) is dropped; the median of the others is reported.
 
 - ``no_ray``: :class:`detr_ray.train.engine.Engine` in this process, torch on 2 threads;
 - ``ray_1``: ``detr-ray train`` with 1 worker x 2 CPUs (Ray gives it 2 threads);
+- ``ray_1_nodash``: ``ray_1`` on a Ray started without its dashboard processes;
 - ``ray_2``: 2 workers x 1 CPU (DDP over gloo; twice the images per step).
 
 Printed ratios: ``ray_1 / no_ray`` (Ray Train's overhead on the same loop and
@@ -84,6 +85,10 @@ def child(args) -> None:
         if args.child == "no_ray":
             rate = run_no_ray(args.config, args.steps, storage)
         else:
+            if args.child.endswith("_nodash"):  # Ray without its dashboard processes
+                import ray
+
+                ray.init(include_dashboard=False, log_to_driver=True)
             rate = run_ray(args.config, args.steps, storage, int(args.child.split("_")[1]))
     print("RESULT " + json.dumps({"rate": rate}), flush=True)
 
@@ -98,7 +103,7 @@ def main() -> None:
     if args.child:
         return child(args)
     os.chdir(ROOT)  # the config's relative data paths
-    kinds = ["no_ray", "ray_1", "ray_2"]
+    kinds = ["no_ray", "ray_1", "ray_1_nodash", "ray_2"]
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     for round_index in range(args.rounds):
         for kind in kinds:
@@ -112,12 +117,14 @@ def main() -> None:
                 sys.exit(f"{kind} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
             rate = json.loads(lines[0][7:])["rate"]
             rates[kind].append(rate)
-            print(f"round {round_index + 1} {kind:<7} {rate:7.1f} images/s", flush=True)
+            print(f"round {round_index + 1} {kind:<12} {rate:7.1f} images/s", flush=True)
     best = {k: statistics.median(v) for k, v in rates.items()}
     print("\nmedian images/s: " + "  ".join(f"{k} {v:.1f}" for k, v in best.items()))
     print(f"Ray overhead, 1 worker vs the same loop without Ray: "
           f"{best['ray_1'] / best['no_ray']:.3f}x throughput "
           f"({(1 - best['ray_1'] / best['no_ray']) * 100:+.1f}% slower)")  # fmt: skip
+    print(f"the same without Ray's dashboard: {best['ray_1_nodash'] / best['no_ray']:.3f}x "
+          "throughput")  # fmt: skip
     print(f"2 workers vs 1 worker: {best['ray_2'] / best['ray_1']:.3f}x throughput")
 
 

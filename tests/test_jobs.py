@@ -245,3 +245,13 @@ def test_authentication_and_unreachable_addresses_fail_clearly(head):
     # An unknown job id is the Jobs API's 404, said plainly.
     out = head.detr("jobs", "status", "no-such-job", "--address", head.address)
     assert out.returncode == 1 and "no-such-job does not exist" in out.stderr
+
+
+def test_follow_of_a_failing_job_exits_1_and_says_why(head, tmp_path):
+    spec = tmp_path / "fails.yaml"
+    spec.write_text('entrypoint: python -c "raise SystemExit(3)"\nsubmission_id: fails-1\n')
+    out = head.detr("submit", str(spec), "--address", head.address, "--follow")
+    assert out.returncode == 1, out.stdout + out.stderr
+    # Ray's status message, printed by --follow after the (empty) log stream.
+    assert "[detr-ray] fails-1: Job entrypoint command failed with exit code 3" in out.stdout
+    assert out.stdout.rstrip().endswith("[detr-ray] job fails-1 FAILED")

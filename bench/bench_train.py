@@ -1,4 +1,4 @@
-"""Training throughput: the same Engine loop without Ray, on 1 Ray worker, on 2 Ray workers.
+"""Training throughput: the same Engine loop with and without Ray, on 1 and 2 workers.
 
     python bench/bench_train.py [--config configs/shapes_tiny.yaml] [--steps 40] [--rounds 2]
 
@@ -11,10 +11,13 @@ process-group setup) is dropped; the median of the others is reported.
 - ``no_ray``: :class:`detr_ray.train.engine.Engine` in this process, torch on 2 threads;
 - ``ray_1``: ``detr-ray train`` with 1 worker x 2 CPUs (Ray gives it 2 threads);
 - ``ray_1_nodash``: ``ray_1`` on a Ray started without its dashboard processes;
+- ``no_ray_2``: the same loop in 2 plain processes x 1 thread, DDP over gloo
+  (``torch.multiprocessing``; what ``ray_2`` runs, without Ray);
 - ``ray_2``: 2 workers x 1 CPU (DDP over gloo; twice the images per step).
 
-Printed ratios: ``ray_1 / no_ray`` (Ray Train's overhead on the same loop and
-threads) and ``ray_2 / ray_1`` (data-parallel scaling on this machine). The
+Printed ratios: ``ray_1 / no_ray`` and ``ray_2 / no_ray_2`` (Ray Train's
+overhead on the same loop and threads) and ``ray_2 / ray_1`` (data-parallel
+scaling on this machine). The
 runs alternate, ``--rounds`` times, so machine noise hits all of them.
 """
 
@@ -44,7 +47,18 @@ def median_rate(rates: list[float]) -> float:
     return statistics.median(rates[1:] if len(rates) > 1 else rates)
 
 
-def run_no_ray(config_path: str, steps: int, storage: str) -> float:
+def run_no_ray(config_path: str, steps: int, storage: str, workers: int = 1) -> float:
+    """The loop without Ray: in this process, or (2 workers) in plain processes over gloo."""
+    if workers == 1:
+        return _no_ray_worker(0, 1, config_path, steps, storage, None)
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_no_ray_worker, args=(workers, config_path, steps, storage, queue), nprocs=workers)
+    return queue.get()
+
+
+def _no_ray_worker(rank, workers, config_path, steps, storage, queue) -> float:
     import torch
 
     from detr_ray.config import load_config
@@ -53,16 +67,25 @@ def run_no_ray(config_path: str, steps: int, storage: str) -> float:
     from detr_ray.train.launcher import prepare_config
     from detr_ray.train.worker import _datasets
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(2 // workers)
     config, label_map = prepare_config(
         load_config(config_path, overrides(steps, storage, "no_ray"))
     )
     seed_everything(config.train.seed)
     model = build_model(config.model)
+    if workers > 1:  # what Ray Train's prepare_model does on CPU, without Ray
+        torch.distributed.init_process_group(
+            "gloo", init_method=f"file://{storage}/pg", rank=rank, world_size=workers
+        )
+        model = torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
     train_set, val_set = _datasets(config, label_map)
     engine = Engine(config, model, train_set, val_set, label_map, "cpu")
     rates: list[float] = []
     engine.train_epoch(on_log=lambda step: rates.append(step.metrics["images_per_s"]))
+    if workers > 1:
+        torch.distributed.destroy_process_group()
+    if queue is not None and rank == 0:
+        queue.put(median_rate(rates))
     return median_rate(rates)
 
 
@@ -82,8 +105,9 @@ def run_ray(config_path: str, steps: int, storage: str, workers: int) -> float:
 
 def child(args) -> None:
     with tempfile.TemporaryDirectory() as storage:
-        if args.child == "no_ray":
-            rate = run_no_ray(args.config, args.steps, storage)
+        if args.child.startswith("no_ray"):
+            workers = int(args.child.split("_")[2]) if args.child != "no_ray" else 1
+            rate = run_no_ray(args.config, args.steps, storage, workers)
         else:
             if args.child.endswith("_nodash"):  # Ray without its dashboard processes
                 import ray
@@ -103,7 +127,7 @@ def main() -> None:
     if args.child:
         return child(args)
     os.chdir(ROOT)  # the config's relative data paths
-    kinds = ["no_ray", "ray_1", "ray_1_nodash", "ray_2"]
+    kinds = ["no_ray", "ray_1", "ray_1_nodash", "no_ray_2", "ray_2"]
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     for round_index in range(args.rounds):
         for kind in kinds:
@@ -125,6 +149,9 @@ def main() -> None:
           f"({(1 - best['ray_1'] / best['no_ray']) * 100:+.1f}% slower)")  # fmt: skip
     print(f"the same without Ray's dashboard: {best['ray_1_nodash'] / best['no_ray']:.3f}x "
           "throughput")  # fmt: skip
+    print(f"Ray overhead, 2 workers vs the same DDP loop in 2 processes without Ray: "
+          f"{best['ray_2'] / best['no_ray_2']:.3f}x throughput "
+          f"({(1 - best['ray_2'] / best['no_ray_2']) * 100:+.1f}% slower)")  # fmt: skip
     print(f"2 workers vs 1 worker: {best['ray_2'] / best['ray_1']:.3f}x throughput")
 
 

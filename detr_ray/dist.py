@@ -1,7 +1,9 @@
 """The few collective operations the core needs, through ``torch.distributed``.
 
 Each is a no-op (or the single-process answer) when no process group is
-initialised, so the same loss code runs in a notebook, a test and a Ray Train
+initialised or the group holds one process (Ray Train sets one up even for a
+single worker, where a collective would only cost a hand-off to gloo's
+thread), so the same loss code runs in a notebook, a test and a Ray Train
 worker. Nothing here knows about Ray: Ray Train sets up the process group and
 this module only reads it.
 """
@@ -65,7 +67,7 @@ def barrier() -> None:
 
 def all_gather_tensor(tensor: Tensor) -> Tensor:
     """Stack every process's equally shaped ``tensor``: ``(world_size, *shape)``."""
-    if not is_distributed():
+    if get_world_size() == 1:
         return tensor[None]
     gathered = [torch.empty_like(tensor) for _ in range(get_world_size())]
     torch_dist.all_gather(gathered, tensor.contiguous())
@@ -74,7 +76,7 @@ def all_gather_tensor(tensor: Tensor) -> Tensor:
 
 def any_across(flag: bool, device: torch.device | str = "cpu") -> bool:
     """True if ``flag`` is true on any process (the same answer on every process)."""
-    if not is_distributed():
+    if get_world_size() == 1:
         return flag
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)

@@ -120,3 +120,27 @@ def test_helpers_without_a_process_group():
     assert get_world_size() == 1 and get_rank() == 0
     t = torch.tensor([3.0, 4.0])
     assert reduce_mean(t) is t
+
+
+def test_a_one_process_group_answers_without_collectives(tmp_path, monkeypatch):
+    """Ray Train sets up a group even for one worker: the helpers must give the
+    single-process answers there without sending anything through gloo."""
+    import detr_ray.dist as detr_dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+
+        def no_collective(*args, **kwargs):
+            raise AssertionError("a collective was issued in a one-process group")
+
+        for name in ("all_reduce", "all_gather", "all_gather_object"):
+            monkeypatch.setattr(detr_dist.torch_dist, name, no_collective)
+        assert is_distributed() and get_world_size() == 1
+        t = torch.tensor([1.5, -2.0])
+        assert torch.equal(detr_dist.all_gather_tensor(t), t[None])
+        assert detr_dist.any_across(True) is True and detr_dist.any_across(False) is False
+        assert torch.equal(reduce_mean(t), t)
+        assert detr_dist.all_gather_objects("node") == ["node"]
+    finally:
+        monkeypatch.undo()
+        dist.destroy_process_group()

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,10 @@ def test_shipped_configs_load():
     tiny = load_config(CONFIGS / "shapes_tiny.yaml")
     coco = load_config(CONFIGS / "coco_detr_r50.yaml")
     assert tiny.data.synthetic is not None and tiny.scaling.num_workers == 2
-    assert tiny.data.augmentation == AugmentationConfig.scaled(64)
+    # DETR's augmentation at 64 px, flips only (no multi-scale resize, no crop)
+    assert tiny.data.augmentation == dataclasses.replace(
+        AugmentationConfig.scaled(64), train_scales=(64,), crop_prob=0.0
+    )
     assert (tiny.model.backbone_stages, tiny.model.pre_norm, tiny.model.backbone_norm) == (
         3,
         True,
@@ -93,7 +97,7 @@ def test_prepare_config_expands_home_and_pins_the_tracking_store(tmp_path, monke
     resolved, labels = prepare_config(config)
     assert resolved.run.storage_path == str(tmp_path / "home" / "runs")
     assert resolved.data.train_ann == str(
-        tmp_path / "data" / "shapes" / "annotations" / "train.json"
+        tmp_path / "data" / "shapes8k" / "annotations" / "train.json"
     )
     assert resolved.tracking.uri == "http://10.0.0.5:5000"
     assert resolved.model.num_classes == labels.num_classes == 3

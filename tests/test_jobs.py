@@ -27,9 +27,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY = [  # one epoch of two steps, both logged, evaluated on 8 images
+TINY = [  # one epoch of two steps, both logged, evaluated on 8 images of a small dataset
     "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2", "--set", "train.log_every=1",
     "--set", "train.eval_every=1", "--set", "data.val_max_images=8",
+    "--set", "data.synthetic.num_train=32",
 ]  # fmt: skip
 
 
@@ -199,7 +200,9 @@ def test_a_running_job_can_be_stopped(head, tmp_path):
         f"run.storage_path={storage}",
         "--set",
         "run.name=stopped",
-    )  # fmt: skip  (the full 30-epoch demo)
+        "--set",
+        "data.synthetic.num_train=64",
+    )  # fmt: skip  (the 3-epoch demo, on fewer images)
     assert out.returncode == 0, out.stderr
     deadline = time.monotonic() + 120
     while "[detr-ray] run 'stopped'" not in head.detr("jobs", "logs", "stop-me", "--address",

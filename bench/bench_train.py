@@ -17,8 +17,8 @@ process-group setup) is dropped; the median of the others is reported.
 
 Printed ratios: ``ray_1 / no_ray`` and ``ray_2 / no_ray_2`` (Ray Train's
 overhead on the same loop and threads) and ``ray_2 / ray_1`` (data-parallel
-scaling on this machine). The
-runs alternate, ``--rounds`` times, so machine noise hits all of them.
+scaling on this machine). The runs alternate, ``--rounds`` times, so machine
+noise hits all of them.
 """
 
 from __future__ import annotations

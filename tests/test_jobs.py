@@ -202,7 +202,9 @@ def test_a_running_job_can_be_stopped(head, tmp_path):
         "run.name=stopped",
         "--set",
         "data.synthetic.num_train=64",
-    )  # fmt: skip  (the 3-epoch demo, on fewer images)
+        "--set",
+        "train.epochs=100",
+    )  # fmt: skip  (the demo on fewer images, for minutes: it must still run when stopped)
     assert out.returncode == 0, out.stderr
     deadline = time.monotonic() + 120
     while "[detr-ray] run 'stopped'" not in head.detr("jobs", "logs", "stop-me", "--address",

@@ -15,7 +15,7 @@ export RAY_TRAIN_ENABLE_PRINT_PATCH := 0
 export RAY_TRAIN_ENABLE_PREEMPTION_WATCHER := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test check demo lint bench clean
 
 setup: $(STAMP)
 
@@ -31,15 +31,20 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(BIN)/python -c "import torch, ray, mlflow, pycocotools, scipy"
 	touch $(STAMP)
 
-test: $(STAMP)
+test: check
 	$(BIN)/python -m pytest -q tests
+
+# Lint, formatting and types; `make test` runs it first.
+check: $(STAMP)
+	$(BIN)/ruff check detr_ray tests bench
+	$(BIN)/ruff format --check detr_ray tests bench
+	$(BIN)/mypy
 
 # Every demo is a new run (a repeated run name would resume the finished one).
 demo: $(STAMP)
 	$(BIN)/detr-ray train configs/shapes_tiny.yaml --set run.name=shapes_tiny-$$(date +%Y%m%d-%H%M%S)
 
-lint: $(STAMP)
-	$(BIN)/ruff check detr_ray tests bench
+lint: check
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_loss.py

@@ -25,8 +25,11 @@ from pathlib import Path
 
 import torch
 
-from detr_ray.data import AugmentationConfig, CocoDetection, PadCollate, build_transforms
+from detr_ray.data.augmentation import AugmentationConfig
+from detr_ray.data.coco import CocoDetection
+from detr_ray.data.collate import PadCollate
 from detr_ray.data.synthetic import generate
+from detr_ray.data.transforms import build_transforms
 
 SETTINGS = {
     "cpu": dict(size=128, images=96, batch=8, scale=128, preset="detr_r18_small"),
@@ -56,13 +59,13 @@ def loader_rate(dataset, batch: int, workers: int, batches: int) -> float:
 
 
 def step_rate(dataset, preset: str, batch: int, steps: int = 3) -> float:
-    from detr_ray.losses import SetCriterion
-    from detr_ray.matching import HungarianMatcher
-    from detr_ray.model import build_preset
+    from detr_ray.config import LossConfig, MatcherConfig
+    from detr_ray.model.build import build_preset
+    from detr_ray.train.engine import build_criterion
 
     num_classes = dataset.label_map.num_classes
     model = build_preset(preset, num_classes=num_classes).train()
-    criterion = SetCriterion(num_classes, HungarianMatcher())
+    criterion = build_criterion(MatcherConfig(), LossConfig(), num_classes)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     collate = PadCollate(size_divisor=32)
     batches = [collate([dataset[i * batch + j] for j in range(batch)]) for i in range(steps + 1)]

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from detr_ray.losses import SetCriterion
-from detr_ray.matching import HungarianMatcher
+from detr_ray.config import LossConfig, MatcherConfig
+from detr_ray.train.engine import build_criterion
 
 L, Q, K = 6, 100, 91
 COSTS = dict(cls=1.0, bbox=5.0, iou=2.0)
@@ -174,10 +174,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
 
-    criterion = SetCriterion(K, HungarianMatcher(), bg_cls_weight=BG)
-    criterion_cxcywh = SetCriterion(
-        K, HungarianMatcher(bbox_cost_format="cxcywh"), bg_cls_weight=BG
-    )
+    loss = LossConfig(bg_cls_weight=BG)
+    criterion = build_criterion(MatcherConfig(), loss, K)
+    criterion_cxcywh = build_criterion(MatcherConfig(bbox_cost_format="cxcywh"), loss, K)
 
     def ours(logits, boxes, targets):
         return criterion(logits, boxes, targets)["loss"]

@@ -69,9 +69,9 @@ def adamw(model):
 def detr_ray_step_fn(config, trainable_backbone_stages=3):
     import torch
 
-    from detr_ray.losses import SetCriterion
-    from detr_ray.matching import HungarianMatcher
-    from detr_ray.model import build_preset
+    from detr_ray.config import LossConfig, MatcherConfig
+    from detr_ray.model.build import build_preset
+    from detr_ray.train.engine import build_criterion
 
     model = build_preset(
         config["preset"],
@@ -79,7 +79,9 @@ def detr_ray_step_fn(config, trainable_backbone_stages=3):
         trainable_backbone_stages=trainable_backbone_stages,
         dropout=0.1,
     ).train()
-    criterion = SetCriterion(config["num_classes"], HungarianMatcher(bbox_cost_format="cxcywh"))
+    criterion = build_criterion(
+        MatcherConfig(bbox_cost_format="cxcywh"), LossConfig(), config["num_classes"]
+    )
     optimizer = adamw(model)
     memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -106,9 +108,16 @@ def hf_step_fn(config):
             hidden_sizes=[256, 512, 1024, 2048],
             out_features=["stage4"],
         )
-        sizes = dict(d_model=256, encoder_layers=6, decoder_layers=6, encoder_ffn_dim=2048,
-                     decoder_ffn_dim=2048, num_queries=100, encoder_attention_heads=8,
-                     decoder_attention_heads=8)  # fmt: skip
+        sizes = dict(
+            d_model=256,
+            encoder_layers=6,
+            decoder_layers=6,
+            encoder_ffn_dim=2048,
+            decoder_ffn_dim=2048,
+            num_queries=100,
+            encoder_attention_heads=8,
+            decoder_attention_heads=8,
+        )
     else:
         backbone = ResNetConfig(
             depths=[2, 2, 2, 2],
@@ -116,9 +125,16 @@ def hf_step_fn(config):
             hidden_sizes=[64, 128, 256, 512],
             out_features=["stage4"],
         )
-        sizes = dict(d_model=128, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=512,
-                     decoder_ffn_dim=512, num_queries=20, encoder_attention_heads=8,
-                     decoder_attention_heads=8)  # fmt: skip
+        sizes = dict(
+            d_model=128,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_ffn_dim=512,
+            decoder_ffn_dim=512,
+            num_queries=20,
+            encoder_attention_heads=8,
+            decoder_attention_heads=8,
+        )
     hf_config = DetrConfig(
         use_timm_backbone=False,
         use_pretrained_backbone=False,
@@ -196,10 +212,19 @@ def main() -> None:
             order = impls if round_index % 2 == 0 else impls[::-1]
             for impl in order:
                 out = subprocess.run(
-                    [sys.executable, __file__, "--steps", str(args.steps), "--child", impl,
-                     config_name],
-                    capture_output=True, text=True, check=True,
-                )  # fmt: skip
+                    [
+                        sys.executable,
+                        __file__,
+                        "--steps",
+                        str(args.steps),
+                        "--child",
+                        impl,
+                        config_name,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 runs[impl].append(json.loads(out.stdout.strip().splitlines()[-1]))
         speed = {}
         for impl in impls:

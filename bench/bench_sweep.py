@@ -40,13 +40,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as storage:
         base = load_config(
             "configs/shapes_tiny.yaml",
-            [f"train.epochs={args.epochs}", f"train.max_steps_per_epoch={args.steps}",
-             "train.lr_drop_epochs=[]", "tracking.log_images=0", f"run.storage_path={storage}",
-             "train.log_every=1"],
-        )  # fmt: skip
+            [
+                f"train.epochs={args.epochs}",
+                f"train.max_steps_per_epoch={args.steps}",
+                "train.lr_drop_epochs=[]",
+                "tracking.log_images=0",
+                f"run.storage_path={storage}",
+                "train.log_every=1",
+            ],
+        )
         space = load_space("tune_spaces/matching_costs.yaml", base.to_dict())
-        options = SweepOptions(name="bench", num_samples=args.trials, max_concurrent=1,
-                               scheduler="fifo", seed=0)  # fmt: skip
+        options = SweepOptions(
+            name="bench", num_samples=args.trials, max_concurrent=1, scheduler="fifo", seed=0
+        )
         start = time.perf_counter()
         outcome = run_sweep(base, space, options)
         wall = time.perf_counter() - start
@@ -58,12 +64,19 @@ def main() -> None:
             training = (stamps[-1] - stamps[0]) / 1000 if len(stamps) > 1 else 0.0
             total = _trial_seconds(outcome.sweep_dir, row["trial"])
             fixed.append(total - training)
-            print(f"trial {row['trial']}: {total:6.1f} s in the trial, {training:6.1f} s "
-                  f"between its first and last logged step", flush=True)  # fmt: skip
-    print(f"\n{len(outcome.rows)} trials of {args.epochs} x {args.steps} steps: sweep wall time "
-          f"{wall:.0f} s, {3600 * len(outcome.rows) / wall:.0f} trials/hour")  # fmt: skip
-    print(f"fixed cost of a trial (trial time - training window): median "
-          f"{statistics.median(fixed):.1f} s")  # fmt: skip
+            print(
+                f"trial {row['trial']}: {total:6.1f} s in the trial, {training:6.1f} s "
+                f"between its first and last logged step",
+                flush=True,
+            )
+    print(
+        f"\n{len(outcome.rows)} trials of {args.epochs} x {args.steps} steps: sweep wall time "
+        f"{wall:.0f} s, {3600 * len(outcome.rows) / wall:.0f} trials/hour"
+    )
+    print(
+        f"fixed cost of a trial (trial time - training window): median "
+        f"{statistics.median(fixed):.1f} s"
+    )
 
 
 def _trial_seconds(sweep_dir: Path, trial_id: str) -> float:

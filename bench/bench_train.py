@@ -38,9 +38,16 @@ LOG_EVERY = 5
 
 
 def overrides(steps: int, storage: str, name: str) -> list[str]:
-    return ["train.epochs=1", f"train.max_steps_per_epoch={steps}", f"train.log_every={LOG_EVERY}",
-            "train.eval_every=1000", "tracking.log_images=0", "data.val_max_images=1",
-            f"run.storage_path={storage}", f"run.name={name}"]  # fmt: skip
+    return [
+        "train.epochs=1",
+        f"train.max_steps_per_epoch={steps}",
+        f"train.log_every={LOG_EVERY}",
+        "train.eval_every=1000",
+        "tracking.log_images=0",
+        "data.val_max_images=1",
+        f"run.storage_path={storage}",
+        f"run.name={name}",
+    ]
 
 
 def median_rate(rates: list[float]) -> float:
@@ -62,7 +69,7 @@ def _no_ray_worker(rank, workers, config_path, steps, storage, queue) -> float:
     import torch
 
     from detr_ray.config import load_config
-    from detr_ray.model import build_model
+    from detr_ray.model.build import build_model
     from detr_ray.train.engine import Engine, seed_everything
     from detr_ray.train.launcher import prepare_config
     from detr_ray.train.worker import _datasets
@@ -132,10 +139,20 @@ def main() -> None:
     for round_index in range(args.rounds):
         for kind in kinds:
             out = subprocess.run(
-                [sys.executable, __file__, "--child", kind, "--config", args.config,
-                 "--steps", str(args.steps)],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    kind,
+                    "--config",
+                    args.config,
+                    "--steps",
+                    str(args.steps),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
             if not lines:
                 sys.exit(f"{kind} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
@@ -144,14 +161,19 @@ def main() -> None:
             print(f"round {round_index + 1} {kind:<12} {rate:7.1f} images/s", flush=True)
     best = {k: statistics.median(v) for k, v in rates.items()}
     print("\nmedian images/s: " + "  ".join(f"{k} {v:.1f}" for k, v in best.items()))
-    print(f"Ray overhead, 1 worker vs the same loop without Ray: "
-          f"{best['ray_1'] / best['no_ray']:.3f}x throughput "
-          f"({(1 - best['ray_1'] / best['no_ray']) * 100:+.1f}% slower)")  # fmt: skip
-    print(f"the same without Ray's dashboard: {best['ray_1_nodash'] / best['no_ray']:.3f}x "
-          "throughput")  # fmt: skip
-    print(f"Ray overhead, 2 workers vs the same DDP loop in 2 processes without Ray: "
-          f"{best['ray_2'] / best['no_ray_2']:.3f}x throughput "
-          f"({(1 - best['ray_2'] / best['no_ray_2']) * 100:+.1f}% slower)")  # fmt: skip
+    print(
+        f"Ray overhead, 1 worker vs the same loop without Ray: "
+        f"{best['ray_1'] / best['no_ray']:.3f}x throughput "
+        f"({(1 - best['ray_1'] / best['no_ray']) * 100:+.1f}% slower)"
+    )
+    print(
+        f"the same without Ray's dashboard: {best['ray_1_nodash'] / best['no_ray']:.3f}x throughput"
+    )
+    print(
+        f"Ray overhead, 2 workers vs the same DDP loop in 2 processes without Ray: "
+        f"{best['ray_2'] / best['no_ray_2']:.3f}x throughput "
+        f"({(1 - best['ray_2'] / best['no_ray_2']) * 100:+.1f}% slower)"
+    )
     print(f"2 workers vs 1 worker: {best['ray_2'] / best['ray_1']:.3f}x throughput")
 
 

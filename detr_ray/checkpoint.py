@@ -1,4 +1,4 @@
-"""detr-ray's checkpoint file, and loading any supported checkpoint as a model.
+"""Checkpoint files: detr-ray's format, safe reading, and models built from them.
 
 A detr-ray checkpoint is a ``torch.save``d dict::
 
@@ -9,61 +9,73 @@ A detr-ray checkpoint is a ``torch.save``d dict::
     augmentation  AugmentationConfig as a dict (the validation scale lives there)
     ...           training state added by the trainer (optimizer, epoch, ...)
 
-Everything in it is a tensor or a plain container, so it loads with
+Everything in it is a tensor or a plain container, so it is read with
 ``torch.load(weights_only=True)``. A directory (a Ray Train checkpoint) is
-read through its ``checkpoint.pt``.
+read through its ``checkpoint.pt``. Three kinds of file load into a model:
+detr-ray checkpoints, official DETR checkpoints (``{"model", "args"}``) and,
+for fine-tuning only, torchvision ResNet ``state_dict`` files (the backbone).
+
+The model package knows state dicts only; reading files is done here.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from detr_ray.data.augmentation import AugmentationConfig
 from detr_ray.data.labels import LabelMap
-from detr_ray.data.transforms import AugmentationConfig
-from detr_ray.model.config import ModelConfig, build_model
+from detr_ray.dist import unwrap
+from detr_ray.errors import CheckpointError, ConfigError
+from detr_ray.model.backbone import load_torchvision_state_dict
+from detr_ray.model.build import build_model
+from detr_ray.model.config import ModelConfig
 from detr_ray.model.detr import DETR
 from detr_ray.model.official import (
+    from_official_state_dict,
     is_official_checkpoint,
-    load_checkpoint_file,
     load_official_state_dict,
     official_config,
     official_label_map,
 )
+from detr_ray.model.pretrained import is_torchvision_resnet, load_pretrained_state_dict
+from detr_ray.schema import build, plain_data
 
 FORMAT = "detr-ray/1"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def checkpoint_dict(
-    model: DETR,
+    model: torch.nn.Module,
     model_config: ModelConfig,
     label_map: LabelMap,
     augmentation: AugmentationConfig | None = None,
     **training_state,
 ) -> dict:
     """The dict to ``torch.save`` (``model`` may be DDP-wrapped)."""
-    module = model.module if hasattr(model, "module") else model
     return {
         "format": FORMAT,
-        "model": module.state_dict(),
-        "model_config": model_config.to_dict(),
+        "model": unwrap(model).state_dict(),
+        "model_config": plain_data(model_config),
         "label_map": label_map.to_dict(),
-        "augmentation": plain_data(asdict(augmentation or AugmentationConfig())),
+        "augmentation": plain_data(augmentation or AugmentationConfig()),
         **training_state,
     }
 
 
-def plain_data(value):
-    """Tuples -> lists, recursively (the saved dict stays plain JSON-like data)."""
-    if isinstance(value, dict):
-        return {k: plain_data(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain_data(v) for v in value]
-    return value
+def save_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:
+    """Write atomically (a temporary file, then a rename), so a crash mid-write
+    never leaves a truncated checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(checkpoint, partial)
+    os.replace(partial, path)
+    return path
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
@@ -72,16 +84,29 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     if path.is_dir():
         inner = path / CHECKPOINT_FILE
         if not inner.is_file():
-            raise FileNotFoundError(f"checkpoint directory {path} has no {CHECKPOINT_FILE}")
+            raise CheckpointError(f"checkpoint directory {path} has no {CHECKPOINT_FILE}")
         return inner
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     return path
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint file or directory (safely: weights only)."""
-    return load_checkpoint_file(resolve_checkpoint_path(path))
+    """Read a checkpoint file or directory safely: tensors, plain containers,
+    and the ``argparse.Namespace`` official checkpoints keep their ``args`` in.
+    Nothing else is unpickled."""
+    file = resolve_checkpoint_path(path)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds here
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(
+            f"cannot load checkpoint {file}: {type(e).__name__}: {first_line}"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"checkpoint {file} holds a {type(checkpoint).__name__}, not a dict")
+    return checkpoint
 
 
 @dataclass
@@ -99,36 +124,64 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
         config = official_config(checkpoint["model"], checkpoint.get("args"))
         model = build_model(config)
         load_official_state_dict(model, checkpoint["model"])
-        label_map = official_label_map(config.num_classes)
+        label_map = official_label_map(config.num_classes or 91)
         augmentation = AugmentationConfig()
     elif checkpoint.get("format") == FORMAT:
-        config = ModelConfig.from_dict(checkpoint["model_config"])
+        if not isinstance(checkpoint.get("model_config"), dict):
+            raise CheckpointError(f"detr-ray checkpoint {path} has no model_config")
+        config = _settings(ModelConfig, checkpoint, "model_config", path)
         model = build_model(config)
         try:
             model.load_state_dict(checkpoint["model"], strict=True)
         except RuntimeError as e:
-            raise ValueError(f"checkpoint {path} does not fit its own model_config: {e}") from None
+            raise CheckpointError(
+                f"checkpoint {path} does not fit its own model_config: {e}"
+            ) from None
         label_map = LabelMap.from_dict(checkpoint["label_map"])
-        augmentation = _augmentation_from_dict(checkpoint.get("augmentation") or {})
+        augmentation = _settings(AugmentationConfig, checkpoint, "augmentation", path)
     else:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is neither a detr-ray checkpoint nor an official DETR checkpoint "
             f"(top-level keys: {sorted(checkpoint)[:8]})"
         )
     return LoadedModel(model.to(device).eval(), config, label_map, augmentation)
 
 
-def _augmentation_from_dict(data: dict) -> AugmentationConfig:
-    tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return AugmentationConfig(**tuples)
+def initialise_from(
+    model: DETR, path: str | os.PathLike, label_map: LabelMap, class_head: str = "keep"
+) -> str:
+    """Load pretrained weights from a file into ``model`` in place; returns what was loaded.
+
+    Args:
+        label_map: the labels ``model`` is being trained for.
+        class_head: ``"keep"`` the checkpoint's rows of ``label_map``'s
+            categories, or ``"reinit"`` them (the no-object row is kept).
+    """
+    checkpoint = load_checkpoint(path)
+    if is_torchvision_resnet(checkpoint):
+        load_torchvision_state_dict(model.backbone, checkpoint)
+        return f"backbone from torchvision ResNet weights {path}"
+    if is_official_checkpoint(checkpoint):
+        state_dict = from_official_state_dict(checkpoint["model"])
+        source = official_label_map(state_dict["class_head.weight"].shape[0] - 1)
+        kind = "official DETR checkpoint"
+    elif checkpoint.get("format") == FORMAT:
+        state_dict, source = dict(checkpoint["model"]), LabelMap.from_dict(checkpoint["label_map"])
+        kind = "detr-ray checkpoint"
+    else:
+        raise CheckpointError(
+            f"{path} is not a torchvision ResNet state_dict, an official DETR checkpoint "
+            "or a detr-ray checkpoint"
+        )
+    load_pretrained_state_dict(
+        model, state_dict, source, label_map, class_head=class_head, source_name=f"{kind} {path}"
+    )
+    return f"all weights from {kind} {path} (class head: {class_head})"
 
 
-def save_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:
-    """Write atomically (a temporary file, then a rename), so a crash mid-write
-    never leaves a truncated checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(checkpoint, partial)
-    os.replace(partial, path)
-    return path
+def _settings(cls, checkpoint: dict, key: str, path):
+    """A settings dataclass stored in a checkpoint, read through the config loader."""
+    try:
+        return build(cls, checkpoint.get(key) or {}, prefix=f"{key}.")
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None

@@ -13,8 +13,12 @@ import logging
 import math
 import sys
 
-from detr_ray.data.coco import DataError
+from detr_ray.config import RunConfig, SyntheticDataConfig
+from detr_ray.errors import ClusterError, ConfigError, DetrRayError
+from detr_ray.schema import default_of
+from detr_ray.tune.sweep import METRICS, SCHEDULERS, SEARCHERS, SweepOptions
 
+DASHBOARD_PORT = 5000
 ADDRESS_HELP = (
     "Ray Jobs API address, e.g. http://127.0.0.1:8265 (default: "
     "RAY_API_SERVER_ADDRESS, else RAY_ADDRESS, else the local cluster)"
@@ -30,17 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (DataError, ValueError, FileNotFoundError) as e:
+    except DetrRayError as e:  # the user's to fix; anything else is a bug (traceback)
         print(f"detr-ray: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt as e:
         print(f"detr-ray: {e or 'interrupted'}", file=sys.stderr)
         return 130
-    except RuntimeError as e:
-        if type(e).__name__ in ("TrainingStopped", "RuntimeError", "JobsError"):
-            print(f"detr-ray: error: {e}", file=sys.stderr)
-            return 1
-        raise
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -50,10 +49,17 @@ def _build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="dataset tools").add_subparsers(title="data commands")
     synth = data.add_parser("synth", help="generate the synthetic COCO-format shapes dataset")
     synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument("--train", type=int, default=512, help="number of training images")
-    synth.add_argument("--val", type=int, default=64, help="number of validation images")
-    synth.add_argument("--size", type=int, default=128, help="long side of each image, pixels")
-    synth.add_argument("--seed", type=int, default=0)
+    synthetic = SyntheticDataConfig()
+    synth.add_argument(
+        "--train", type=int, default=synthetic.num_train, help="number of training images"
+    )
+    synth.add_argument(
+        "--val", type=int, default=synthetic.num_val, help="number of validation images"
+    )
+    synth.add_argument(
+        "--size", type=int, default=synthetic.size, help="long side of each image, pixels"
+    )
+    synth.add_argument("--seed", type=int, default=synthetic.seed)
     synth.set_defaults(run=_run_synth)
 
     evaluate = commands.add_parser(
@@ -70,8 +76,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a DETR on Ray Train workers")
     train.add_argument("config", help="experiment YAML, e.g. configs/shapes_tiny.yaml")
-    train.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="KEY=VALUE", help="override a config key (repeatable)")  # fmt: skip
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
+    )
     train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     train.add_argument("--num-workers", type=int, help="sets scaling.num_workers")
     train.add_argument("--gpu", action="store_true", help="sets scaling.use_gpu")
@@ -85,22 +97,45 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--space", required=True, help="search space YAML, e.g. tune_spaces/joint.yaml"
     )
-    sweep.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="KEY=VALUE", help="override a base config key")  # fmt: skip
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base config key",
+    )
     sweep.add_argument("--name", help="sweep name (default: the space file's name)")
-    sweep.add_argument("--num-samples", type=int, default=4, help="trials to sample (x grid)")
+    sweep.add_argument(
+        "--num-samples",
+        type=int,
+        default=default_of(SweepOptions, "num_samples"),
+        help="trials to sample (x grid)",
+    )
     sweep.add_argument(
         "--max-concurrent", type=int, help="trials at once (default: as resources allow)"
     )
-    sweep.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
-    sweep.add_argument("--search", choices=["random", "optuna"], default="random")
-    sweep.add_argument("--metric", choices=["val_AP", "val_AP50", "loss"], default="val_AP",
-                       help="what ASHA and the summary rank trials by")  # fmt: skip
     sweep.add_argument(
-        "--grace-period", type=int, default=1, help="epochs before ASHA may stop a trial"
+        "--scheduler", choices=SCHEDULERS, default=default_of(SweepOptions, "scheduler")
+    )
+    sweep.add_argument("--search", choices=SEARCHERS, default=default_of(SweepOptions, "search"))
+    sweep.add_argument(
+        "--metric",
+        choices=list(METRICS),
+        default=default_of(SweepOptions, "metric"),
+        help="what ASHA and the summary rank trials by",
     )
     sweep.add_argument(
-        "--reduction-factor", type=float, default=2.0, help="ASHA's reduction factor"
+        "--grace-period",
+        type=int,
+        default=default_of(SweepOptions, "grace_period"),
+        help="epochs before ASHA may stop a trial",
+    )
+    sweep.add_argument(
+        "--reduction-factor",
+        type=float,
+        default=default_of(SweepOptions, "reduction_factor"),
+        help="ASHA's reduction factor",
     )
     sweep.add_argument("--seed", type=int, help="seed of the random search")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
@@ -112,15 +147,23 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("job", help="job spec YAML, e.g. jobs/train_shapes_local.yaml")
     submit.add_argument("--address", help=ADDRESS_HELP)
-    submit.add_argument("--follow", action="store_true",
-                        help="stream the logs and exit with the job's status")  # fmt: skip
-    submit.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE",
-                        help="override a key of the entrypoint's config")  # fmt: skip
+    submit.add_argument(
+        "--follow", action="store_true", help="stream the logs and exit with the job's status"
+    )
+    submit.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the entrypoint's config",
+    )
     submit.add_argument("--submission-id", help="the job's id (default: the spec's, else Ray's)")
-    submit.add_argument("--print-ray-command", action="store_true",
-                        help="print the same submission as a `ray job submit` "
-                             "command; submit nothing")  # fmt: skip
+    submit.add_argument(
+        "--print-ray-command",
+        action="store_true",
+        help="print the same submission as a `ray job submit` command; submit nothing",
+    )
     submit.set_defaults(run=_run_submit)
 
     jobs = commands.add_parser("jobs", help="list, inspect and stop jobs on a Ray cluster")
@@ -141,8 +184,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     dashboard = commands.add_parser("dashboard", help="the MLflow UI for the tracking store")
     dashboard.add_argument("--tracking-uri", help="default: sqlite store in --storage-path")
-    dashboard.add_argument("--storage-path", default="runs", help="run.storage_path (default runs)")
-    dashboard.add_argument("--port", type=int, default=5000)
+    dashboard.add_argument(
+        "--storage-path", default=default_of(RunConfig, "storage_path"), help="run.storage_path"
+    )
+    dashboard.add_argument("--port", type=int, default=DASHBOARD_PORT)
     dashboard.set_defaults(run=_run_dashboard)
 
     predict = commands.add_parser("predict", help="draw a checkpoint's detections on images")
@@ -170,7 +215,7 @@ def _run_eval(args) -> int:
         metrics, summary = evaluate_results_file(args.ann, args.results)
     else:
         if not args.images:
-            raise ValueError(
+            raise ConfigError(
                 "--checkpoint needs --images, the folder the annotation file refers to"
             )
         from detr_ray.inference import evaluate_checkpoint
@@ -212,8 +257,10 @@ def _run_train(args) -> int:
         print(f"[detr-ray] best checkpoint:   {outcome['best_checkpoint']}")
     print(f"[detr-ray] MLflow run {outcome.get('mlflow_run_id')} in {outcome.get('tracking_uri')}")
     command = _dashboard_command(config)
-    print(f"[detr-ray] open the dashboard: {command}"
-          + ("" if command.startswith("it is") else "   (then http://127.0.0.1:5000)"))  # fmt: skip
+    print(
+        f"[detr-ray] open the dashboard: {command}"
+        + ("" if command.startswith("it is") else f"   (then http://127.0.0.1:{DASHBOARD_PORT})")
+    )
     return 0
 
 
@@ -242,21 +289,26 @@ def _run_tune(args) -> int:
     print(f"\n[detr-ray] sweep {options.name!r}: {len(outcome.rows)} trial(s)")
     for row in outcome.rows:
         values = "  ".join(f"{k}={_short(row[k])}" for k in space.keys)
-        print(f"  {row['trial']}  {row['status']:<13} epochs {row['epochs']:<3} {values}  "
-              f"{options.metric} {_short(row[options.metric])}")  # fmt: skip
+        print(
+            f"  {row['trial']}  {row['status']:<13} epochs {row['epochs']:<3} {values}  "
+            f"{options.metric} {_short(row[options.metric])}"
+        )
     print(f"[detr-ray] table: {outcome.sweep_dir / 'results.csv'}")
     print(f"[detr-ray] MLflow parent run {outcome.parent_run_id} in {outcome.tracking_uri}")
     if outcome.interrupted:
-        print("[detr-ray] interrupted: unfinished trials run again with the same command "
-              "and --resume")  # fmt: skip
+        print(
+            "[detr-ray] interrupted: unfinished trials run again with the same command and --resume"
+        )
         return 130
     if outcome.best is None:
         print(f"[detr-ray] no trial reported {options.metric}")
         return 1
     best = outcome.best
     print(f"[detr-ray] best trial {best['trial']}: {options.metric} {_short(best[options.metric])}")
-    print(f"[detr-ray] its config: {outcome.best_config_path}  "
-          f"(detr-ray train {outcome.best_config_path})")  # fmt: skip
+    print(
+        f"[detr-ray] its config: {outcome.best_config_path}  "
+        f"(detr-ray train {outcome.best_config_path})"
+    )
     print(f"[detr-ray] its checkpoint: {best.get('checkpoint') or best['train_dir']}")
     return 0
 
@@ -275,7 +327,7 @@ def _dashboard_command(config) -> str:
         return f"it is the MLflow server {uri} (on a cluster: through its SSH forward)"
     if uri:
         return f"{program} dashboard --tracking-uri {uri}"
-    if os.path.normpath(config.run.storage_path) != "runs":
+    if os.path.normpath(config.run.storage_path) != default_of(RunConfig, "storage_path"):
         return f"{program} dashboard --storage-path {config.run.storage_path}"
     return f"{program} dashboard"
 
@@ -328,8 +380,10 @@ def _run_jobs(args) -> int:
             rows = jobs.job_table(connection)
             print(f"{'ID':<32} {'STATUS':<10} {'STARTED':<19} ENTRYPOINT")
             for row in rows:
-                print(f"{row['id']:<32} {row['status']:<10} {row['start']:<19} "
-                      f"{row['entrypoint'][:80]}")  # fmt: skip
+                print(
+                    f"{row['id']:<32} {row['status']:<10} {row['start']:<19} "
+                    f"{row['entrypoint'][:80]}"
+                )
             if not rows:
                 print("(no jobs)")
             return 0
@@ -347,7 +401,7 @@ def _run_jobs(args) -> int:
         print(f"{args.id}: " + ("stop requested" if stopped else "not running (nothing to stop)"))
         return 0
     except RuntimeError as e:  # the Jobs API's answer, e.g. an unknown id
-        raise jobs.JobsError(f"{args.action} {getattr(args, 'id', '')}: {e}") from None
+        raise ClusterError(f"{args.action} {getattr(args, 'id', '')}: {e}") from None
 
 
 def _run_dashboard(args) -> int:
@@ -359,7 +413,9 @@ def _run_dashboard(args) -> int:
 def _run_predict(args) -> int:
     from detr_ray.inference import predict_images
 
-    json_path = predict_images(args.checkpoint, args.images, args.out, args.threshold)
+    json_path = predict_images(
+        args.checkpoint, args.images, args.out, score_threshold=args.threshold
+    )
     print(f"wrote {len(args.images)} image(s) and {json_path}")
     return 0
 

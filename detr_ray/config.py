@@ -17,25 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-from detr_ray.checkpoint import plain_data
-from detr_ray.data.transforms import AugmentationConfig
-from detr_ray.matching import BOX_COST_FORMATS
+from detr_ray.data.augmentation import AugmentationConfig
+from detr_ray.errors import ConfigError
 from detr_ray.model.config import ModelConfig, preset_config
-
-
-class ConfigError(ValueError):
-    """A bad configuration: the message names the key and the value."""
-
-
-AMP_MODES = ("off", "bf16", "fp16")
+from detr_ray.schema import build, check_choices, plain_data, require
 
 
 @dataclass(frozen=True)
@@ -48,6 +39,11 @@ class SyntheticDataConfig:
     size: int = 128
     seed: int = 0
 
+    def __post_init__(self):
+        require(self.num_train >= 1, "num_train", self.num_train, ">= 1")
+        require(self.num_val >= 1, "num_val", self.num_val, ">= 1")
+        require(self.size >= 16, "size", self.size, ">= 16 (pixels)")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -59,17 +55,20 @@ class DataConfig:
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     size_divisor: int = 32
     filter_empty: bool = False
-    on_bad_image: str = "error"
+    on_bad_image: Literal["error", "skip"] = "error"
     num_workers: int = 2
     val_max_images: int | None = None
 
     def __post_init__(self):
-        _require(self.size_divisor >= 1, "data.size_divisor", self.size_divisor, ">= 1")
-        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
-        _require(self.on_bad_image in ("error", "skip"), "data.on_bad_image", self.on_bad_image,
-                 "'error' or 'skip'")  # fmt: skip
-        _require(self.val_max_images is None or self.val_max_images >= 1, "data.val_max_images",
-                 self.val_max_images, ">= 1 or null")  # fmt: skip
+        check_choices(self)
+        require(self.size_divisor >= 1, "size_divisor", self.size_divisor, ">= 1")
+        require(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
+        require(
+            self.val_max_images is None or self.val_max_images >= 1,
+            "val_max_images",
+            self.val_max_images,
+            ">= 1 or null",
+        )
 
 
 @dataclass(frozen=True)
@@ -77,29 +76,34 @@ class InitConfig:
     """Pretrained weights for fine-tuning (``model.init_from``, ``model.class_head``)."""
 
     init_from: str | None = None
-    class_head: str = "keep"
+    class_head: Literal["keep", "reinit"] = "keep"
 
     def __post_init__(self):
-        _require(self.class_head in ("keep", "reinit"), "model.class_head", self.class_head,
-                 "'keep' or 'reinit'")  # fmt: skip
+        check_choices(self)
 
 
 @dataclass(frozen=True)
 class MatcherConfig:
+    """The Hungarian matcher's cost weights (the reference's 1 / 5 / 2) and L1 box format.
+
+    ``bbox_cost_format``'s words are :data:`detr_ray.matching.BOX_COST_FORMATS`.
+    """
+
     cls_cost: float = 1.0
     bbox_cost: float = 5.0
     iou_cost: float = 2.0
-    bbox_cost_format: str = "xyxy"
+    bbox_cost_format: Literal["xyxy", "cxcywh"] = "xyxy"
 
     def __post_init__(self):
+        check_choices(self)
         for key in ("cls_cost", "bbox_cost", "iou_cost"):
-            _require(getattr(self, key) >= 0, f"matcher.{key}", getattr(self, key), ">= 0")
-        _require(self.bbox_cost_format in BOX_COST_FORMATS, "matcher.bbox_cost_format",
-                 self.bbox_cost_format, f"one of {BOX_COST_FORMATS}")  # fmt: skip
+            require(getattr(self, key) >= 0, key, getattr(self, key), ">= 0")
 
 
 @dataclass(frozen=True)
 class LossConfig:
+    """The set loss's term weights (the reference's 1 / 5 / 2) and background weight."""
+
     cls_weight: float = 1.0
     bbox_weight: float = 5.0
     iou_weight: float = 2.0
@@ -108,7 +112,7 @@ class LossConfig:
 
     def __post_init__(self):
         for key in ("cls_weight", "bbox_weight", "iou_weight", "bg_cls_weight"):
-            _require(getattr(self, key) >= 0, f"loss.{key}", getattr(self, key), ">= 0")
+            require(getattr(self, key) >= 0, key, getattr(self, key), ">= 0")
 
 
 @dataclass(frozen=True)
@@ -121,11 +125,12 @@ class OptimConfig:
     grad_clip: float | None = 0.1
 
     def __post_init__(self):
-        _require(self.lr > 0, "optim.lr", self.lr, "> 0")
-        _require(self.backbone_lr >= 0, "optim.backbone_lr", self.backbone_lr, ">= 0")
-        _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
-        _require(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip",
-                 self.grad_clip, "> 0 or null")  # fmt: skip
+        require(self.lr > 0, "lr", self.lr, "> 0")
+        require(self.backbone_lr >= 0, "backbone_lr", self.backbone_lr, ">= 0")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
+        require(
+            self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "> 0 or null"
+        )
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,7 @@ class TrainConfig:
     warmup_steps: int = 0
     batch_size: int = 2  # per worker
     max_steps_per_epoch: int | None = None
-    amp: str = "off"
+    amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = False
     seed: int = 42
     eval_every: int = 1  # epochs
@@ -145,20 +150,32 @@ class TrainConfig:
     max_nan_steps: int = 10  # consecutive skipped steps before the run stops
 
     def __post_init__(self):
-        _require(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
-        _require(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
-        _require(0 < self.lr_gamma <= 1, "train.lr_gamma", self.lr_gamma, "in (0, 1]")
-        _require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, ">= 0")
-        _require(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
-                 "train.max_steps_per_epoch", self.max_steps_per_epoch, ">= 1 or null")  # fmt: skip
-        _require(self.amp in AMP_MODES, "train.amp", self.amp, f"one of {AMP_MODES}")
-        _require(self.eval_every >= 1, "train.eval_every", self.eval_every, ">= 1")
-        _require(self.log_every >= 1, "train.log_every", self.log_every, ">= 1")
-        _require(self.report_every is None or self.report_every >= 1, "train.report_every",
-                 self.report_every, ">= 1 or null")  # fmt: skip
-        _require(self.max_nan_steps >= 0, "train.max_nan_steps", self.max_nan_steps, ">= 0")
-        _require(all(e >= 1 for e in self.lr_drop_epochs), "train.lr_drop_epochs",
-                 self.lr_drop_epochs, "epochs >= 1")  # fmt: skip
+        check_choices(self)
+        require(self.epochs >= 1, "epochs", self.epochs, ">= 1")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        require(0 < self.lr_gamma <= 1, "lr_gamma", self.lr_gamma, "in (0, 1]")
+        require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0")
+        require(
+            self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
+            "max_steps_per_epoch",
+            self.max_steps_per_epoch,
+            ">= 1 or null",
+        )
+        require(self.eval_every >= 1, "eval_every", self.eval_every, ">= 1")
+        require(self.log_every >= 1, "log_every", self.log_every, ">= 1")
+        require(
+            self.report_every is None or self.report_every >= 1,
+            "report_every",
+            self.report_every,
+            ">= 1 or null",
+        )
+        require(self.max_nan_steps >= 0, "max_nan_steps", self.max_nan_steps, ">= 0")
+        require(
+            all(e >= 1 for e in self.lr_drop_epochs),
+            "lr_drop_epochs",
+            self.lr_drop_epochs,
+            "epochs >= 1",
+        )
 
 
 @dataclass(frozen=True)
@@ -168,8 +185,8 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0
 
     def __post_init__(self):
-        _require(self.num_workers >= 1, "scaling.num_workers", self.num_workers, ">= 1")
-        _require(self.cpus_per_worker > 0, "scaling.cpus_per_worker", self.cpus_per_worker, "> 0")
+        require(self.num_workers >= 1, "num_workers", self.num_workers, ">= 1")
+        require(self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "> 0")
 
 
 @dataclass(frozen=True)
@@ -183,10 +200,14 @@ class RunConfig:
     resume_from: str | None = None
 
     def __post_init__(self):
-        _require(bool(self.name) and "/" not in self.name, "run.name", self.name,
-                 "a non-empty name without '/'")  # fmt: skip
-        _require(self.max_failures >= 0, "run.max_failures", self.max_failures, ">= 0")
-        _require(self.keep_checkpoints >= 1, "run.keep_checkpoints", self.keep_checkpoints, ">= 1")
+        require(
+            bool(self.name) and "/" not in self.name,
+            "name",
+            self.name,
+            "a non-empty name without '/'",
+        )
+        require(self.max_failures >= 0, "max_failures", self.max_failures, ">= 0")
+        require(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, ">= 1")
 
 
 @dataclass(frozen=True)
@@ -199,7 +220,7 @@ class TrackingConfig:
     parent_run_id: str | None = None  # set by sweeps: the run is a trial of this one
 
     def __post_init__(self):
-        _require(self.log_images >= 0, "tracking.log_images", self.log_images, ">= 0")
+        require(self.log_images >= 0, "log_images", self.log_images, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -235,13 +256,17 @@ class ExperimentConfig:
     def from_dict(cls, raw: dict) -> ExperimentConfig:
         """Build and validate from a nested dict (YAML's shape)."""
         raw = _expand_conveniences(_deep_copy(raw))
-        model_raw = dict(raw.pop("model", {}) or {})
+        model_raw = raw.pop("model", None) or {}
+        if not isinstance(model_raw, dict):
+            raise ConfigError(f"model must be a mapping, got {model_raw!r}")
+        # model.init_from and model.class_head are the model section's keys in YAML
         init_raw = {k: model_raw.pop(k) for k in ("init_from", "class_head") if k in model_raw}
-        return _build(cls, {**raw, "model": model_raw, "init": init_raw}, prefix="")
+        init = build(InitConfig, init_raw, prefix="model.")
+        return build(cls, {**raw, "model": model_raw, "init": init})
 
     def to_dict(self) -> dict:
         """The resolved config as plain data; ``from_dict`` of it is equal to ``self``."""
-        data = plain_data(dataclasses.asdict(self))
+        data = plain_data(self)
         data["model"].update(data.pop("init"))
         return data
 
@@ -301,11 +326,6 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 # ---------------------------------------------------------------------- internals
-def _require(ok: bool, key: str, value: Any, requirement: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key} must be {requirement}, got {value!r}")
-
-
 def _expand_conveniences(raw: dict) -> dict:
     model = raw.get("model")
     if isinstance(model, dict) and "preset" in model:
@@ -315,14 +335,14 @@ def _expand_conveniences(raw: dict) -> dict:
         arch = {k: v for k, v in model.items() if k in arch_keys}
         try:
             base = dataclasses.asdict(preset_config(str(name)))
-        except ValueError as e:
+        except ConfigError as e:
             raise ConfigError(f"model.preset: {e}") from None
         base.update(arch)
         model.update(base)
         raw["model"] = model
     data = raw.get("data")
     augmentation = data.get("augmentation") if isinstance(data, dict) else None
-    if isinstance(augmentation, dict) and "scaled_to" in augmentation:
+    if isinstance(data, dict) and isinstance(augmentation, dict) and "scaled_to" in augmentation:
         augmentation = dict(augmentation)
         scale = augmentation.pop("scaled_to")
         if not isinstance(scale, int) or scale < 8:
@@ -331,73 +351,6 @@ def _expand_conveniences(raw: dict) -> dict:
         base.update(augmentation)
         data["augmentation"] = base
     return raw
-
-
-def _build(cls, raw: Any, prefix: str):
-    """Instantiate dataclass ``cls`` from ``raw``, checking keys and types."""
-    where = prefix.rstrip(".") or "the config"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in raw if k not in known]
-    if unknown:
-        raise ConfigError(f"unknown key {prefix}{unknown[0]}; {where} has keys {known}")
-    values = {}
-    for name, value in raw.items():
-        values[name] = _coerce(value, hints[name], f"{prefix}{name}")
-    try:
-        return cls(**values)
-    except ConfigError:
-        raise
-    except ValueError as e:
-        message = str(e)
-        if prefix and not message.startswith(prefix.split(".")[0]):
-            message = f"{where}: {message}"
-        raise ConfigError(message) from None
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        inner = [o for o in options if o is not type(None)]
-        return _coerce(value, inner[0], key)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, f"{key}.")
-    if origin is tuple:
-        item_type = typing.get_args(hint)[0]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if hint in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        if isinstance(value, str):  # YAML reads 1e-4 as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{key} must be a number, got {value!r}") from None
-        if hint is int:
-            if not isinstance(value, (int, float)) or float(value) != int(value):
-                raise ConfigError(f"{key} must be an integer, got {value!r}")
-            return int(value)
-        if not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return str(value)
-    return value
 
 
 def _deep_copy(raw):

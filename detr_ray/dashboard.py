@@ -9,6 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from detr_ray.errors import ConfigError
 from detr_ray.tracking import tracking_uri
 
 READY_TIMEOUT_S = 60
@@ -22,28 +23,38 @@ def start_dashboard(uri: str | None, storage_path: str, port: int) -> subprocess
     """
     uri = tracking_uri(uri, storage_path)
     if uri.startswith(("http://", "https://")):
-        raise ValueError(f"{uri} is an MLflow server already: open it in a browser")
+        raise ConfigError(f"{uri} is an MLflow server already: open it in a browser")
     if uri.startswith("sqlite:///"):
         database = Path(uri[len("sqlite:///") :])
         if not database.is_file():
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"no MLflow store at {database}: train first (detr-ray train ...), or pass "
                 "--tracking-uri / --storage-path"
             )
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", uri, "--workers", "1",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        uri,
+        "--workers",
+        "1",
+    ]
     server = subprocess.Popen(command, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(
-                f"mlflow server exited with code {server.returncode} (port {port} in use?)"
+            raise ConfigError(
+                f"mlflow server exited with code {server.returncode} (port {port} in use? "
+                "pick another with --port)"
             )
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
@@ -52,14 +63,17 @@ def start_dashboard(uri: str | None, storage_path: str, port: int) -> subprocess
         except OSError:
             time.sleep(0.5)
     server.terminate()
-    raise RuntimeError(f"mlflow server did not answer on {url} within {READY_TIMEOUT_S} s")
+    raise ConfigError(f"mlflow server did not answer on {url} within {READY_TIMEOUT_S} s")
 
 
 def run_dashboard(uri: str | None, storage_path: str, port: int) -> int:
     server = start_dashboard(uri, storage_path, port)
-    print(f"MLflow UI for {tracking_uri(uri, storage_path)}:\n  http://127.0.0.1:{port}\n"
-          "(listening on loopback only; on a remote machine use SSH port forwarding: "
-          f"ssh -L {port}:127.0.0.1:{port} HOST). Ctrl-C stops it.", flush=True)  # fmt: skip
+    print(
+        f"MLflow UI for {tracking_uri(uri, storage_path)}:\n  http://127.0.0.1:{port}\n"
+        "(listening on loopback only; on a remote machine use SSH port forwarding: "
+        f"ssh -L {port}:127.0.0.1:{port} HOST). Ctrl-C stops it.",
+        flush=True,
+    )
     try:
         return server.wait()
     except KeyboardInterrupt:

@@ -28,9 +28,10 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detr_ray.data.coco import DataError, coco_from_dict, load_coco_json
+from detr_ray.data.coco import coco_from_dict, load_coco_json
 from detr_ray.data.labels import LabelMap
 from detr_ray.dist import all_gather_objects, is_main_process
+from detr_ray.errors import DataError
 
 COCO_METRICS = (
     "AP",
@@ -140,7 +141,7 @@ def gather_image_results(local: Sequence[tuple[int, list[dict]]]) -> list[dict] 
     seen: set[int] = set()
     results: list[dict] = []
     for worker in gathered:
-        for image_id, image_results in worker:
+        for image_id, image_results in worker:  # type: ignore[attr-defined]
             if image_id not in seen:
                 seen.add(image_id)
                 results.extend(image_results)

@@ -15,10 +15,11 @@ import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from detr_ray.checkpoint import LoadedModel, load_model
-from detr_ray.data.coco import CocoDetection, DataError
+from detr_ray.data.coco import CocoDetection
 from detr_ray.data.collate import Batch, PadCollate
 from detr_ray.data.labels import LabelMap
 from detr_ray.data.transforms import build_transforms
+from detr_ray.errors import DataError
 from detr_ray.evaluation import evaluate, to_coco_results
 from detr_ray.model.postprocess import postprocess
 
@@ -35,16 +36,15 @@ def detect_batch(model, batch: Batch, top_k: int | None = 100, score_threshold: 
     cls_scores, bbox_preds = model(*batch.to(device).inputs())
     orig_sizes = torch.tensor([m.orig_size for m in batch.metas], device=device)
     detections = postprocess(cls_scores[-1], bbox_preds[-1], orig_sizes, top_k, score_threshold)
-    for det, meta in zip(detections, batch.metas):
-        det["image_id"] = meta.image_id
-    return detections
+    return [{**det, "image_id": meta.image_id} for det, meta in zip(detections, batch.metas)]
 
 
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     ann_file: str | os.PathLike,
     image_dir: str | os.PathLike,
-    batch_size: int = 2,
+    *,
+    batch_size: int,
     num_workers: int = 0,
 ) -> tuple[dict[str, float], str]:
     """COCO box metrics of a checkpoint on a dataset (see :func:`detr_ray.evaluation.evaluate`)."""
@@ -69,7 +69,8 @@ def predict_images(
     checkpoint: str | os.PathLike,
     image_paths: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
-    score_threshold: float = 0.5,
+    *,
+    score_threshold: float,
 ) -> Path:
     """Draw each image's detections into ``out_dir/<name>.png`` and write them
     all to ``out_dir/detections.json``; returns the JSON's path."""
@@ -87,13 +88,14 @@ def predict_images(
             "orig_size": (image.height, image.width),
         }
         batch = PadCollate()([transform(image, target)])
-        detections = detect_batch(loaded.model, batch, top_k=None, score_threshold=score_threshold)[
-            0
-        ]
-        entries = describe_detections(detections, loaded.label_map)
+        assert batch is not None  # one readable image makes a batch
+        detections = detect_batch(loaded.model, batch, top_k=None, score_threshold=score_threshold)
+        entries = describe_detections(detections[0], loaded.label_map)
+
         draw_detections(image, entries).save(out_dir / f"{Path(path).stem}.png")
-        records.append({"file": str(path), "width": image.width, "height": image.height,
-                        "detections": entries})  # fmt: skip
+        records.append(
+            {"file": str(path), "width": image.width, "height": image.height, "detections": entries}
+        )
     json_path = out_dir / "detections.json"
     json_path.write_text(json.dumps(records, indent=2))
     return json_path

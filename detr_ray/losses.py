@@ -44,6 +44,14 @@ def loss_names(num_layers: int) -> list[str]:
     return names + ["loss"]
 
 
+def loss_names_by_term(num_layers: int) -> dict[str, list[str]]:
+    """Each term's key in every decoder layer, layer 0 first (the last is the bare term)."""
+    return {
+        term: [f"d{layer}.{term}" for layer in range(num_layers - 1)] + [term]
+        for term in LOSS_TERMS
+    }
+
+
 class SetCriterion(nn.Module):
     """The DETR set loss of every decoder layer.
 
@@ -56,19 +64,24 @@ class SetCriterion(nn.Module):
             (``eos_coef`` in the official DETR).
         sync_cls_avg_factor: average the classification normaliser over
             workers, as ``num_total_pos`` always is.
+
+    The weights have no defaults here: the experiment config
+    (:class:`detr_ray.config.LossConfig`) holds the reference's values.
     """
 
     def __init__(
         self,
         num_classes: int,
         matcher: HungarianMatcher,
-        cls_weight: float = 1.0,
-        bbox_weight: float = 5.0,
-        iou_weight: float = 2.0,
-        bg_cls_weight: float = 0.1,
-        sync_cls_avg_factor: bool = True,
+        *,
+        cls_weight: float,
+        bbox_weight: float,
+        iou_weight: float,
+        bg_cls_weight: float,
+        sync_cls_avg_factor: bool,
     ):
         super().__init__()
+        self.class_weight: Tensor  # (K + 1,) buffer: 1 per object class, bg_cls_weight last
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if not 0.0 <= bg_cls_weight:
@@ -80,7 +93,7 @@ class SetCriterion(nn.Module):
         self.iou_weight = float(iou_weight)
         self.bg_cls_weight = float(bg_cls_weight)
         self.sync_cls_avg_factor = sync_cls_avg_factor
-        class_weight = torch.ones(num_classes + 1)
+        class_weight = torch.ones(num_classes + 1)  # (K + 1,)
         class_weight[num_classes] = bg_cls_weight
         self.register_buffer("class_weight", class_weight, persistent=False)
 

@@ -120,14 +120,13 @@ class HungarianMatcher:
       reference) or ``cxcywh`` (official DETR) as ``bbox_cost_format`` says;
     - GIoU is scale invariant per axis, so computing it on normalised boxes
       equals the reference's absolute-pixel GIoU.
+
+    The weights have no defaults here: the experiment config
+    (:class:`detr_ray.config.MatcherConfig`) holds the reference's values.
     """
 
     def __init__(
-        self,
-        cls_cost: float = 1.0,
-        bbox_cost: float = 5.0,
-        iou_cost: float = 2.0,
-        bbox_cost_format: str = "xyxy",
+        self, *, cls_cost: float, bbox_cost: float, iou_cost: float, bbox_cost_format: str
     ):
         if bbox_cost_format not in BOX_COST_FORMATS:
             raise ValueError(
@@ -169,9 +168,11 @@ class HungarianMatcher:
         Raises:
             NonFiniteCostError: a cost is NaN or inf; names the layer and image.
         """
-        if not isinstance(targets, FlatTargets):
-            targets = FlatTargets.from_list(targets, device=cls_scores.device)
-        flat = targets
+        flat = (
+            targets
+            if isinstance(targets, FlatTargets)
+            else FlatTargets.from_list(targets, device=cls_scores.device)
+        )
         num_layers, _, num_queries = _check_shapes(cls_scores, bbox_preds, flat)
         if sum(flat.counts) == 0:
             cost_host = np.zeros((num_layers, 0, num_queries))

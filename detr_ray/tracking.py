@@ -18,8 +18,10 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from array import array
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
@@ -43,41 +45,49 @@ def artifact_root(uri: str, storage_path: str | os.PathLike) -> str | None:
     return str(Path(storage_path).expanduser().resolve() / "mlartifacts")
 
 
-class RunTracker:
-    """The MLflow run of one training run.
+class _TrackedRun:
+    """An MLflow run found by its directory tag, or created: what both kinds of run share.
 
     Args:
         uri: tracking URI (see :func:`tracking_uri`).
         experiment: MLflow experiment name (created if missing).
         run_name: shown in the UI.
-        run_dir: the training run's directory, the key that finds the run again.
+        run_dir: the run's directory, the key that finds the run again.
+        storage_path: ``run.storage_path`` (where a sqlite store keeps artifacts).
         run_id: the run to continue (from a checkpoint), if known.
         params: flattened config, logged when the run is created.
     """
 
-    def __init__(self, uri, experiment, run_name, run_dir, storage_path, run_id=None, params=None):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        run_dir: str | os.PathLike,
+        storage_path: str | os.PathLike,
+        run_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ):
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
-            experiment_id = self.client.create_experiment(
+            self.experiment_id = self.client.create_experiment(
                 experiment, artifact_location=_as_uri(artifact_root(uri, storage_path))
             )
         else:
-            experiment_id = found.experiment_id
-        self.experiment_id = experiment_id
-        self.run_id = run_id or self._find_run(str(run_dir))
-        self.resumed = self.run_id is not None
-        if self.run_id is None:
+            self.experiment_id = found.experiment_id
+        existing = run_id or self._find_run(str(run_dir))
+        self.resumed = existing is not None
+        if existing is None:
             run = self.client.create_run(
-                experiment_id, run_name=run_name, tags={RUN_DIR_TAG: str(run_dir)}
+                self.experiment_id, run_name=run_name, tags={RUN_DIR_TAG: str(run_dir)}
             )
-            self.run_id = run.info.run_id
+            self.run_id: str = run.info.run_id
             self._log_params(params or {})
         else:
+            self.run_id = existing
             self.client.update_run(self.run_id, status="RUNNING")
-        # Steps an earlier attempt of this run logged already, per metric family.
-        self._logged_up_to = {"": self._last_step("loss"), "val/": self._last_step("val/AP")}
 
     def _find_run(self, run_dir: str) -> str | None:
         runs = self.client.search_runs(
@@ -88,19 +98,80 @@ class RunTracker:
         )
         return runs[0].info.run_id if runs else None
 
-    def _last_step(self, key: str) -> int:
-        history = self.client.get_metric_history(self.run_id, key)
-        return max((m.step for m in history), default=-1)
-
-    def _log_params(self, params: Mapping) -> None:
+    def _log_params(self, params: Mapping[str, Any]) -> None:
         items = [
-            Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in params.items()
+            Param(k, (v if isinstance(v, str) else json.dumps(v))[:MAX_PARAM_LENGTH])
+            for k, v in params.items()
         ]
-        items = [Param(p.key, p.value[:MAX_PARAM_LENGTH]) for p in items]
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
-    # ------------------------------------------------------------------ metrics
+    def log_text(self, text: str, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_text(text)
+            self.client.log_artifact(self.run_id, str(path), _parent(artifact_file))
+
+    def log_image(self, image: Any, artifact_file: str) -> None:
+        """A PIL image or a matplotlib figure, as a PNG artifact."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            if hasattr(image, "savefig"):
+                image.savefig(path, dpi=100)
+            else:
+                image.save(path)
+            self.client.log_artifact(self.run_id, str(path), _parent(artifact_file))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(
+            self.run_id, status=RunStatus.to_string(getattr(RunStatus, status))
+        )
+
+
+class RunTracker(_TrackedRun):
+    """The MLflow run of one training run: metrics per step and the loss plot.
+
+    Steps an earlier attempt of the run logged already (before a restart) are
+    not logged again. ``loss_series`` names the loss keys of the plot, per
+    term, one key per decoder layer in layer order (see
+    :func:`detr_ray.losses.loss_names_by_term`); their history is kept in
+    memory, so drawing the plot never reads the whole history back from the
+    tracking store.
+    """
+
+    MAX_PLOT_POINTS = 2000  # per line: a long run's plot is thinned to this
+
+    def __init__(
+        self,
+        *args: Any,
+        loss_series: Mapping[str, Sequence[str]] | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.loss_series = dict(loss_series or {})
+        plotted = [key for keys in self.loss_series.values() for key in keys]
+        self._history: dict[str, tuple[array, array]] = {
+            key: (array("q"), array("d")) for key in plotted
+        }
+        if self.resumed:  # read once what an earlier attempt logged
+            for key, (steps, values) in self._history.items():
+                for metric in sorted(
+                    self.client.get_metric_history(self.run_id, key), key=lambda m: m.step
+                ):
+                    steps.append(metric.step)
+                    values.append(metric.value)
+        self._logged_up_to = {"": self._last_step("loss"), "val/": self._last_step("val/AP")}
+
+    def _last_step(self, key: str) -> int:
+        if not self.resumed:
+            return -1
+        history = self.client.get_metric_history(self.run_id, key)
+        return max((m.step for m in history), default=-1)
+
     def log_metrics(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:
         """Log finite values at ``step``; steps an earlier attempt logged are skipped."""
         if step <= self._logged_up_to.get(prefix, -1):
@@ -113,62 +184,48 @@ class RunTracker:
         ]
         for start in range(0, len(batch), 1000):
             self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
+        for metric in batch:
+            series = self._history.get(metric.key)
+            if series is not None:
+                series[0].append(step)
+                series[1].append(metric.value)
 
-    def metric_history(self, key: str) -> list[tuple[int, float]]:
-        return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
-
-    # ------------------------------------------------------------------ artifacts
-    def log_text(self, text: str, artifact_file: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(artifact_file).name
-            path.write_text(text)
-            self.client.log_artifact(self.run_id, str(path), _parent(artifact_file))
-
-    def log_image(self, image, artifact_file: str) -> None:
-        """A PIL image or a matplotlib figure, as a PNG artifact."""
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(artifact_file).name
-            if hasattr(image, "savefig"):
-                image.savefig(path, dpi=100)
-            else:
-                image.save(path)
-            self.client.log_artifact(self.run_id, str(path), _parent(artifact_file))
-
-    def log_loss_plot(self, num_layers: int) -> None:
-        """``plots/decoder_layer_losses.png``: every decoder layer's three losses."""
+    def log_loss_plot(self) -> None:
+        """``plots/decoder_layer_losses.png``: every decoder layer's loss terms."""
+        if not self.loss_series:
+            return
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        figure, axes = plt.subplots(1, 3, figsize=(15, 4))
-        for ax, term in zip(axes, ("loss_cls", "loss_bbox", "loss_iou")):
-            for layer in range(num_layers):
-                key = term if layer == num_layers - 1 else f"d{layer}.{term}"
-                history = sorted(self.metric_history(key))
-                if history:
-                    steps, values = zip(*history)
-                    label = f"layer {layer}" + (" (last)" if layer == num_layers - 1 else "")
-                    ax.plot(steps, values, label=label, linewidth=1.2)
+        terms = list(self.loss_series)
+        figure, axes = plt.subplots(1, len(terms), figsize=(5 * len(terms), 4), squeeze=False)
+        for ax, term in zip(axes[0], terms):
+            keys = self.loss_series[term]
+            for layer, key in enumerate(keys):
+                steps, values = _thin(*self._history[key], self.MAX_PLOT_POINTS)
+                if steps:
+                    last = layer == len(keys) - 1
+                    ax.plot(
+                        steps,
+                        values,
+                        label=f"layer {layer}" + (" (last)" if last else ""),
+                        linewidth=1.2,
+                    )
             ax.set_title(term)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-        if axes[0].lines:  # nothing logged yet in a very short run
-            axes[0].legend(fontsize=8)
+        if axes[0][0].lines:  # nothing logged yet in a very short run
+            axes[0][0].legend(fontsize=8)
         figure.tight_layout()
         self.log_image(figure, "plots/decoder_layer_losses.png")
         plt.close(figure)
 
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
 
-    def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(
-            self.run_id, status=RunStatus.to_string(getattr(RunStatus, status))
-        )
+class SweepTracker(_TrackedRun):
+    """The MLflow parent run of a sweep: its trials are child runs."""
 
-    # ------------------------------------------------------------------ sweeps
     def child_runs(self) -> dict[str, tuple[str, str]]:
         """This run's children (a sweep's trials): run name -> (run id, status)."""
         runs = self.client.search_runs(
@@ -195,12 +252,19 @@ class RunTracker:
         figure, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.8), squeeze=False)
         for ax, key in zip(axes[0], keys):
             for stopped in (False, True):
-                shown = [(r[key], r[metric]) for r in rows if r.get(metric) is not None
-                         and (r["status"] == "stopped early") == stopped]  # fmt: skip
+                shown = [
+                    (r[key], r[metric])
+                    for r in rows
+                    if r.get(metric) is not None and (r["status"] == "stopped early") == stopped
+                ]
                 if shown:
                     xs, ys = zip(*shown)
-                    ax.scatter([_plottable(x) for x in xs], ys, marker="x" if stopped else "o",
-                               label="stopped early" if stopped else "ran to the end")  # fmt: skip
+                    ax.scatter(
+                        [_plottable(x) for x in xs],
+                        ys,
+                        marker="x" if stopped else "o",
+                        label="stopped early" if stopped else "ran to the end",
+                    )
             ax.set_xlabel(key)
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
@@ -210,7 +274,18 @@ class RunTracker:
         plt.close(figure)
 
 
-def _plottable(value):
+def _thin(steps: array, values: array, max_points: int) -> tuple[list, list]:
+    """Every k-th point (and the last), so that at most about ``max_points`` remain."""
+    stride = max(1, -(-len(steps) // max_points))
+    if stride == 1:
+        return list(steps), list(values)
+    kept = list(range(0, len(steps), stride))
+    if kept[-1] != len(steps) - 1:
+        kept.append(len(steps) - 1)
+    return [steps[i] for i in kept], [values[i] for i in kept]
+
+
+def _plottable(value: Any) -> Any:
     return value if isinstance(value, (int, float)) else str(value)
 
 

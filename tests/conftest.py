@@ -8,6 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from detr_ray.checkpoint import checkpoint_dict, save_checkpoint
+from detr_ray.data.augmentation import AugmentationConfig
+from detr_ray.data.labels import LabelMap
+from detr_ray.model.build import build_model
+from detr_ray.model.config import preset_config
+
 sys.path.insert(0, str(Path(__file__).parent))  # tests' own helpers (reference_math)
 
 
@@ -53,6 +59,24 @@ def make_batch():
 def _no_outside_tracking_server(monkeypatch):
     """A developer's MLFLOW_TRACKING_URI would send test runs to their server."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+SHAPE_LABELS = LabelMap((1, 2, 3), ("circle", "rectangle", "triangle"))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A freshly initialised ``detr_r18_tiny`` saved as a detr-ray checkpoint: (path, model)."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("ckpt")
+    config = preset_config("detr_r18_tiny", num_classes=3)
+    model = build_model(config)
+    augmentation = AugmentationConfig(train_scales=(64,), max_size=128, val_scale=64)
+    path = save_checkpoint(
+        checkpoint_dict(model, config, SHAPE_LABELS, augmentation, epoch=3),
+        root / "run" / "checkpoint.pt",
+    )
+    return path, model
 
 
 @pytest.fixture(scope="session")

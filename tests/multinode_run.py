@@ -28,12 +28,22 @@ def main(config_path: str, storage: str) -> None:
     cluster.wait_for_nodes()
     cluster.connect()
     try:
-        config = load_config(config_path, [
-            f"run.storage_path={storage}", "run.name=two_nodes", "scaling.num_workers=2",
-            "scaling.cpus_per_worker=1", "train.epochs=1", "train.max_steps_per_epoch=2",
-            "train.eval_every=1", "train.log_every=1", "train.batch_size=2",
-            "data.val_max_images=4", "data.synthetic.num_train=16",
-        ])  # fmt: skip
+        config = load_config(
+            config_path,
+            [
+                f"run.storage_path={storage}",
+                "run.name=two_nodes",
+                "scaling.num_workers=2",
+                "scaling.cpus_per_worker=1",
+                "train.epochs=1",
+                "train.max_steps_per_epoch=2",
+                "train.eval_every=1",
+                "train.log_every=1",
+                "train.batch_size=2",
+                "data.val_max_images=4",
+                "data.synthetic.num_train=16",
+            ],
+        )
         outcome = run_training(config)
         print("OUTCOME " + json.dumps(outcome, default=str), flush=True)
     finally:

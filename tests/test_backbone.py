@@ -2,8 +2,8 @@ import json
 
 import pytest
 import torch
-from torchvision_fixtures import HERE, formula_input, formula_state_dict
 
+from detr_ray.errors import CheckpointError
 from detr_ray.model.backbone import (
     BasicBlock,
     Bottleneck,
@@ -11,6 +11,8 @@ from detr_ray.model.backbone import (
     ResNetBackbone,
     load_torchvision_state_dict,
 )
+
+from torchvision_fixtures import HERE, formula_input, formula_state_dict
 
 
 def _torchvision_keys(depth):
@@ -48,12 +50,12 @@ def test_a_wrong_state_dict_lists_its_keys():
     del state_dict["layer2.0.conv1.weight"]
     state_dict["layer5.0.conv1.weight"] = torch.zeros(1)
     with pytest.raises(
-        ValueError,
+        CheckpointError,
         match=r"missing keys \['layer2.0.conv1.weight'\], "
         r"unexpected keys \['layer5.0.conv1.weight'\]",
     ):
         load_torchvision_state_dict(ResNetBackbone(18), state_dict)
-    with pytest.raises(ValueError, match="not a torchvision ResNet-50"):
+    with pytest.raises(CheckpointError, match="not a torchvision ResNet-50"):
         load_torchvision_state_dict(ResNetBackbone(50), formula_state_dict(_torchvision_keys(18)))
 
 
@@ -82,8 +84,12 @@ def test_the_chosen_norm_is_used_everywhere_and_every_branch_learns(depth, norm,
     backbone = ResNetBackbone(depth, trainable_stages=5, norm=norm).train()
     norms = [m for m in backbone.modules() if isinstance(m, expected)]
     assert len(norms) == {18: 20, 50: 53}[depth]
-    assert not [m for m in backbone.modules() if isinstance(m, (FrozenBatchNorm2d,
-        torch.nn.GroupNorm, torch.nn.BatchNorm2d)) and not isinstance(m, expected)]  # fmt: skip
+    assert not [
+        m
+        for m in backbone.modules()
+        if isinstance(m, (FrozenBatchNorm2d, torch.nn.GroupNorm, torch.nn.BatchNorm2d))
+        and not isinstance(m, expected)
+    ]
     backbone(torch.randn(2, 3, 64, 64)).square().mean().backward()
     blocks = [m for m in backbone.modules() if isinstance(m, (BasicBlock, Bottleneck))]
     assert len(blocks) == {18: 8, 50: 16}[depth]
@@ -105,5 +111,5 @@ def test_torchvision_weights_load_into_batch_norm_and_refuse_group_norm():
     load_torchvision_state_dict(batch, state_dict)
     assert torch.equal(batch.layer2[0].bn1.running_var, state_dict["layer2.0.bn1.running_var"])
     assert torch.equal(batch.layer4[1].conv2.weight, state_dict["layer4.1.conv2.weight"])
-    with pytest.raises(ValueError, match="backbone_norm to 'frozen'"):
+    with pytest.raises(CheckpointError, match="backbone_norm to 'frozen'"):
         load_torchvision_state_dict(ResNetBackbone(18, norm="group"), state_dict)

@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from detr_ray.config import ConfigError, ExperimentConfig, apply_overrides, load_config
-from detr_ray.data.transforms import AugmentationConfig
+from detr_ray.config import ExperimentConfig, apply_overrides, load_config
+from detr_ray.data.augmentation import AugmentationConfig
+from detr_ray.errors import ConfigError
 from detr_ray.model.config import PRESETS
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -35,10 +36,17 @@ def test_shipped_configs_load():
 
 
 def test_overrides_types_and_round_trip():
-    config = load_config(CONFIGS / "shapes_tiny.yaml", [
-        "train.epochs=3", "optim.lr=3e-4", "model.num_queries=7", "data.synthetic=null",
-        "train.lr_drop_epochs=[1, 2]", "run.name=other",
-    ])  # fmt: skip
+    config = load_config(
+        CONFIGS / "shapes_tiny.yaml",
+        [
+            "train.epochs=3",
+            "optim.lr=3e-4",
+            "model.num_queries=7",
+            "data.synthetic=null",
+            "train.lr_drop_epochs=[1, 2]",
+            "run.name=other",
+        ],
+    )
     assert config.train.epochs == 3 and config.optim.lr == 3e-4
     assert config.model.num_queries == 7 and config.model.d_model == 128  # preset kept
     assert config.data.synthetic is None and config.train.lr_drop_epochs == (1, 2)
@@ -47,24 +55,30 @@ def test_overrides_types_and_round_trip():
     assert config.flat()["model.num_queries"] == 7
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.epochs=0", "train.epochs must be >= 1, got 0"),
-    ("train.epoch=3", "unknown key train.epoch; train has keys"),
-    ("optim.lr=fast", "optim.lr must be a number, got 'fast'"),
-    ("optim.lr=-1", "optim.lr must be > 0"),
-    ("train.batch_size=2.5", "train.batch_size must be an integer, got 2.5"),
-    ("scaling.use_gpu=maybe", "scaling.use_gpu must be true or false"),
-    ("matcher.bbox_cost_format=xywh", "matcher.bbox_cost_format must be one of"),
-    ("loss.bg_cls_weight=-0.1", "loss.bg_cls_weight must be >= 0"),
-    ("model.preset=detr_r999", "model.preset: unknown model preset 'detr_r999'"),
-    ("model.dropout=1.5", r"model.dropout must be in \[0, 1\)"),
-    ("model.class_head=random", "model.class_head must be 'keep' or 'reinit'"),
-    ("data.augmentation.crop_prob=2", "data.augmentation: crop_prob and flip_prob"),
-    ("data.on_bad_image=ignore", "data.on_bad_image must be 'error' or 'skip'"),
-    ("train.amp=fp16", "train.amp: fp16 needs a GPU"),
-    ("run.name=a/b", "run.name must be a non-empty name without '/'"),
-    ("bogus.key=1", "unknown key bogus; the config has keys"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=0", "train.epochs must be >= 1, got 0"),
+        ("train.epoch=3", "unknown key train.epoch; train has keys"),
+        ("optim.lr=fast", "optim.lr must be a number, got 'fast'"),
+        ("optim.lr=-1", "optim.lr must be > 0"),
+        ("train.batch_size=2.5", "train.batch_size must be an integer, got 2.5"),
+        ("scaling.use_gpu=maybe", "scaling.use_gpu must be true or false"),
+        ("matcher.bbox_cost_format=xywh", "matcher.bbox_cost_format must be one of"),
+        ("loss.bg_cls_weight=-0.1", "loss.bg_cls_weight must be >= 0"),
+        ("model.preset=detr_r999", "model.preset: unknown model preset 'detr_r999'"),
+        ("model.dropout=1.5", r"model.dropout must be in \[0, 1\)"),
+        ("model.class_head=random", r"model.class_head must be one of \['keep', 'reinit'\]"),
+        ("data.augmentation.crop_prob=2", r"data.augmentation.crop_prob must be in \[0, 1\]"),
+        ("data.on_bad_image=ignore", r"data.on_bad_image must be one of \['error', 'skip'\]"),
+        ("model.backbone_norm=layer", "model.backbone_norm must be one of"),
+        ("model.nhead=3", "model.d_model must be a multiple of nhead, got 128"),
+        ("train.epochs=.inf", "train.epochs must be an integer, got inf"),
+        ("train.amp=fp16", "train.amp: fp16 needs a GPU"),
+        ("run.name=a/b", "run.name must be a non-empty name without '/'"),
+        ("bogus.key=1", "unknown key bogus; the config has keys"),
+    ],
+)
 def test_bad_values_name_their_key(override, message):
     with pytest.raises(ConfigError, match=message) as error:
         load_config(CONFIGS / "shapes_tiny.yaml", [override])
@@ -106,3 +120,54 @@ def test_prepare_config_expands_home_and_pins_the_tracking_store(tmp_path, monke
     assert prepare_config(configured)[0].tracking.uri == "http://m:1"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert prepare_config(config)[0].tracking.uri is None
+
+
+def test_config_words_are_the_words_the_code_accepts():
+    """The config spells allowed words as Literal types; the code that uses them
+    owns its own list. They must stay equal."""
+    import typing
+
+    from detr_ray.config import DataConfig, InitConfig, MatcherConfig
+    from detr_ray.data.coco import BAD_IMAGE_POLICIES
+    from detr_ray.matching import BOX_COST_FORMATS
+    from detr_ray.model.backbone import NORMS, RESNET_LAYOUTS
+    from detr_ray.model.config import ModelConfig
+    from detr_ray.model.pretrained import CLASS_HEAD_POLICIES
+
+    def words(cls, name):
+        return set(typing.get_args(typing.get_type_hints(cls)[name]))
+
+    assert words(MatcherConfig, "bbox_cost_format") == set(BOX_COST_FORMATS)
+    assert words(ModelConfig, "backbone_norm") == set(NORMS)
+    assert words(ModelConfig, "backbone_depth") == set(RESNET_LAYOUTS)
+    assert words(DataConfig, "on_bad_image") == set(BAD_IMAGE_POLICIES)
+    assert words(InitConfig, "class_head") == set(CLASS_HEAD_POLICIES)
+
+
+def test_direct_construction_checks_like_loading():
+    from detr_ray.config import MatcherConfig
+    from detr_ray.model.config import ModelConfig
+
+    with pytest.raises(ConfigError, match=r"bbox_cost_format must be one of \['xyxy', 'cxcywh'\]"):
+        MatcherConfig(bbox_cost_format="xywh")
+    with pytest.raises(ConfigError, match="num_queries must be >= 1, got 0"):
+        ModelConfig(num_queries=0)
+
+
+def test_command_line_defaults_are_the_dataclasses_defaults():
+    from detr_ray.cli import _build_parser
+    from detr_ray.config import RunConfig, SyntheticDataConfig
+    from detr_ray.tune.sweep import SweepOptions
+
+    parse = _build_parser().parse_args
+    synth = parse(["data", "synth", "--out", "x"])
+    assert (synth.train, synth.val, synth.size, synth.seed) == (
+        SyntheticDataConfig.num_train,
+        SyntheticDataConfig.num_val,
+        SyntheticDataConfig.size,
+        SyntheticDataConfig.seed,
+    )
+    tune = parse(["tune", "c.yaml", "--space", "s.yaml"])
+    for key in ("num_samples", "scheduler", "search", "metric", "grace_period"):
+        assert getattr(tune, key) == getattr(SweepOptions, key), key
+    assert parse(["dashboard"]).storage_path == RunConfig.storage_path

@@ -6,6 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from detr_ray.dashboard import start_dashboard
+from detr_ray.errors import ConfigError
 from detr_ray.tracking import RunTracker, tracking_uri
 
 
@@ -36,11 +37,11 @@ def test_dashboard_serves_the_default_store_on_loopback(tmp_path, monkeypatch):
             run = json.load(response)["run"]
         metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
         assert metrics == {"loss": 3.5, "d0.loss_cls": 1.25}
-        with pytest.raises(OSError):  # loopback only
-            host = socket.gethostbyname(socket.gethostname())
-            if host.startswith("127."):
-                raise OSError("no other interface to try")
-            urllib.request.urlopen(f"http://{host}:{port}/health", timeout=3)
+        # Loopback only: bound to 127.0.0.1, the server is not reachable at another
+        # address of this machine. 127.0.0.2 is loopback too (the whole 127/8 is),
+        # so it always exists, and a server bound to 0.0.0.0 would answer there.
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.2", port), timeout=3).close()
     finally:
         server.terminate()
         server.wait(timeout=20)
@@ -48,5 +49,5 @@ def test_dashboard_serves_the_default_store_on_loopback(tmp_path, monkeypatch):
 
 
 def test_dashboard_without_a_store_says_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no MLflow store at .*mlflow.db: train first"):
+    with pytest.raises(ConfigError, match="no MLflow store at .*mlflow.db: train first"):
         start_dashboard(None, str(tmp_path / "nothing"), _free_port())

@@ -14,8 +14,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from detr_ray.dist import get_rank, get_world_size, is_distributed, reduce_mean
-from detr_ray.losses import SetCriterion
-from detr_ray.matching import HungarianMatcher
+
+from reference_setup import reference_criterion
 
 NUM_LAYERS, NUM_QUERIES, NUM_CLASSES, FEATURES = 3, 6, 4, 5
 
@@ -58,7 +58,7 @@ def make_data(counts, seed):
 
 def step(model, features, targets):
     """Losses (averaged over workers) and gradients after one backward."""
-    criterion = SetCriterion(NUM_CLASSES, HungarianMatcher(), bg_cls_weight=0.1)
+    criterion = reference_criterion(NUM_CLASSES)
     losses = criterion(*model(features), targets)
     losses["loss"].backward()
     averaged = {k: reduce_mean(v.detach()) for k, v in losses.items()}

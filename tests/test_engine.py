@@ -1,11 +1,9 @@
 """The Ray-free parts of training: schedule, resume sampler, step statistics."""
 
 import pytest
-import torch
 
 from detr_ray.config import ExperimentConfig
-from detr_ray.matching import Matching, matching_changes
-from detr_ray.model import build_preset
+from detr_ray.model.build import build_preset
 from detr_ray.train.engine import SkipFirst, build_optimizer, epoch_seed, lr_factor
 
 
@@ -42,29 +40,3 @@ def test_skip_first_resumes_an_epoch_midway():
 def test_epoch_seeds_differ_by_epoch_and_rank():
     seeds = {epoch_seed(42, e, r) for e in range(20) for r in range(8)}
     assert len(seeds) == 160
-
-
-def test_matching_changes_by_hand():
-    # 2 images (2 and 1 targets), 3 layers. Last layer: targets 0,1,2 <- queries 4,1,0.
-    matching = Matching(
-        image_idx=torch.tensor([0, 0, 1]),
-        query_idx=torch.tensor([[4, 2, 0], [4, 1, 3], [4, 1, 0]]),
-        target_idx=torch.tensor([[0, 1, 2], [0, 1, 2], [0, 1, 2]]),
-        counts=(2, 1),
-    )
-    changed, total = matching_changes(matching)
-    assert changed.tolist() == [1, 1] and total == 3  # layer 0 differs on target 1, layer 1 on 2
-
-
-def test_matching_changes_when_targets_outnumber_queries():
-    # one image, 3 targets, 2 queries: each layer matches 2 of the 3 targets
-    matching = Matching(
-        image_idx=torch.tensor([0, 0]),
-        query_idx=torch.tensor([[0, 1], [1, 0]]),
-        target_idx=torch.tensor([[0, 2], [1, 2]]),
-        counts=(3,),
-    )
-    changed, total = matching_changes(matching)
-    # last layer: target 1 <- query 1, target 2 <- query 0; layer 0: target 1 unmatched,
-    # target 2 <- query 1: both differ
-    assert changed.tolist() == [2] and total == 2

@@ -11,9 +11,10 @@ import torch.multiprocessing as mp
 from pycocotools.cocoeval import COCOeval
 
 from detr_ray.cli import main as cli_main
-from detr_ray.data import DataError, LabelMap
 from detr_ray.data.coco import coco_from_dict, load_coco_json
+from detr_ray.data.labels import LabelMap
 from detr_ray.data.synthetic import generate
+from detr_ray.errors import DataError
 from detr_ray.evaluation import (
     COCO_METRICS,
     evaluate,

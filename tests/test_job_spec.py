@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from detr_ray.cli import _build_parser, main
+from detr_ray.errors import ConfigError
 from detr_ray.jobs.spec import (
-    JobSpecError,
     check_entrypoint,
     load_job_spec,
     parse_job_spec,
@@ -31,8 +31,10 @@ def parse(text: str, source="spec.yaml"):
 
 def test_the_three_shipped_specs_exist_and_pass_every_check_from_the_repository_root():
     assert {p.name for p in SHIPPED} == {
-        "train_shapes_local.yaml", "train_coco_r50.yaml", "sweep_costs.yaml"
-    }  # fmt: skip
+        "train_shapes_local.yaml",
+        "train_coco_r50.yaml",
+        "sweep_costs.yaml",
+    }
     parse_args = _build_parser().parse_args
     for path in SHIPPED:
         spec = load_job_spec(path)
@@ -78,16 +80,18 @@ def test_the_entrypoint_is_stored_as_rays_cli_sends_it():
 
 
 def test_a_remote_working_dir_is_not_looked_for_locally(tmp_path):
-    spec = parse("entrypoint: detr-ray train configs/c.yaml\n"
-                 "runtime_env: {working_dir: 's3://bucket/code.zip'}\n")  # fmt: skip
+    spec = parse(
+        "entrypoint: detr-ray train configs/c.yaml\n"
+        "runtime_env: {working_dir: 's3://bucket/code.zip'}\n"
+    )
     check_entrypoint(spec, _build_parser().parse_args, cwd=tmp_path)  # no configs/ here
     bad_flags = parse("entrypoint: detr-ray train\nruntime_env: {working_dir: 's3://b/c.zip'}\n")
-    with pytest.raises(JobSpecError, match="arguments do not parse"):
+    with pytest.raises(ConfigError, match="arguments do not parse"):
         check_entrypoint(bad_flags, _build_parser().parse_args, cwd=tmp_path)
 
 
 def test_an_unknown_key_is_named_with_a_suggestion():
-    with pytest.raises(JobSpecError, match=r"spec.yaml: unknown key 'runtime_envs'.*'runtime_env'"):
+    with pytest.raises(ConfigError, match=r"spec.yaml: unknown key 'runtime_envs'.*'runtime_env'"):
         parse("entrypoint: detr-ray train c.yaml\nruntime_envs: {}\n")
 
 
@@ -107,7 +111,7 @@ def test_an_unknown_key_is_named_with_a_suggestion():
     ],
 )
 def test_bad_specs_are_refused_with_the_key(text, message):
-    with pytest.raises(JobSpecError, match=message):
+    with pytest.raises(ConfigError, match=message):
         parse(text)
 
 
@@ -126,23 +130,24 @@ def test_entrypoint_checks_catch_what_would_fail_on_the_cluster(tmp_path):
     repo = _repo_like(tmp_path, "runs")
     uploaded = parse("entrypoint: detr-ray train configs/c.yaml\nruntime_env: {working_dir: .}\n")
     # A relative storage path would live in Ray's temporary copy of working_dir.
-    with pytest.raises(JobSpecError, match="run.storage_path is 'runs'.*deleted with it"):
+    with pytest.raises(ConfigError, match="run.storage_path is 'runs'.*deleted with it"):
         check_entrypoint(uploaded, parse_args, cwd=repo)
     for storage in ("~/detr-ray/runs", "/shared/runs"):
-        check_entrypoint(with_config_overrides(uploaded, [f"run.storage_path={storage}"]),
-                         parse_args, cwd=repo)  # fmt: skip
+        check_entrypoint(
+            with_config_overrides(uploaded, [f"run.storage_path={storage}"]), parse_args, cwd=repo
+        )
     # Without an upload the job runs where the cluster started: relative is allowed.
     check_entrypoint(parse("entrypoint: detr-ray train configs/c.yaml\n"), parse_args, cwd=repo)
     # A bad --set key is named, locally.
     bad = with_config_overrides(uploaded, ["train.epoch=2"])
-    with pytest.raises(JobSpecError, match="train.epoch"):
+    with pytest.raises(ConfigError, match="train.epoch"):
         check_entrypoint(bad, parse_args, cwd=repo)
     # Submitting from the wrong folder: the config is not in the uploaded working_dir.
-    with pytest.raises(JobSpecError, match=r"config configs/c.yaml is not in the working_dir"):
+    with pytest.raises(ConfigError, match=r"config configs/c.yaml is not in the working_dir"):
         check_entrypoint(uploaded, parse_args, cwd=repo / "configs")
     for entrypoint in ("detr-ray train configs/c.yaml", "python train.py"):
         missing = parse(f"entrypoint: {entrypoint}\nruntime_env: {{working_dir: nowhere}}\n")
-        with pytest.raises(JobSpecError, match="working_dir 'nowhere' is not a folder"):
+        with pytest.raises(ConfigError, match="working_dir 'nowhere' is not a folder"):
             check_entrypoint(missing, parse_args, cwd=repo)
     # Any other entrypoint is the user's business: only its working_dir is checked.
     check_entrypoint(parse("entrypoint: python train.py --set x=1\n"), parse_args, cwd=repo)
@@ -153,7 +158,7 @@ def test_set_appends_quoted_overrides_to_a_detr_ray_entrypoint_only():
     spec = with_config_overrides(spec, ["train.lr_drop_epochs=[2, 3]", "run.name=a b"])
     words = shlex.split(spec.entrypoint)
     assert words[-4:] == ["--set", "train.lr_drop_epochs=[2, 3]", "--set", "run.name=a b"]
-    with pytest.raises(JobSpecError, match="not a 'detr-ray train|tune' command"):
+    with pytest.raises(ConfigError, match="not a 'detr-ray train|tune' command"):
         with_config_overrides(parse("entrypoint: python train.py\n"), ["a=1"])
 
 
@@ -187,8 +192,11 @@ def test_cluster_yaml_passes_rays_launcher_schema_and_is_safe_by_default():
         _validate(wrong_head)
     # Loopback dashboard, token authentication on every `ray start`, MLflow on loopback
     # (+ the private address for the nodes), and the token shipped to every node.
-    starts = [c for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"]
-              if "ray start" in c]  # fmt: skip
+    starts = [
+        c
+        for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"]
+        if "ray start" in c
+    ]
     assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
     head = " ".join(cluster["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
@@ -224,10 +232,21 @@ def test_train_with_an_unreachable_address_fails_fast_naming_it(tmp_path):
     sets = [arg for item in small for arg in ("--set", item)]
     started = time.monotonic()
     out = subprocess.run(
-        [sys.executable, "-m", "detr_ray.cli", "train", str(ROOT / "configs" / "shapes_tiny.yaml"),
-         "--address", closed, *sets],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "detr_ray.cli",
+            "train",
+            str(ROOT / "configs" / "shapes_tiny.yaml"),
+            "--address",
+            closed,
+            *sets,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert time.monotonic() - started < 60
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"cannot reach the Ray cluster at {closed} (from --address)" in out.stderr

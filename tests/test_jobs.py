@@ -28,10 +28,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = [  # one epoch of two steps, both logged, evaluated on 8 images of a small dataset
-    "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2", "--set", "train.log_every=1",
-    "--set", "train.eval_every=1", "--set", "data.val_max_images=8",
-    "--set", "data.synthetic.num_train=32",
-]  # fmt: skip
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.max_steps_per_epoch=2",
+    "--set",
+    "train.log_every=1",
+    "--set",
+    "train.eval_every=1",
+    "--set",
+    "data.val_max_images=8",
+    "--set",
+    "data.synthetic.num_train=32",
+]
 
 
 def _free_ports(count: int) -> list[int]:
@@ -56,17 +65,31 @@ class Head:
 
     def env(self, **extra: str) -> dict:
         """A user's shell: the venv on PATH, a home without a Ray token, no Ray address."""
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "RAY_API_SERVER",
-                                    "MLFLOW_TRACKING_URI"))}  # fmt: skip
-        env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HOME=str(self.root / "home"),
-                   RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true")  # fmt: skip
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(
+                ("RAY_AUTH", "RAY_ADDRESS", "RAY_API_SERVER", "MLFLOW_TRACKING_URI")
+            )
+        }
+        env.update(
+            PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            HOME=str(self.root / "home"),
+            RAY_USAGE_STATS_ENABLED="0",
+            MLFLOW_DISABLE_TELEMETRY="true",
+        )
         env.update(extra)
         return env
 
     def run(self, *args: str, timeout: float = 240, **extra_env: str):
-        return subprocess.run(list(args), cwd=ROOT, env=self.env(**extra_env), text=True,
-                              capture_output=True, timeout=timeout)  # fmt: skip
+        return subprocess.run(
+            list(args),
+            cwd=ROOT,
+            env=self.env(**extra_env),
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
 
     def detr(self, *args: str, **kwargs):
         """``detr-ray ARGS`` with the cluster's token file at hand (RAY_AUTH_MODE unset)."""
@@ -84,18 +107,31 @@ def head():
     dashboard, gcs, client, agent_http, agent_grpc, runtime_env, metrics = _free_ports(7)
     h = Head(root, f"http://127.0.0.1:{dashboard}", token)
     command = [
-        str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2",
-        f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-        f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_http}",
-        f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
-        f"--metrics-export-port={metrics}", f"--temp-dir={root / 'ray'}",
-    ]  # fmt: skip
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus=2",
+        f"--port={gcs}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent_http}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--metrics-export-port={metrics}",
+        f"--temp-dir={root / 'ray'}",
+    ]
     # A throwaway head need not drain for Ray's default 30 s when the module ends.
-    env = h.env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
-                RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="3")  # fmt: skip
+    env = h.env(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token),
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="3",
+    )
     log = open(root / "head.log", "w")
-    process = subprocess.Popen(command, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        command, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -140,9 +176,18 @@ def _mlflow_run(storage: Path, name: str):
 
 def test_submit_follow_trains_the_shipped_spec_and_logs_to_mlflow(head, tmp_path):
     storage = tmp_path / "runs"
-    out = head.detr("submit", "jobs/train_shapes_local.yaml", "--address", head.address,
-                    "--follow", "--set", f"run.storage_path={storage}",
-                    "--set", "run.name=submitted", *TINY)  # fmt: skip
+    out = head.detr(
+        "submit",
+        "jobs/train_shapes_local.yaml",
+        "--address",
+        head.address,
+        "--follow",
+        "--set",
+        f"run.storage_path={storage}",
+        "--set",
+        "run.name=submitted",
+        *TINY,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     job_id = _job_id(out.stdout)
     # The job's own output streamed through --follow, then its final status.
@@ -170,16 +215,27 @@ def test_submit_follow_trains_the_shipped_spec_and_logs_to_mlflow(head, tmp_path
 
 def test_rays_own_job_submit_runs_the_same_spec(head, tmp_path):
     storage = tmp_path / "runs"
-    printed = head.detr("submit", "jobs/train_shapes_local.yaml", "--print-ray-command",
-                        "--address", head.address, "--submission-id", "via-ray-cli",
-                        "--set", f"run.storage_path={storage}", "--set", "run.name=ray_cli",
-                        *TINY)  # fmt: skip
+    printed = head.detr(
+        "submit",
+        "jobs/train_shapes_local.yaml",
+        "--print-ray-command",
+        "--address",
+        head.address,
+        "--submission-id",
+        "via-ray-cli",
+        "--set",
+        f"run.storage_path={storage}",
+        "--set",
+        "run.name=ray_cli",
+        *TINY,
+    )
     assert printed.returncode == 0, printed.stderr
     argv = shlex.split(printed.stdout)
     assert argv[:3] == ["ray", "job", "submit"]
     # Ray's own CLI, as PLATFORM.md says it needs the token: mode and path in the environment.
-    out = head.run(str(BIN / "ray"), *argv[1:], RAY_AUTH_MODE="token",
-                   RAY_AUTH_TOKEN_PATH=str(head.token))  # fmt: skip
+    out = head.run(
+        str(BIN / "ray"), *argv[1:], RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(head.token)
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     status = head.detr("jobs", "status", "via-ray-cli", "--address", head.address)
     assert status.stdout.startswith("via-ray-cli: SUCCEEDED"), status.stdout + status.stderr
@@ -204,11 +260,13 @@ def test_a_running_job_can_be_stopped(head, tmp_path):
         "data.synthetic.num_train=64",
         "--set",
         "train.epochs=100",
-    )  # fmt: skip  (the demo on fewer images, for minutes: it must still run when stopped)
+    )  # the demo on fewer images, for minutes: it must still run when stopped
     assert out.returncode == 0, out.stderr
     deadline = time.monotonic() + 120
-    while "[detr-ray] run 'stopped'" not in head.detr("jobs", "logs", "stop-me", "--address",
-                                                     head.address).stdout:  # fmt: skip
+    while (
+        "[detr-ray] run 'stopped'"
+        not in head.detr("jobs", "logs", "stop-me", "--address", head.address).stdout
+    ):
         assert time.monotonic() < deadline, "the job never started training"
         time.sleep(2)
     stop = head.detr("jobs", "stop", "stop-me", "--address", head.address)
@@ -260,3 +318,22 @@ def test_follow_of_a_failing_job_exits_1_and_says_why(head, tmp_path):
     # Ray's status message, printed by --follow after the (empty) log stream.
     assert "[detr-ray] fails-1: Job entrypoint command failed with exit code 3" in out.stdout
     assert out.stdout.rstrip().endswith("[detr-ray] job fails-1 FAILED")
+
+
+def test_the_one_private_ray_api_still_refreshes_the_auth_mode():
+    """``refresh_ray_auth_mode`` uses ``ray._raylet.Config.initialize`` (Ray 2.60).
+    If an upgrade removes it or stops it re-reading RAY_AUTH_MODE, this fails."""
+    code = (
+        "import os, ray._raylet\n"
+        "from ray._private.authentication.authentication_utils import is_token_auth_enabled\n"
+        "from detr_ray.jobs.client import refresh_ray_auth_mode\n"
+        "before = is_token_auth_enabled()\n"
+        "os.environ['RAY_AUTH_MODE'] = 'token'\n"
+        "cached = is_token_auth_enabled()\n"
+        "refresh_ray_auth_mode()\n"
+        "print(before, cached, is_token_auth_enabled())\n"
+    )
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "True"]

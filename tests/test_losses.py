@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from detr_ray.losses import SetCriterion, loss_names
-from detr_ray.matching import FlatTargets, HungarianMatcher
+from detr_ray.matching import FlatTargets
 
 from reference_math import loss_single_layer
+from reference_setup import reference_criterion, reference_matcher
 
 
 def reference_losses(criterion, cls_scores, bbox_preds, targets, matching):
@@ -38,11 +39,12 @@ def test_criterion_equals_reference_loop(make_batch, counts, bg_cls_weight):
     cls_scores, bbox_preds, targets = make_batch(3, 12, num_classes, counts, seed=len(counts))
     criterion = SetCriterion(
         num_classes,
-        HungarianMatcher(),
+        reference_matcher(),
         cls_weight=1.5,
         bbox_weight=5.0,
         iou_weight=2.0,
         bg_cls_weight=bg_cls_weight,
+        sync_cls_avg_factor=True,
     )
     losses = criterion(cls_scores, bbox_preds, targets)
     matching = criterion.matcher(cls_scores, bbox_preds, targets)
@@ -71,7 +73,7 @@ def test_hand_worked_example():
         "labels": torch.tensor([0]),
         "boxes": torch.tensor([[0.6, 0.5, 0.2, 0.2]], dtype=torch.float64),
     }
-    criterion = SetCriterion(1, HungarianMatcher(), cls_weight=1.0, bbox_weight=1.0, iou_weight=1.0)
+    criterion = reference_criterion(1, cls_weight=1.0, bbox_weight=1.0, iou_weight=1.0)
     losses = criterion(cls_scores, bbox_preds, [target])
     assert losses["loss_cls"].item() == pytest.approx(math.log(2))
     assert losses["loss_bbox"].item() == pytest.approx(0.1)  # |0.5 - 0.6|
@@ -81,7 +83,7 @@ def test_hand_worked_example():
 
 def test_gradcheck_for_a_fixed_matching(make_batch):
     cls_scores, bbox_preds, targets = make_batch(2, 4, 3, [2, 0, 3], seed=3)
-    criterion = SetCriterion(3, HungarianMatcher())
+    criterion = reference_criterion(3)
     flat = FlatTargets.from_list(targets)
     matching = criterion.matcher(cls_scores, bbox_preds, flat)
     cls_scores.requires_grad_(True)
@@ -97,7 +99,7 @@ def test_all_empty_batch_gives_finite_losses_and_background_gradients(make_batch
     cls_scores, bbox_preds, targets = make_batch(2, 5, 3, [0, 0])
     cls_scores.requires_grad_(True)
     bbox_preds.requires_grad_(True)
-    criterion = SetCriterion(3, HungarianMatcher(), bg_cls_weight=0.1)
+    criterion = reference_criterion(3)
     losses = criterion(cls_scores, bbox_preds, targets)
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["loss_bbox"].item() == 0 and losses["loss_iou"].item() == 0
@@ -117,7 +119,7 @@ def test_zero_area_targets_and_predictions_are_finite(make_batch):
     targets[0]["boxes"][0, 2:] = 0.0
     bbox_preds[:, :, :, 2:] = 0.0  # every prediction a point
     bbox_preds.requires_grad_(True)
-    losses = SetCriterion(3, HungarianMatcher())(cls_scores, bbox_preds, targets)
+    losses = reference_criterion(3)(cls_scores, bbox_preds, targets)
     losses["loss"].backward()
     assert all(torch.isfinite(v) for v in losses.values())
     assert torch.isfinite(bbox_preds.grad).all()
@@ -125,9 +127,7 @@ def test_zero_area_targets_and_predictions_are_finite(make_batch):
 
 def test_loss_is_float32_under_half_precision_inputs(make_batch):
     cls_scores, bbox_preds, targets = make_batch(2, 5, 3, [2, 1], dtype=torch.float32)
-    losses = SetCriterion(3, HungarianMatcher())(
-        cls_scores.bfloat16(), bbox_preds.bfloat16(), targets
-    )
+    losses = reference_criterion(3)(cls_scores.bfloat16(), bbox_preds.bfloat16(), targets)
     assert losses["loss"].dtype == torch.float32
 
 
@@ -135,10 +135,10 @@ def test_out_of_range_label_is_a_clear_error(make_batch):
     cls_scores, bbox_preds, targets = make_batch(1, 5, 3, [2])
     targets[0]["labels"][1] = 3
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\).*from \d to 3"):
-        SetCriterion(3, HungarianMatcher())(cls_scores, bbox_preds, targets)
+        reference_criterion(3)(cls_scores, bbox_preds, targets)
 
 
 def test_logit_count_must_be_num_classes_plus_one(make_batch):
     cls_scores, bbox_preds, targets = make_batch(1, 5, 3, [1])
     with pytest.raises(ValueError, match="num_classes \\+ 1 = 5"):
-        SetCriterion(4, HungarianMatcher())(cls_scores, bbox_preds, targets)
+        reference_criterion(4)(cls_scores, bbox_preds, targets)

@@ -20,10 +20,18 @@ def test_two_workers_on_two_nodes_share_one_run(tmp_path):
     storage = tmp_path / "runs"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
     out = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "multinode_run.py"),
-         str(ROOT / "configs" / "shapes_tiny.yaml"), str(storage)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "tests" / "multinode_run.py"),
+            str(ROOT / "configs" / "shapes_tiny.yaml"),
+            str(storage),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("OUTCOME "))
     outcome = json.loads(line[len("OUTCOME ") :])

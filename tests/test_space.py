@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from detr_ray.config import ConfigError, ExperimentConfig
+from detr_ray.config import ExperimentConfig
+from detr_ray.errors import ConfigError
 from detr_ray.tune.space import load_space, parse_space
 
 ROOT = Path(__file__).parent.parent
@@ -20,11 +21,16 @@ def test_shipped_spaces_load(name):
 
 
 def test_follow_costs_copies_each_cost_into_its_loss_weight():
-    space = parse_space({"loss_weights": "follow_costs", "params": {
-        "matcher.cls_cost": {"loguniform": [0.5, 4.0]},
-        "matcher.iou_cost": {"uniform": [1.0, 3.0]},
-        "loss.bg_cls_weight": {"uniform": [0.02, 0.3]},
-    }})  # fmt: skip
+    space = parse_space(
+        {
+            "loss_weights": "follow_costs",
+            "params": {
+                "matcher.cls_cost": {"loguniform": [0.5, 4.0]},
+                "matcher.iou_cost": {"uniform": [1.0, 3.0]},
+                "loss.bg_cls_weight": {"uniform": [0.02, 0.3]},
+            },
+        }
+    )
     sampled = {"matcher.cls_cost": 2.5, "matcher.iou_cost": 1.5, "loss.bg_cls_weight": 0.2}
     config = space.apply(ExperimentConfig().to_dict(), sampled)
     assert (config.matcher.cls_cost, config.loss.cls_weight) == (2.5, 2.5)
@@ -39,12 +45,16 @@ def test_follow_costs_copies_each_cost_into_its_loss_weight():
 
 
 def test_every_distribution_kind_parses():
-    space = parse_space({"params": {
-        "matcher.cls_cost": {"quniform": [0.5, 4.0, 0.5]},
-        "train.batch_size": {"randint": [2, 9]},
-        "matcher.bbox_cost_format": {"choice": ["xyxy", "cxcywh"]},
-        "loss.bg_cls_weight": {"grid": [0.05, 0.1, 0.2]},
-    }})  # fmt: skip
+    space = parse_space(
+        {
+            "params": {
+                "matcher.cls_cost": {"quniform": [0.5, 4.0, 0.5]},
+                "train.batch_size": {"randint": [2, 9]},
+                "matcher.bbox_cost_format": {"choice": ["xyxy", "cxcywh"]},
+                "loss.bg_cls_weight": {"grid": [0.05, 0.1, 0.2]},
+            }
+        }
+    )
     assert [(p.kind, p.args) for p in space.params] == [
         ("quniform", (0.5, 4.0, 0.5)),
         ("randint", (2, 9)),
@@ -67,7 +77,7 @@ def test_every_distribution_kind_parses():
         ({"loss.bg_cls_weight": {"uniform": [-0.5, 0.2]}}, r"params.loss.bg_cls_weight = -0.5"),
         ({"train.batch_size": {"choice": ["big"]}}, r"params.train.batch_size = 'big'"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_space_names_the_key(params, message):
     with pytest.raises(ConfigError, match=message):
         parse_space({"params": params}, source="bad.yaml")

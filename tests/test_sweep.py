@@ -27,6 +27,8 @@ from detr_ray.train.launcher import run_training
 from detr_ray.tune.space import load_space
 from detr_ray.tune.sweep import SweepOptions, run_sweep
 
+from experiments import tiny_experiment
+
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 EPOCHS = 3
@@ -35,19 +37,20 @@ GRID = [1.0, 4.0, 8.0, 16.0]
 
 def _write_inputs(tmp_path: Path) -> tuple[Path, Path]:
     shapes = generate(tmp_path / "shapes", num_train=8, num_val=4, size=64, seed=3)
-    config = {
-        "model": {"preset": "detr_r18_tiny"},
-        "data": {"train_ann": str(shapes.train_ann), "train_images": str(shapes.train_images),
-                 "val_ann": str(shapes.val_ann), "val_images": str(shapes.val_images),
-                 "augmentation": {"scaled_to": 64}, "num_workers": 0},
-        "optim": {"lr": 1e-3, "backbone_lr": 1e-3},
-        "train": {"epochs": EPOCHS, "batch_size": 4, "log_every": 1, "lr_drop_epochs": []},
-        "scaling": {"num_workers": 1, "cpus_per_worker": 1},
-        "run": {"name": "base", "storage_path": str(tmp_path / "runs"), "max_failures": 0},
-        "tracking": {"log_images": 0},
-    }  # fmt: skip
-    space = {"params": {"loss.bbox_weight": {"grid": GRID},
-                        "matcher.cls_cost": {"loguniform": [0.5, 4.0]}}}  # fmt: skip
+    config = tiny_experiment(
+        shapes,
+        tmp_path / "runs",
+        "base",
+        train={"epochs": EPOCHS, "batch_size": 4},
+        scaling={"num_workers": 1},
+        tracking={"log_images": 0},
+    )
+    space = {
+        "params": {
+            "loss.bbox_weight": {"grid": GRID},
+            "matcher.cls_cost": {"loguniform": [0.5, 4.0]},
+        }
+    }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     return tmp_path / "tiny.yaml", tmp_path / "space.yaml"
@@ -81,10 +84,27 @@ def test_sweep_stops_bad_trials_tracks_children_and_resumes_only_what_was_left(t
     config_path, space_path = _write_inputs(tmp_path)
     sweep_dir = tmp_path / "runs" / "sweeps" / "costs"
     train_dir = sweep_dir / "train"
-    command = [sys.executable, "-m", "detr_ray.cli", "tune", str(config_path),
-               "--space", str(space_path), "--name", "costs", "--num-samples", "1",
-               "--max-concurrent", "1", "--metric", "loss", "--seed", "0",
-               "--address", ray.get_runtime_context().gcs_address]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "detr_ray.cli",
+        "tune",
+        str(config_path),
+        "--space",
+        str(space_path),
+        "--name",
+        "costs",
+        "--num-samples",
+        "1",
+        "--max-concurrent",
+        "1",
+        "--metric",
+        "loss",
+        "--seed",
+        "0",
+        "--address",
+        ray.get_runtime_context().gcs_address,
+    ]
     code, output = _interrupt_after_two_trials(command, train_dir, tmp_path / "first.log")
     assert code == 130, output[-3000:]
     assert "interrupted" in output
@@ -95,8 +115,9 @@ def test_sweep_stops_bad_trials_tracks_children_and_resumes_only_what_was_left(t
     # --resume: the two finished trials stay as they are; the others run.
     base = load_config(config_path)
     space = load_space(space_path, base.to_dict())
-    options = SweepOptions(name="costs", num_samples=1, max_concurrent=1, metric="loss",
-                           resume=True)  # fmt: skip
+    options = SweepOptions(
+        name="costs", num_samples=1, max_concurrent=1, metric="loss", resume=True
+    )
     outcome = run_sweep(base, space, options)
     assert not outcome.interrupted
     rows = {row["trial"]: row for row in outcome.rows}
@@ -151,7 +172,7 @@ def test_sweep_stops_bad_trials_tracks_children_and_resumes_only_what_was_left(t
 
 
 def test_resuming_a_missing_sweep_or_reusing_a_name_is_an_error(tmp_path):
-    from detr_ray.config import ConfigError
+    from detr_ray.errors import ConfigError
 
     config_path, space_path = _write_inputs(tmp_path)
     base = load_config(config_path)

@@ -17,9 +17,11 @@ from mlflow.tracking import MlflowClient
 from detr_ray.checkpoint import load_checkpoint
 from detr_ray.config import ExperimentConfig
 from detr_ray.data.synthetic import generate
+from detr_ray.errors import TrainingStopped
 from detr_ray.losses import loss_names
-from detr_ray.train.engine import TrainingStopped
 from detr_ray.train.launcher import run_training
+
+from experiments import tiny_experiment
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -30,22 +32,7 @@ def shapes(tmp_path_factory):
 
 
 def tiny_config(shapes, tmp_path, name, **sections) -> ExperimentConfig:
-    raw = {
-        "model": {"preset": "detr_r18_tiny"},
-        "data": {
-            "train_ann": str(shapes.train_ann), "train_images": str(shapes.train_images),
-            "val_ann": str(shapes.val_ann), "val_images": str(shapes.val_images),
-            "augmentation": {"scaled_to": 64}, "num_workers": 0,
-        },
-        "optim": {"lr": 1e-3, "backbone_lr": 1e-3},
-        "train": {"epochs": 1, "batch_size": 2, "log_every": 1, "lr_drop_epochs": []},
-        "scaling": {"num_workers": 2, "cpus_per_worker": 1},
-        "run": {"name": name, "storage_path": str(tmp_path / "runs"), "max_failures": 0},
-        "tracking": {"log_images": 1},
-    }  # fmt: skip
-    for section, values in sections.items():
-        raw[section] = {**raw.get(section, {}), **values}
-    return ExperimentConfig.from_dict(raw)
+    return ExperimentConfig.from_dict(tiny_experiment(shapes, tmp_path / "runs", name, **sections))
 
 
 def mlflow_run(outcome):
@@ -62,8 +49,16 @@ def test_two_workers_train_exactly_like_one_with_the_whole_batch(shapes, tmp_pat
     # with 2 workers x batch 2 must equal 1 worker x batch 4 on the same 4 images.
     # Every image resized to a long side of 64 and padded to 64 x 64, whatever
     # its batch: the backbone's group norm sees the same padding in both runs.
-    fixed = {"augmentation": {"train_scales": [64], "crop_prob": 0.0, "flip_prob": 0.0,
-                              "max_size": 64, "val_scale": 64}, "size_divisor": 64}  # fmt: skip
+    fixed = {
+        "augmentation": {
+            "train_scales": [64],
+            "crop_prob": 0.0,
+            "flip_prob": 0.0,
+            "max_size": 64,
+            "val_scale": 64,
+        },
+        "size_divisor": 64,
+    }
     common = dict(data=fixed, model={"dropout": 0.0})
     two = run_training(
         tiny_config(

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
+from detr_ray.data.augmentation import AugmentationConfig
 from detr_ray.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    AugmentationConfig,
     RandomHorizontalFlip,
     ToTensor,
     build_transforms,
@@ -124,18 +124,3 @@ def test_validation_pipeline_is_deterministic():
     b, tb = pipeline(image, _target([[1, 2, 10, 20]]))
     assert torch.equal(a, b) and torch.equal(ta["boxes"], tb["boxes"])
     assert ta["size"] == (50, 66)
-
-
-def test_bad_config_values_are_named():
-    with pytest.raises(ValueError, match="crop_prob"):
-        AugmentationConfig(crop_prob=1.5)
-    with pytest.raises(ValueError, match="crop_size"):
-        AugmentationConfig(crop_size=(600, 384))
-
-
-def test_scaled_recipe():
-    assert AugmentationConfig.scaled(800, step=1) == AugmentationConfig()
-    small = AugmentationConfig.scaled(128)
-    assert small.val_scale == 128 and small.max_size == 213
-    assert small.train_scales == (80, 88, 96, 104, 112, 120, 128)  # 480..800 * 0.16, step 8
-    assert small.crop_size == (64, 96)  # 384 * 0.16 = 61.4 -> 64; 600 * 0.16 = 96

@@ -1,19 +1,4 @@
-"""COCO-format data: the dataset, DETR's transforms, padding collation, and a
-synthetic shapes dataset for demos and tests."""
-
-from detr_ray.data.coco import CocoDetection, DataError, load_coco_json
-from detr_ray.data.collate import Batch, ImageMeta, PadCollate
-from detr_ray.data.labels import LabelMap
-from detr_ray.data.transforms import AugmentationConfig, build_transforms
-
-__all__ = [
-    "AugmentationConfig",
-    "Batch",
-    "CocoDetection",
-    "DataError",
-    "ImageMeta",
-    "LabelMap",
-    "PadCollate",
-    "build_transforms",
-    "load_coco_json",
-]
+"""COCO-format data: the dataset (``coco.py``), DETR's transforms
+(``transforms.py``, configured by ``augmentation.py``), padding collation
+(``collate.py``), the category-id/label map (``labels.py``) and the generated
+datasets (``synthetic.py``). This package imports nothing itself."""

@@ -33,14 +33,11 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 
 from detr_ray.data.labels import LabelMap
+from detr_ray.errors import DataError
 
 log = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("error", "skip")
-
-
-class DataError(ValueError):
-    """A problem with the user's data: the message names the file and what to do."""
 
 
 @dataclass(frozen=True)

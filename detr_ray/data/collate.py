@@ -102,7 +102,7 @@ class PadCollate:
             metas.append(
                 ImageMeta(
                     image_id=int(target["image_id"]),
-                    orig_size=tuple(int(v) for v in target["orig_size"]),
+                    orig_size=(int(target["orig_size"][0]), int(target["orig_size"][1])),
                     img_shape=(int(h), int(w)),
                     batch_input_shape=(height, width),
                 )

@@ -30,9 +30,15 @@ CATEGORIES = (
     {"id": 3, "name": "triangle", "supercategory": "shape"},
 )
 PALETTE = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
-    (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230),
-)  # fmt: skip
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+)
 MIN_OBJECT_FRACTION, MAX_OBJECT_FRACTION = 0.15, 0.45  # of the image's short side
 
 
@@ -88,7 +94,8 @@ def generate(
         rng = np.random.default_rng([seed, split_index])
         image_dir = dataset.root / split
         image_dir.mkdir(parents=True, exist_ok=True)
-        images, annotations = [], []
+        images: list[dict] = []
+        annotations: list[dict] = []
         for image_id in range(count):
             image, boxes = _draw_image(rng, size, max_objects, empty_fraction)
             file_name = f"{image_id:06d}.png"
@@ -137,7 +144,7 @@ def _draw_image(rng: np.random.Generator, size: int, max_objects: int, empty_fra
     boxes = []
     for _ in range(num_objects):
         category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
-        mask = _place_shape(rng, category["name"], width, height, placed)
+        mask = _place_shape(rng, str(category["name"]), width, height, placed)
         if mask is None:
             continue
         colour = _contrasting_colour(rng, background)
@@ -178,7 +185,8 @@ def _contrasting_colour(rng, background) -> tuple[int, int, int]:
         colour = PALETTE[int(rng.integers(len(PALETTE)))]
         if np.abs(np.asarray(colour) - background).sum() > 150:
             return colour
-    return tuple(int(255 - c) for c in background)
+    r, g, b = (int(255 - c) for c in background)
+    return r, g, b
 
 
 def _iou(a, b) -> float:

@@ -20,69 +20,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
 from detr_ray.boxes import xyxy_to_cxcywh
+from detr_ray.data.augmentation import AugmentationConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class AugmentationConfig:
-    """Scales of DETR's augmentation; the defaults are the official COCO recipe.
-
-    Training: horizontal flip; then either a multi-scale resize of the short
-    side to one of ``train_scales`` (long side at most ``max_size``), or, with
-    probability ``crop_prob``, a resize to one of ``crop_resize_scales``, a
-    random crop with sides in ``crop_size``, then the same multi-scale resize.
-    Validation: short side ``val_scale``, long side at most ``max_size``.
-    """
-
-    train_scales: tuple[int, ...] = tuple(range(480, 801, 32))
-    max_size: int = 1333
-    crop_prob: float = 0.5
-    crop_resize_scales: tuple[int, ...] = (400, 500, 600)
-    crop_size: tuple[int, int] = (384, 600)
-    flip_prob: float = 0.5
-    val_scale: int = 800
-
-    def __post_init__(self):
-        if not self.train_scales or min(self.train_scales) <= 0:
-            raise ValueError(f"train_scales must be positive sizes, got {self.train_scales}")
-        if self.max_size <= 0 or self.val_scale <= 0:
-            raise ValueError(
-                f"max_size and val_scale must be positive, got {self.max_size}, {self.val_scale}"
-            )
-        if not 0 <= self.crop_prob <= 1 or not 0 <= self.flip_prob <= 1:
-            raise ValueError("crop_prob and flip_prob must be probabilities in [0, 1]")
-        low, high = self.crop_size
-        if not 0 < low <= high:
-            raise ValueError(
-                f"crop_size must be (min, max) with 0 < min <= max, got {self.crop_size}"
-            )
-
-    @classmethod
-    def scaled(cls, val_scale: int, step: int = 8) -> AugmentationConfig:
-        """The official recipe shrunk (or grown) so its validation scale is
-        ``val_scale``: every size times ``val_scale / 800``, rounded to ``step``."""
-        factor = val_scale / 800
-
-        def size(value: float) -> int:
-            return max(step, int(round(value * factor / step)) * step)
-
-        default = cls()
-        return cls(
-            train_scales=tuple(sorted({size(s) for s in default.train_scales})),
-            max_size=int(round(default.max_size * factor)),
-            crop_resize_scales=tuple(size(s) for s in default.crop_resize_scales),
-            crop_size=(size(default.crop_size[0]), size(default.crop_size[1])),
-            val_scale=val_scale,
-        )
 
 
 def build_transforms(config: AugmentationConfig, train: bool):

@@ -1,9 +1,7 @@
 """Talking to a Ray cluster's Jobs API: connect, submit, follow, list, stop.
 
-The address comes from ``--address``, else ``RAY_API_SERVER_ADDRESS``, else
-``RAY_ADDRESS``, else the Ray cluster running on this machine. An address that
-does not answer fails within :data:`CONNECT_TIMEOUT_S` seconds (Ray's client
-would wait for the operating system's TCP timeout, minutes).
+The address is resolved and probed by :mod:`detr_ray.cluster` (the same rules
+as ``train`` and ``tune``).
 
 Token authentication (Ray 2.60): when ``RAY_AUTH_MODE`` is unset and a token is
 at hand (``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH`` names, or
@@ -15,36 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from detr_ray.cluster import ADDRESS_VARIABLES, probe, resolve_address
+from detr_ray.errors import ClusterError
 from detr_ray.jobs.spec import JobSpec
 
-CONNECT_TIMEOUT_S = 5.0
-ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-
-
-class JobsError(RuntimeError):
-    """The cluster could not be reached or refused a request; the message says why."""
-
-
-def resolve_address(flag: str | None) -> tuple[str | None, str]:
-    """``(address or None for the local cluster, where it came from)``.
-
-    An address is ``http(s)://HOST:PORT`` (the Jobs API, port 8265 by default)
-    or, as everywhere in Ray, a cluster address ``HOST:PORT`` (the GCS, 6379);
-    ``auto`` and ``local`` mean the cluster on this machine.
-    """
-    for value, source in ((flag, "--address"),
-                          *((os.environ.get(v), v) for v in ADDRESS_VARIABLES)):  # fmt: skip
-        if value:
-            return (None if value in ("auto", "local") else value), source
-    return None, "the local Ray cluster"
 
 
 def token_source() -> str | None:
@@ -62,45 +40,23 @@ def _use_token_if_available() -> None:
     """Turn on token mode for this process when a token exists and the mode is unset."""
     if os.environ.get("RAY_AUTH_MODE") is None and token_source() is not None:
         os.environ["RAY_AUTH_MODE"] = "token"
-        if "ray._raylet" in sys.modules:  # Ray caches its config: refresh it
-            from ray._raylet import Config
-
-            Config.initialize("")
+        refresh_ray_auth_mode()
 
 
-def probe(address: str, source: str) -> None:
-    """Fail fast, naming ``address`` and ``source``, if nothing accepts a TCP connection there.
+def refresh_ray_auth_mode() -> None:
+    """Make an already imported Ray re-read ``RAY_AUTH_MODE`` from the environment.
 
-    Also used before ``ray.init(address=...)`` (a GCS ``host:port``), which
-    would otherwise retry for a long time.
+    Ray reads its config (the auth mode among it) once, when ``ray._raylet`` is
+    first imported; a process that imported Ray before we set the variable (a
+    test session, a notebook) would keep sending no token. Ray 2.60 has no
+    public way to re-read it, so this is the one place detr-ray uses a private
+    Ray API (``ray._raylet.Config.initialize``); ``tests/test_jobs.py`` fails
+    loudly if a Ray upgrade removes or renames it.
     """
-    url = address if "://" in address else f"http://{address}"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https", "ray") or not parts.hostname:
-        raise JobsError(
-            f"{source} {address!r} is not a Ray address; expected e.g. http://127.0.0.1:8265 "
-            "(the dashboard / Jobs API port)"
-        )
-    import requests
+    if "ray._raylet" in sys.modules:
+        from ray._raylet import Config
 
-    if requests.utils.get_environ_proxies(url):  # a proxy decides; let Ray's client try
-        return
-    port = parts.port or {"http": 80, "https": 443, "ray": 10001}[parts.scheme]
-    try:
-        socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as e:
-        raise JobsError(
-            f"cannot reach the Ray cluster at {address} (from {source}): {e}. Is the cluster "
-            "up, and the port forwarded? For a cluster from cluster.yaml run "
-            "`ray dashboard cluster.yaml` (keeps http://127.0.0.1:8265 open); for a local "
-            "head, `ray start --head` prints its address."
-        ) from None
-
-
-def check_cluster_address(address: str | None) -> None:
-    """Before ``ray.init(address=...)``: a concrete address that does not answer fails now."""
-    if address not in (None, "auto", "local"):
-        probe(address, "--address")
+        Config.initialize("")
 
 
 @contextmanager
@@ -114,7 +70,7 @@ def _only_address(address: str | None):
 
 
 def connect(flag: str | None = None):
-    """A ``JobSubmissionClient`` for the resolved address, or a :class:`JobsError`."""
+    """A ``JobSubmissionClient`` for the resolved address, or a :class:`ClusterError`."""
     address, source = resolve_address(flag)
     if address is not None:
         probe(address, source)
@@ -126,16 +82,16 @@ def connect(flag: str | None = None):
         with _only_address(address):
             return JobSubmissionClient(address)
     except AuthenticationError as e:
-        raise JobsError(_auth_message(address or source, e)) from None
+        raise ClusterError(_auth_message(address or source, e)) from None
     except ConnectionError as e:
         where = f"the Ray cluster at {address}" if address else "a Ray cluster on this machine"
-        raise JobsError(
+        raise ClusterError(
             f"cannot reach {where}: {e} Start one with `ray get-auth-token --generate` and "
             "`RAY_AUTH_MODE=token ray start --head --dashboard-host 127.0.0.1`, or pass "
             "--address (or set RAY_API_SERVER_ADDRESS)."
         ) from None
     except (RuntimeError, OSError, ValueError) as e:  # e.g. a server that is not Ray's
-        raise JobsError(
+        raise ClusterError(
             f"{address or source} does not answer as a Ray Jobs API ({e}); the Jobs API "
             "address looks like http://HOST:8265"
         ) from None
@@ -145,15 +101,21 @@ def _auth_message(where: str, error: Exception) -> str:
     token = token_source()
     mode = os.environ.get("RAY_AUTH_MODE")
     if mode is not None and mode != "token":
-        fix = (f"RAY_AUTH_MODE is {mode!r}, so no token was sent: unset it (a token file "
-               "is then used when there is one) or set it to 'token'")  # fmt: skip
+        fix = (
+            f"RAY_AUTH_MODE is {mode!r}, so no token was sent: unset it (a token file "
+            "is then used when there is one) or set it to 'token'"
+        )
     elif token is None:
-        fix = ("no token was found: set RAY_AUTH_TOKEN_PATH to the cluster's token file (or "
-               "RAY_AUTH_TOKEN to the token), or copy it to ~/.ray/auth_token; on the head "
-               "node `ray get-auth-token` prints it")  # fmt: skip
+        fix = (
+            "no token was found: set RAY_AUTH_TOKEN_PATH to the cluster's token file (or "
+            "RAY_AUTH_TOKEN to the token), or copy it to ~/.ray/auth_token; on the head "
+            "node `ray get-auth-token` prints it"
+        )
     else:
-        fix = (f"the token from {token} was rejected: it must be the one the cluster was "
-               "started with (`ray get-auth-token` on the head node prints it)")  # fmt: skip
+        fix = (
+            f"the token from {token} was rejected: it must be the one the cluster was "
+            "started with (`ray get-auth-token` on the head node prints it)"
+        )
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return f"the Ray cluster at {where} requires token authentication ({first_line}); {fix}"
 
@@ -165,9 +127,9 @@ def submit(client, spec: JobSpec) -> str:
     try:
         return client.submit_job(**spec.submit_kwargs())
     except AuthenticationError as e:
-        raise JobsError(_auth_message(client.get_address(), e)) from None
+        raise ClusterError(_auth_message(client.get_address(), e)) from None
     except RuntimeError as e:
-        raise JobsError(f"{spec.source}: the cluster refused the job: {e}") from None
+        raise ClusterError(f"{spec.source}: the cluster refused the job: {e}") from None
 
 
 def follow(client, job_id: str, out=sys.stdout) -> str:
@@ -201,7 +163,7 @@ def _known_job(client, job_id: str) -> None:
     try:
         client.get_job_status(job_id)
     except RuntimeError as e:
-        raise JobsError(str(e)) from None
+        raise ClusterError(str(e)) from None
 
 
 def wait(client, job_id: str, poll_s: float = 1.0, timeout_s: float | None = None) -> str:
@@ -211,7 +173,7 @@ def wait(client, job_id: str, poll_s: float = 1.0, timeout_s: float | None = Non
         try:
             status = str(client.get_job_status(job_id).value)
         except OSError as e:  # requests' ConnectionError: the cluster or the tunnel went away
-            raise JobsError(
+            raise ClusterError(
                 f"lost the connection to {client.get_address()} ({type(e).__name__}); the "
                 f"job keeps running there: detr-ray jobs status {job_id}"
             ) from None
@@ -231,13 +193,16 @@ def job_table(client) -> list[dict]:
     """Every job the cluster knows, newest first: id, status, start time, entrypoint."""
     rows = []
     for job in client.list_jobs():
-        rows.append({
-            "id": job.submission_id or job.job_id,
-            "status": str(job.status.value),
-            "started_ms": job.start_time or 0,
-            "start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000))
-            if job.start_time else "-",
-            "entrypoint": job.entrypoint,
-            "message": job.message or "",
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": job.submission_id or job.job_id,
+                "status": str(job.status.value),
+                "started_ms": job.start_time or 0,
+                "start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000))
+                if job.start_time
+                else "-",
+                "entrypoint": job.entrypoint,
+                "message": job.message or "",
+            }
+        )
     return sorted(rows, key=lambda row: row["started_ms"], reverse=True)

@@ -39,15 +39,12 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from detr_ray.config import ConfigError, ExperimentConfig, load_config, read_yaml_file
+from detr_ray.config import ExperimentConfig, load_config, read_yaml_file
+from detr_ray.errors import ConfigError
 
 SHELL_SYNTAX = set("$`;|&<>()")
 DETR_PROGRAMS = {"detr-ray"}  # also ``python -m detr_ray.cli``
 DETR_SUBCOMMANDS = {"train", "tune"}
-
-
-class JobSpecError(ValueError):
-    """A job spec that cannot be submitted; the message names the file and key."""
 
 
 @dataclass(frozen=True)
@@ -82,43 +79,48 @@ def load_job_spec(path: str | os.PathLike) -> JobSpec:
 
 def parse_job_spec(raw, source: str) -> JobSpec:
     if not isinstance(raw, dict):
-        raise JobSpecError(f"{source}: a job spec is a mapping with an 'entrypoint' key")
+        raise ConfigError(f"{source}: a job spec is a mapping with an 'entrypoint' key")
     for key in raw:
         if key not in _KEYS:
             close = difflib.get_close_matches(str(key), _KEYS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise JobSpecError(
+            raise ConfigError(
                 f"{source}: unknown key {key!r}{hint}; a job spec holds "
                 f"{', '.join(_KEYS)} (the options of `ray job submit`)"
             )
     entrypoint = raw.get("entrypoint")
     if not isinstance(entrypoint, str) or not entrypoint.strip():
-        raise JobSpecError(f"{source}: 'entrypoint' must be a command, e.g. "
-                           "'detr-ray train configs/shapes_tiny.yaml'")  # fmt: skip
+        raise ConfigError(
+            f"{source}: 'entrypoint' must be a command, e.g. "
+            "'detr-ray train configs/shapes_tiny.yaml'"
+        )
     entrypoint = _check_plain_command(entrypoint, source)
     for key in ("runtime_env", "metadata", "entrypoint_resources"):
         if raw.get(key) is not None and not isinstance(raw[key], dict):
-            raise JobSpecError(f"{source}: {key!r} must be a mapping, got {raw[key]!r}")
+            raise ConfigError(f"{source}: {key!r} must be a mapping, got {raw[key]!r}")
     env_vars = (raw.get("runtime_env") or {}).get("env_vars") or {}
     if not isinstance(env_vars, dict):
-        raise JobSpecError(f"{source}: 'runtime_env.env_vars' must be a mapping of strings")
+        raise ConfigError(f"{source}: 'runtime_env.env_vars' must be a mapping of strings")
     for name, value in env_vars.items():
         if not isinstance(value, str):
-            raise JobSpecError(f"{source}: runtime_env.env_vars.{name} must be a string "
-                               f"(quote it in YAML), got {value!r}")  # fmt: skip
+            raise ConfigError(
+                f"{source}: runtime_env.env_vars.{name} must be a string "
+                f"(quote it in YAML), got {value!r}"
+            )
     for key, value in (raw.get("metadata") or {}).items():
         if not isinstance(value, str):
-            raise JobSpecError(f"{source}: metadata.{key} must be a string, got {value!r}")
+            raise ConfigError(f"{source}: metadata.{key} must be a string, got {value!r}")
     for key in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory"):
         value = raw.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or value < 0):  # fmt: skip
-            raise JobSpecError(f"{source}: {key} must be a number >= 0, got {value!r}")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+        ):
+            raise ConfigError(f"{source}: {key} must be a number >= 0, got {value!r}")
     if isinstance(raw.get("entrypoint_memory"), float):
-        raise JobSpecError(f"{source}: entrypoint_memory is in bytes, a whole number")
+        raise ConfigError(f"{source}: entrypoint_memory is in bytes, a whole number")
     submission_id = raw.get("submission_id")
     if submission_id is not None and not isinstance(submission_id, str):
-        raise JobSpecError(f"{source}: submission_id must be a string, got {submission_id!r}")
+        raise ConfigError(f"{source}: submission_id must be a string, got {submission_id!r}")
     fields = {k: raw[k] for k in _KEYS if raw.get(k) is not None}
     fields["entrypoint"] = entrypoint
     fields.setdefault("runtime_env", {})
@@ -129,19 +131,21 @@ def parse_job_spec(raw, source: str) -> JobSpec:
 def _check_plain_command(entrypoint: str, source: str) -> str:
     """The entrypoint as ``ray job submit -- WORDS`` sends it, or an error for shell syntax."""
     if "\n" in entrypoint.strip():
-        raise JobSpecError(f"{source}: entrypoint spans several lines; a job spec holds one "
-                           "command (YAML '>-' folds lines into one)")  # fmt: skip
+        raise ConfigError(
+            f"{source}: entrypoint spans several lines; a job spec holds one "
+            "command (YAML '>-' folds lines into one)"
+        )
     try:
         words = shlex.split(entrypoint)
     except ValueError as e:
-        raise JobSpecError(
+        raise ConfigError(
             f"{source}: entrypoint is not a valid command ({e}): {entrypoint}"
         ) from None
     lexer = shlex.shlex(entrypoint, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
     operators = [w for w in lexer if w and set(w) <= SHELL_SYNTAX]
     if operators or any(c in word for word in words for c in "$`"):
-        raise JobSpecError(
+        raise ConfigError(
             f"{source}: entrypoint uses shell syntax ({entrypoint!r}); a job spec holds one "
             "plain command, run alike by `detr-ray submit` and `ray job submit -- CMD`. Put "
             "environment variables in runtime_env.env_vars and steps in a script."
@@ -154,13 +158,13 @@ def with_config_overrides(spec: JobSpec, overrides: list[str]) -> JobSpec:
     if not overrides:
         return spec
     if detr_command(spec) is None:
-        raise JobSpecError(
+        raise ConfigError(
             f"{spec.source}: --set changes a detr-ray config, but the entrypoint is not a "
             f"'detr-ray train|tune' command: {spec.entrypoint}"
         )
     for item in overrides:
         if "=" not in item:
-            raise JobSpecError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=2")
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=2")
     extra = " ".join(f"--set {shlex.quote(item)}" for item in overrides)
     return dataclasses.replace(spec, entrypoint=f"{spec.entrypoint} {extra}")
 
@@ -170,9 +174,11 @@ def detr_command(spec: JobSpec) -> list[str] | None:
     words = shlex.split(spec.entrypoint)
     if words[:1] and Path(words[0]).name in DETR_PROGRAMS:
         args = words[1:]
-    elif len(words) >= 3 and Path(words[0]).name.startswith("python") and words[1:3] == [
-        "-m", "detr_ray.cli"
-    ]:  # fmt: skip
+    elif (
+        len(words) >= 3
+        and Path(words[0]).name.startswith("python")
+        and words[1:3] == ["-m", "detr_ray.cli"]
+    ):
         args = words[3:]
     else:
         return None
@@ -186,7 +192,7 @@ def working_dir(spec: JobSpec, cwd: str | os.PathLike = ".") -> Path | None:
         return None
     folder = Path(cwd) / Path(str(value)).expanduser()
     if not folder.is_dir():
-        raise JobSpecError(
+        raise ConfigError(
             f"{spec.source}: runtime_env.working_dir {value!r} is not a folder (it is relative "
             f"to the current directory, {Path(cwd).resolve()}, as with `ray job submit`)"
         )
@@ -215,15 +221,17 @@ def check_entrypoint(spec: JobSpec, parse_args, cwd: str | os.PathLike = ".") ->
     try:
         parsed = parse_args(args)
     except SystemExit:
-        raise JobSpecError(f"{spec.source}: the entrypoint's arguments do not parse (see the "
-                           f"usage above): {spec.entrypoint}") from None  # fmt: skip
+        raise ConfigError(
+            f"{spec.source}: the entrypoint's arguments do not parse (see the "
+            f"usage above): {spec.entrypoint}"
+        ) from None
     if _is_remote(spec.runtime_env.get("working_dir", "")):
         return
     job_cwd = upload or Path(cwd).resolve()
     config_path = job_cwd / parsed.config
     if not config_path.is_file():
         where = f"the working_dir {job_cwd}" if upload else f"{job_cwd}"
-        raise JobSpecError(
+        raise ConfigError(
             f"{spec.source}: the entrypoint's config {parsed.config} is not in {where}; run "
             "`detr-ray submit` from the folder runtime_env.working_dir is relative to "
             "(the repository root for the shipped specs)"
@@ -231,10 +239,11 @@ def check_entrypoint(spec: JobSpec, parse_args, cwd: str | os.PathLike = ".") ->
     try:
         config = load_config(config_path, parsed.overrides)
     except ConfigError as e:
-        raise JobSpecError(f"{spec.source}: the entrypoint's config: {e}") from None
+        raise ConfigError(f"{spec.source}: the entrypoint's config: {e}") from None
     if getattr(parsed, "space", None) and not (job_cwd / parsed.space).is_file():
-        raise JobSpecError(f"{spec.source}: the entrypoint's --space {parsed.space} is not "
-                           f"in {job_cwd}")  # fmt: skip
+        raise ConfigError(
+            f"{spec.source}: the entrypoint's --space {parsed.space} is not in {job_cwd}"
+        )
     if upload is not None:
         _check_storage_outlives_job(config, spec)
 
@@ -242,7 +251,7 @@ def check_entrypoint(spec: JobSpec, parse_args, cwd: str | os.PathLike = ".") ->
 def _check_storage_outlives_job(config: ExperimentConfig, spec: JobSpec) -> None:
     storage = config.run.storage_path
     if not (storage.startswith("~") or os.path.isabs(storage)):
-        raise JobSpecError(
+        raise ConfigError(
             f"{spec.source}: run.storage_path is {storage!r}, relative to the job's working "
             "directory, which is Ray's temporary copy of runtime_env.working_dir: checkpoints "
             "and the MLflow store would be deleted with it. Add e.g. --set "

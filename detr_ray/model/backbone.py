@@ -1,5 +1,18 @@
 """ResNet-18/34/50/101 backbones with torchvision's parameter and buffer names.
 
+Why our own ResNet and not ``torchvision.models.resnet``: detr-ray does not
+depend on torchvision (its wheels must match the torch build exactly, and
+PyPI's do not import beside the CPU torch these machines use); DETR needs
+variants torchvision's constructor does not offer together (frozen batch
+norm whose affine terms are buffers, group norm for training from scratch,
+a 3-stage trunk for small images, dilation of the last stage only); and the
+freezing of early stages is part of the model here. The names are kept
+identical to torchvision's on purpose: official DETR checkpoints and
+torchvision ImageNet weights load by key (``tests/test_backbone.py`` checks
+the keys and the features against torchvision's own outputs). Replacing this
+module with torchvision's would change those keys and break every saved
+checkpoint.
+
 The module's ``state_dict`` keys are exactly those of a torchvision ResNet
 without its classifier (``fc``), so ImageNet weights saved by torchvision load
 with strict key checking (:func:`load_torchvision_state_dict`). Batch norm is
@@ -18,6 +31,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from detr_ray.errors import CheckpointError
+
 # depth -> (block kind, blocks per stage)
 RESNET_LAYOUTS = {
     18: ("basic", (2, 2, 2, 2)),
@@ -34,6 +49,11 @@ class FrozenBatchNorm2d(nn.Module):
 
     Detection batches are too small for batch statistics; DETR freezes them.
     """
+
+    weight: Tensor
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
 
     def __init__(self, num_features: int, eps: float = 1e-5):
         super().__init__()
@@ -231,10 +251,10 @@ class ResNetBackbone(nn.Module):
         # off for good, so frozen backbones keep the plain initialisation.
         with torch.no_grad():
             for m in self.modules():
-                last = m.bn3 if isinstance(m, Bottleneck) else getattr(m, "bn2", None)
-                if isinstance(m, (Bottleneck, BasicBlock)) and isinstance(
-                    last.weight, nn.Parameter
-                ):
+                if not isinstance(m, (Bottleneck, BasicBlock)):
+                    continue
+                last = m.bn3 if isinstance(m, Bottleneck) else m.bn2
+                if isinstance(last.weight, nn.Parameter):
                     last.weight.zero_()
 
     def forward(self, images: Tensor) -> Tensor:
@@ -250,7 +270,7 @@ def load_torchvision_state_dict(backbone: ResNetBackbone, state_dict: Mapping[st
     any other missing or unexpected key is an error that lists them.
     """
     if backbone.norm == "group":
-        raise ValueError(
+        raise CheckpointError(
             "torchvision ResNet weights hold batch-norm statistics, which a group-norm "
             "backbone cannot use: set model.backbone_norm to 'frozen' (as the official "
             "DETR) or 'batch' to start from them"
@@ -263,7 +283,7 @@ def load_torchvision_state_dict(backbone: ResNetBackbone, state_dict: Mapping[st
     expected = {k for k in backbone.state_dict() if not counter(k)}
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointError(
             f"not a torchvision ResNet-{backbone.depth} state_dict: "
             f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
             f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"

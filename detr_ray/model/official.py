@@ -11,16 +11,16 @@ no-object row.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from detr_ray.data.labels import LabelMap
-from detr_ray.model.config import ModelConfig, build_model
+from detr_ray.errors import CheckpointError
+from detr_ray.model.config import ModelConfig
 from detr_ray.model.detr import DETR
 
 # (our prefix, official prefix), applied to the start of each key
@@ -49,7 +49,12 @@ COCO_CATEGORY_NAMES = {
     82: "refrigerator", 84: "book", 85: "clock", 86: "vase", 87: "scissors", 88: "teddy bear",
     89: "hair drier", 90: "toothbrush",
 }  # fmt: skip
-_OFFICIAL_BACKBONES = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+_OFFICIAL_BACKBONES: dict[str, Literal[18, 34, 50, 101]] = {
+    "resnet18": 18,
+    "resnet34": 34,
+    "resnet50": 50,
+    "resnet101": 101,
+}
 
 
 def official_label_map(num_classes: int = 91) -> LabelMap:
@@ -81,25 +86,6 @@ def _rename(key: str, attention, reverse: bool) -> str:
     return pattern.sub(replacement, key)
 
 
-def load_checkpoint_file(path: str | os.PathLike) -> dict:
-    """``torch.load`` a checkpoint safely: tensors, plain containers, and the
-    ``argparse.Namespace`` official checkpoints keep their ``args`` in.
-    Nothing else is unpickled."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds here
-        raise ValueError(
-            f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}"
-        ) from None
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a dict")
-    return checkpoint
-
-
 def is_official_checkpoint(checkpoint: Mapping) -> bool:
     model = checkpoint.get("model")
     return (
@@ -119,10 +105,11 @@ def official_config(state_dict: Mapping[str, Tensor], args=None) -> ModelConfig:
     if args.get("masks") or any(
         k.startswith(("bbox_attention.", "mask_head.")) for k in state_dict
     ):
-        raise ValueError("segmentation DETR checkpoints (--masks) are not supported")
+        raise CheckpointError("segmentation DETR checkpoints (--masks) are not supported")
     backbone_keys = [k for k in state_dict if k.startswith("backbone.0.body.")]
     if not backbone_keys:
-        raise ValueError("not an official DETR checkpoint: no 'backbone.0.body.*' keys")
+        raise CheckpointError("not an official DETR checkpoint: no 'backbone.0.body.*' keys")
+    depth: Literal[18, 34, 50, 101]
     if "backbone" in args and args["backbone"] in _OFFICIAL_BACKBONES:
         depth = _OFFICIAL_BACKBONES[args["backbone"]]
     else:
@@ -153,7 +140,7 @@ def official_config(state_dict: Mapping[str, Tensor], args=None) -> ModelConfig:
     )
 
 
-def _depth_from_keys(backbone_keys: list[str]) -> int:
+def _depth_from_keys(backbone_keys: list[str]) -> Literal[18, 34, 50, 101]:
     blocks_in_layer3 = len(
         {k.split(".")[4] for k in backbone_keys if k.startswith("backbone.0.body.layer3.")}
     )
@@ -169,22 +156,9 @@ def load_official_state_dict(model: DETR, official_state_dict: Mapping[str, Tens
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(ours)), sorted(set(ours) - expected)
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointError(
             "the checkpoint does not fit this architecture (official key names): "
             f"missing {[_rename(k, _CROSS_ATTN, False) for k in missing]}, "
             f"unexpected {[_rename(k, _CROSS_ATTN, False) for k in unexpected]}"
         )
     model.load_state_dict(ours, strict=True)
-
-
-def from_official_checkpoint(path: str | os.PathLike) -> DETR:
-    """Build the model an official DETR checkpoint describes, with its weights."""
-    checkpoint = load_checkpoint_file(path)
-    if not is_official_checkpoint(checkpoint):
-        raise ValueError(
-            f"{path} is not an official DETR checkpoint ({{'model': ..., 'args': ...}})"
-        )
-    config = official_config(checkpoint["model"], checkpoint.get("args"))
-    model = build_model(config)
-    load_official_state_dict(model, checkpoint["model"])
-    return model

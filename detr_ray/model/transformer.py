@@ -148,11 +148,9 @@ class Transformer(nn.Module):
         super().__init__()
         if d_model % nhead:
             raise ValueError(f"d_model ({d_model}) must be divisible by nhead ({nhead})")
-        layer = dict(
-            nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout, pre_norm=pre_norm
-        )
-        self.encoder = Encoder(num_encoder_layers, d_model, **layer)
-        self.decoder = Decoder(num_decoder_layers, d_model, **layer)
+        layer = {"nhead": nhead, "dim_feedforward": dim_feedforward, "dropout": dropout}
+        self.encoder = Encoder(num_encoder_layers, d_model, pre_norm=pre_norm, **layer)
+        self.decoder = Decoder(num_decoder_layers, d_model, pre_norm=pre_norm, **layer)
         self.d_model = d_model
         for p in self.parameters():
             if p.dim() > 1:

@@ -23,22 +23,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from detr_ray import dist
-from detr_ray.config import ExperimentConfig
+from detr_ray.config import ExperimentConfig, LossConfig, MatcherConfig
 from detr_ray.data.collate import Batch, PadCollate
 from detr_ray.data.labels import LabelMap
+from detr_ray.errors import TrainingStopped
 from detr_ray.evaluation import gather_image_results, to_coco_results
 from detr_ray.inference import detect_batch
 from detr_ray.losses import SetCriterion, loss_names
-from detr_ray.matching import FlatTargets, HungarianMatcher, Matching, matching_changes
+from detr_ray.matching import FlatTargets, HungarianMatcher
+from detr_ray.train.step_stats import StepLog, StepResult, average_over_workers, worker_row
 
 log = logging.getLogger(__name__)
-
-
-class TrainingStopped(RuntimeError):
-    """The run cannot go on (e.g. too many non-finite losses); checkpoints are kept."""
 
 
 @dataclass
@@ -62,12 +60,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_criterion(config: ExperimentConfig, num_classes: int) -> SetCriterion:
-    m, loss = config.matcher, config.loss
-    matcher = HungarianMatcher(m.cls_cost, m.bbox_cost, m.iou_cost, m.bbox_cost_format)
+def build_criterion(matcher: MatcherConfig, loss: LossConfig, num_classes: int) -> SetCriterion:
+    """The set loss (and its matcher) that the config's ``matcher`` and ``loss`` describe."""
     return SetCriterion(
         num_classes,
-        matcher,
+        HungarianMatcher(
+            cls_cost=matcher.cls_cost,
+            bbox_cost=matcher.bbox_cost,
+            iou_cost=matcher.iou_cost,
+            bbox_cost_format=matcher.bbox_cost_format,
+        ),
         cls_weight=loss.cls_weight,
         bbox_weight=loss.bbox_weight,
         iou_weight=loss.iou_weight,
@@ -78,19 +80,19 @@ def build_criterion(config: ExperimentConfig, num_classes: int) -> SetCriterion:
 
 def build_optimizer(model: nn.Module, config: ExperimentConfig) -> torch.optim.AdamW:
     """AdamW with two groups, ``backbone`` (backbone_lr) and ``other`` (lr)."""
-    module = model.module if hasattr(model, "module") else model
-    backbone, other = [], []
-    for name, param in module.named_parameters():
+    backbone: list[nn.Parameter] = []
+    other: list[nn.Parameter] = []
+    for name, param in dist.unwrap(model).named_parameters():
         if param.requires_grad:
             (backbone if name.startswith("backbone.") else other).append(param)
-    groups = [{"params": other, "lr": config.optim.lr, "name": "other"}]
+    groups: list[dict] = [{"params": other, "lr": config.optim.lr, "name": "other"}]
     if backbone:
         groups.append({"params": backbone, "lr": config.optim.backbone_lr, "name": "backbone"})
-    kwargs = {"weight_decay": config.optim.weight_decay}
+    weight_decay = config.optim.weight_decay
     try:  # the fused kernel is several times faster on CPU and GPU
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
+        return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, **kwargs)
+        return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
 def lr_factor(step: int, steps_per_epoch: int, config: ExperimentConfig) -> float:
@@ -105,7 +107,7 @@ def lr_factor(step: int, steps_per_epoch: int, config: ExperimentConfig) -> floa
 class SkipFirst(Sampler):
     """The wrapped sampler's indices after the first ``skip`` (mid-epoch resume)."""
 
-    def __init__(self, sampler: Sampler, skip: int):
+    def __init__(self, sampler: DistributedSampler, skip: int):
         self.sampler, self.skip = sampler, skip
 
     def __iter__(self) -> Iterator[int]:
@@ -115,17 +117,6 @@ class SkipFirst(Sampler):
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)
-
-
-@dataclass
-class StepLog:
-    """What one logged step reports (already averaged over workers)."""
-
-    global_step: int
-    epoch: int
-    step_in_epoch: int
-    steps_per_epoch: int
-    metrics: dict[str, float]
 
 
 class Engine:
@@ -138,17 +129,26 @@ class Engine:
         device: where the model lives.
     """
 
-    def __init__(self, config, model, train_set, val_set, label_map: LabelMap, device):
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        model: nn.Module,
+        train_set: Dataset,
+        val_set: Dataset,
+        label_map: LabelMap,
+        device: torch.device | str,
+    ):
         self.config = config
         self.model = model
-        self.module = model.module if hasattr(model, "module") else model
+        self.module = dist.unwrap(model)
         self.device = torch.device(device)
         self.label_map = label_map
-        self.criterion = build_criterion(config, self.module.num_classes).to(self.device)
+        self.criterion = build_criterion(config.matcher, config.loss, self.num_classes)
+        self.criterion.to(self.device)
         self.optimizer = build_optimizer(model, config)
         self.train_set, self.val_set = train_set, val_set
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        self.sampler = DistributedSampler(
+        self.sampler: DistributedSampler = DistributedSampler(
             train_set, self.world_size, self.rank, shuffle=True, seed=config.train.seed
         )
         full = math.ceil(len(self.sampler) / config.train.batch_size)
@@ -232,12 +232,13 @@ class Engine:
         state.epoch += 1
         state.step_in_epoch = 0
 
-    def train_step(self, batch: Batch | None) -> dict:
-        """One optimiser step; returns what the logs need. Non-finite outputs,
-        losses or gradients on any worker skip the step on every worker."""
+    def train_step(self, batch: Batch | None) -> StepResult:
+        """One optimiser step. Non-finite outputs, losses or gradients on any
+        worker skip the step on every worker."""
         config = self.config
         empty = batch is None  # every image of this batch was unreadable (on_bad_image: skip)
-        if not empty:
+        outputs_ok = True
+        if batch is not None:
             batch = batch.to(self.device, non_blocking=True)
             images, padding_mask = batch.inputs()
             images = images.contiguous(memory_format=self.memory_format)
@@ -247,10 +248,8 @@ class Engine:
             if step_number in config.debug.nan_at_steps and self.rank == 0:
                 cls_scores = cls_scores * float("nan")  # fault injection for tests
             outputs_ok = bool(torch.isfinite(cls_scores).all() and torch.isfinite(bbox_preds).all())
-        else:
-            outputs_ok = True
         # Every worker must agree before the criterion's all-reduce and DDP's.
-        if dist.any_across(empty or not outputs_ok, self.device):
+        if dist.any_across(empty or not outputs_ok, self.device) or batch is None:
             return self._skip("non-finite model outputs" if not outputs_ok else "an empty batch")
         flat = FlatTargets.from_list(batch.targets, device=self.device)
         matching = self.criterion.matcher(cls_scores.detach(), bbox_preds.detach(), flat)
@@ -267,9 +266,9 @@ class Engine:
         self.scaler.update()
         self.scheduler.step()
         self.state.nan_streak = 0
-        return {"losses": losses, "matching": matching, "grad_norm": grad_norm, "skipped": False}
+        return StepResult(skipped=False, losses=losses, matching=matching, grad_norm=grad_norm)
 
-    def _skip(self, why: str) -> dict:
+    def _skip(self, why: str) -> StepResult:
         state = self.state
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()  # the schedule follows steps taken, skipped or not
@@ -279,8 +278,11 @@ class Engine:
         if self.rank == 0:
             log.warning(
                 "step %d: %s; step skipped (%d in a row, limit train.max_nan_steps=%d)",
-                step_number, why, state.nan_streak, self.config.train.max_nan_steps,
-            )  # fmt: skip
+                step_number,
+                why,
+                state.nan_streak,
+                self.config.train.max_nan_steps,
+            )
         if state.nan_streak > self.config.train.max_nan_steps:
             raise TrainingStopped(
                 f"stopped at step {step_number} (epoch {state.epoch + 1}): {why} for "
@@ -288,7 +290,7 @@ class Engine:
                 f"{self.config.train.max_nan_steps}). The model diverged; lower optim.lr, "
                 "check the data, or resume from the last checkpoint."
             )
-        return {"skipped": True}
+        return StepResult(skipped=True)
 
     def _autocast(self):
         if self.config.train.amp == "off":
@@ -296,54 +298,50 @@ class Engine:
         dtype = torch.bfloat16 if self.config.train.amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _step_log(self, result: dict, window: _Window) -> StepLog:
-        """Average the step's numbers over workers (one all-gather; every rank calls it)."""
-        num_layers = len(self.module.transformer.decoder.layers)
+    def _step_log(self, result: StepResult, window: _Window) -> StepLog:
+        """Combine the step's numbers over workers (one all-gather; every rank calls it)."""
+        num_layers = self.num_decoder_layers
         names = loss_names(num_layers)
-        if result["skipped"]:
-            values = torch.full((len(names),), float("nan"))
-            num_pos, changed, total, grad_norm = 0.0, torch.zeros(num_layers - 1), 0, float("nan")
-        else:
-            values = torch.stack([result["losses"][n].detach().float() for n in names]).cpu()
-            matching: Matching = result["matching"]
-            num_pos = float(matching.num_pairs)
-            changed, total = matching_changes(matching)
-            grad_norm = float(result["grad_norm"])
-        row = torch.cat(
-            (values, torch.tensor([num_pos, float(total), float(window.images)]),
-             changed.float().cpu())
-        ).to(self.device)  # fmt: skip
-        table = dist.all_gather_tensor(row).cpu()  # (world, columns)
-        metrics = dict(zip(names, table[:, : len(names)].mean(0).tolist()))
-        positives = table[:, len(names)]
-        matched, images = table[:, len(names) + 1].sum(), table[:, len(names) + 2].sum()
-        changes = table[:, len(names) + 3 :].sum(0)
+        row = worker_row(result, names, num_layers, window.images)
+        table = dist.all_gather_tensor(row.to(self.device)).cpu()  # (world, columns)
+        metrics = average_over_workers(table, names, num_layers)
+        images = metrics.pop("images")
         elapsed = time.perf_counter() - window.start
+        grad_norm = float(result.grad_norm) if result.grad_norm is not None else float("nan")
         metrics.update(
             {
                 "grad_norm": grad_norm,
-                "positives/mean": float(positives.mean()),
-                "positives/min": float(positives.min()),
-                "positives/max": float(positives.max()),
-                "images_per_s": float(images) / max(elapsed, 1e-9),
+                "images_per_s": images / max(elapsed, 1e-9),
                 "skipped_steps": float(len(self.state.skipped_steps)),
             }
         )
-        for layer, value in enumerate(changes.tolist()):
-            metrics[f"d{layer}.match_changed"] = value / float(matched) if matched else 0.0
         for group in self.optimizer.param_groups:
             metrics[f"lr/{group['name']}"] = group["lr"]
+        state = self.state
         return StepLog(
-            self.state.global_step, self.state.epoch, self.state.step_in_epoch,
-            self.steps_per_epoch, metrics,
-        )  # fmt: skip
+            global_step=state.global_step,
+            epoch=state.epoch,
+            step_in_epoch=state.step_in_epoch,
+            steps_per_epoch=self.steps_per_epoch,
+            metrics=metrics,
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.module.num_classes)  # type: ignore[arg-type]  # DETR.num_classes
+
+    @property
+    def num_decoder_layers(self) -> int:
+        return self.config.model.num_decoder_layers
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> list[dict] | None:
         """Detections of this worker's shard of the validation set, gathered to
         rank 0 as COCO results (``None`` on other ranks)."""
-        sampler = DistributedSampler(self.val_set, self.world_size, self.rank, shuffle=False)
+        sampler: DistributedSampler = DistributedSampler(
+            self.val_set, self.world_size, self.rank, shuffle=False
+        )
         loader = DataLoader(
             self.val_set,
             batch_size=self.config.train.batch_size,

@@ -14,11 +14,11 @@ import dataclasses
 import os
 from pathlib import Path
 
-from detr_ray.config import ConfigError, ExperimentConfig
+from detr_ray.cluster import check_cluster_address
+from detr_ray.config import ExperimentConfig
 from detr_ray.data.coco import load_coco_json
 from detr_ray.data.labels import LabelMap
-from detr_ray.jobs.client import check_cluster_address
-from detr_ray.train.engine import TrainingStopped
+from detr_ray.errors import ConfigError, TrainingStopped
 
 # Quiet, single-copy worker output; no usage reporting. Users may override.
 RAY_ENV_DEFAULTS = {
@@ -43,15 +43,19 @@ def prepare_config(config: ExperimentConfig) -> tuple[ExperimentConfig, LabelMap
         s = data.synthetic
         print(f"[detr-ray] generating the synthetic dataset in {s.root} (missing)", flush=True)
         generate(Path(s.root).expanduser(), s.num_train, s.num_val, size=s.size, seed=s.seed)
-    absolute = {k: _absolute(getattr(data, k))
-                for k in ("train_ann", "train_images", "val_ann", "val_images")}  # fmt: skip
-    data = dataclasses.replace(data, **absolute)
+    data = dataclasses.replace(
+        data,
+        train_ann=_absolute(data.train_ann),
+        train_images=_absolute(data.train_images),
+        val_ann=_absolute(data.val_ann),
+        val_images=_absolute(data.val_images),
+    )
     run = dataclasses.replace(
         config.run,
         storage_path=_absolute(config.run.storage_path),
-        resume_from=_absolute(config.run.resume_from),
+        resume_from=_absolute_or_none(config.run.resume_from),
     )
-    init = dataclasses.replace(config.init, init_from=_absolute(config.init.init_from))
+    init = dataclasses.replace(config.init, init_from=_absolute_or_none(config.init.init_from))
     # Pinned here: workers on other nodes need not share the driver's environment.
     tracking = dataclasses.replace(
         config.tracking, uri=config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or None
@@ -72,8 +76,12 @@ def prepare_config(config: ExperimentConfig) -> tuple[ExperimentConfig, LabelMap
     return resolved, label_map
 
 
-def _absolute(path: str | None) -> str | None:
-    return None if path is None else str(Path(path).expanduser().resolve())
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _absolute_or_none(path: str | None) -> str | None:
+    return None if path is None else _absolute(path)
 
 
 def run_training(
@@ -82,8 +90,8 @@ def run_training(
     """Train to the end (or resume and finish); returns the rank-0 worker's summary.
 
     Raises:
-        TrainingStopped: the run stopped itself (e.g. diverged); checkpoints are kept.
-        RuntimeError: workers kept failing beyond ``run.max_failures``.
+        TrainingStopped: the run stopped itself (e.g. diverged), or its workers
+            kept failing beyond ``run.max_failures``; checkpoints are kept.
 
     ``callbacks`` go to Ray Train's ``RunConfig`` (a sweep passes Tune's
     ``TuneReportCallback`` to forward every report to its trial).
@@ -144,7 +152,7 @@ def run_training(
             "(same run.name and run.storage_path) to resume from the latest one."
         ) from None
     except ray.train.TrainingFailedError as e:
-        raise RuntimeError(
+        raise TrainingStopped(
             f"training failed after {config.run.max_failures} restart(s): {e}. Checkpoints "
             f"in {run_dir} are kept; fix the cause and run again to resume."
         ) from None

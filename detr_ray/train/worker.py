@@ -3,7 +3,9 @@
 Plain PyTorch through :class:`~detr_ray.train.engine.Engine`; the Ray calls are
 few and marked ``# [Ray]``: the worker's rank and device, the model's DDP
 wrapping, the checkpoint to start from, and the reports that carry metrics and
-checkpoints back to the controller. Rank 0 also tracks the run in MLflow.
+checkpoints back to the controller. Two helpers split the reporting:
+:class:`Checkpoints` (every rank: checkpoint + Ray report) and :class:`Progress`
+(rank 0: progress lines and MLflow).
 """
 
 from __future__ import annotations
@@ -13,22 +15,35 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray.train
 import ray.train.torch
 import torch
 from PIL import Image
 
-from detr_ray.checkpoint import CHECKPOINT_FILE, checkpoint_dict, load_checkpoint, save_checkpoint
+from detr_ray.checkpoint import (
+    CHECKPOINT_FILE,
+    checkpoint_dict,
+    initialise_from,
+    load_checkpoint,
+    save_checkpoint,
+)
 from detr_ray.config import ExperimentConfig
 from detr_ray.data.coco import CocoDetection
 from detr_ray.data.labels import LabelMap
 from detr_ray.data.transforms import build_transforms
 from detr_ray.dist import all_gather_objects
+from detr_ray.errors import CheckpointError, TrainingStopped
 from detr_ray.evaluation import evaluate
 from detr_ray.inference import describe_detections, detect_batch, draw_detections
-from detr_ray.model import build_model, initialise_from
-from detr_ray.train.engine import Engine, StepLog, TrainingStopped, seed_everything
+from detr_ray.losses import loss_names_by_term
+from detr_ray.model.build import build_model
+from detr_ray.train.engine import Engine, seed_everything
+from detr_ray.train.step_stats import StepLog
+
+if TYPE_CHECKING:
+    from detr_ray.tracking import RunTracker
 
 log = logging.getLogger(__name__)
 SCORE_METRIC = "val_AP"  # what CheckpointConfig ranks checkpoints by
@@ -47,61 +62,87 @@ def train_loop_per_worker(loop_config: dict) -> dict:
     # every core of the machine in each worker, and 2 workers on 2 cores fight.
     torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
     seed_everything(config.train.seed)  # the same initial weights on every worker
-    model = build_model(config.model)
+    detr = build_model(config.model)
     train_set, val_set = _datasets(config, label_map)
 
     start = _starting_checkpoint(config)
     if start is None and config.init.init_from:
-        loaded = initialise_from(model, config.init.init_from, label_map, config.init.class_head)
+        loaded = initialise_from(detr, config.init.init_from, label_map, config.init.class_head)
         if rank == 0:
             print(f"[detr-ray] fine-tuning: {loaded}", flush=True)
-    model = model.to(device)
+    model: torch.nn.Module = detr.to(device)
     if config.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     # Frozen batch-norm buffers never change: no need to broadcast them every step.
     model = ray.train.torch.prepare_model(  # [Ray] DDP (gloo on CPU, NCCL on GPU)
         model, parallel_strategy_kwargs={"forward_sync_buffers": False}
     )
     # Which node each rank runs on: shown and tracked, so a multi-node run is visible.
-    worker_nodes = all_gather_objects(ray.get_runtime_context().get_node_id())  # [Ray]
+    worker_nodes = [str(n) for n in all_gather_objects(ray.get_runtime_context().get_node_id())]
     engine = Engine(config, model, train_set, val_set, label_map, device)
     if start is not None:
         engine.load_checkpoint(start)
 
-    tracker = None
+    checkpoints = Checkpoints(config, engine, label_map, run_dir, start)
+    progress = None
     if rank == 0:
-        tracker = _tracker(config, run_dir, start)
-        tracker.set_tags({"detr_ray.worker_nodes": ",".join(worker_nodes)})
-        print(f"[detr-ray] {len(worker_nodes)} worker(s) on {len(set(worker_nodes))} node(s)",
-              flush=True)  # fmt: skip
-    reporter = _Reporter(config, engine, tracker, run_dir, rank, label_map, val_set, start)
-    if rank == 0 and start is not None:
-        print(f"[detr-ray] resumed at epoch {engine.state.epoch}, step {engine.state.global_step}")
+        progress = Progress(config, engine, _tracker(config, run_dir, start), label_map, val_set)
+        progress.tracker.set_tags({"detr_ray.worker_nodes": ",".join(worker_nodes)})
+        print(
+            f"[detr-ray] {len(worker_nodes)} worker(s) on {len(set(worker_nodes))} node(s)",
+            flush=True,
+        )
+        if start is not None:
+            print(
+                f"[detr-ray] resumed at epoch {engine.state.epoch}, "
+                f"step {engine.state.global_step}",
+                flush=True,
+            )
+
+    def report(evaluated: dict[str, float] | None) -> None:
+        """Checkpoint and report to Ray on every rank; rank 0 also tracks it."""
+        loss = progress.mean_loss_since_report() if progress else None
+        run_id = progress.tracker.run_id if progress else None
+        new_best = checkpoints.report(evaluated, loss=loss, mlflow_run_id=run_id)
+        if progress:
+            progress.on_report(checkpoints.best, new_best)
+
+    def evaluate() -> dict[str, float] | None:
+        results = engine.evaluate()  # every rank takes part
+        return progress.score(results) if progress else None
 
     try:
         while not engine.finished:
             engine.train_epoch(
-                on_log=reporter.on_log,
-                on_mid_epoch_report=lambda: reporter.report(evaluated=None),
-                should_fail=reporter.maybe_inject_failure,
+                on_log=progress.on_log if progress else lambda _: None,
+                on_mid_epoch_report=lambda: report(None),
+                should_fail=lambda step: _inject_failure_once(config, run_dir, rank, step),
             )
             epoch = engine.state.epoch
             due = epoch % config.train.eval_every == 0 or epoch == config.train.epochs
-            reporter.report(evaluated=reporter.evaluate() if due else None)
+            report(evaluate() if due else None)
     except TrainingStopped as stopped:
         # Every worker stops at the same step (skips are agreed on), so no
         # collective is left waiting. Returning (not raising) keeps Ray Train
         # from restarting into the same divergence.
-        if tracker is not None:
-            tracker.set_tags({"detr_ray.stopped": str(stopped)})
-            tracker.finish("FAILED")
-        return {"status": "stopped", "message": str(stopped), "worker_nodes": worker_nodes,
-                **reporter.summary()}  # fmt: skip
-    if tracker is not None:
-        tracker.log_loss_plot(config.model.num_decoder_layers)
-        tracker.finish("FINISHED")
-    return {"status": "completed", "message": "", "worker_nodes": worker_nodes,
-            **reporter.summary()}  # fmt: skip
+        if progress:
+            progress.tracker.set_tags({"detr_ray.stopped": str(stopped)})
+            progress.tracker.finish("FAILED")
+        return {
+            "status": "stopped",
+            "message": str(stopped),
+            "worker_nodes": worker_nodes,
+            **_summary(engine, checkpoints, progress),
+        }
+    if progress:
+        progress.tracker.log_loss_plot()
+        progress.tracker.finish("FINISHED")
+    return {
+        "status": "completed",
+        "message": "",
+        "worker_nodes": worker_nodes,
+        **_summary(engine, checkpoints, progress),
+    }
 
 
 # ---------------------------------------------------------------------- setup
@@ -120,20 +161,21 @@ def _log_detr_ray_info() -> None:
 
 def _datasets(config: ExperimentConfig, label_map: LabelMap):
     data = config.data
-    common = dict(label_map=label_map, on_bad_image=data.on_bad_image)
     train_set = CocoDetection(
         data.train_ann,
         data.train_images,
         build_transforms(data.augmentation, train=True),
+        label_map=label_map,
         filter_empty=data.filter_empty,
-        **common,
+        on_bad_image=data.on_bad_image,
     )
     val_set = CocoDetection(
         data.val_ann,
         data.val_images,
         build_transforms(data.augmentation, train=False),
+        label_map=label_map,
         max_images=data.val_max_images,
-        **common,
+        on_bad_image=data.on_bad_image,
     )
     return train_set, val_set
 
@@ -147,7 +189,7 @@ def _starting_checkpoint(config: ExperimentConfig) -> dict | None:
     if config.run.resume_from:
         loaded = load_checkpoint(config.run.resume_from)
         if "train_state" not in loaded:
-            raise ValueError(
+            raise CheckpointError(
                 f"run.resume_from {config.run.resume_from} has no training state (optimizer, "
                 "epoch); to start from its weights only, use model.init_from"
             )
@@ -167,6 +209,7 @@ def _tracker(config: ExperimentConfig, run_dir: Path, start: dict | None):
         config.run.storage_path,
         run_id=(start or {}).get("mlflow_run_id"),
         params=config.flat(),
+        loss_series=loss_names_by_term(config.model.num_decoder_layers),
     )
     if not tracker.resumed:
         tracker.log_text(config.to_yaml(), "config.yaml")
@@ -175,26 +218,108 @@ def _tracker(config: ExperimentConfig, run_dir: Path, start: dict | None):
     return tracker
 
 
-# ---------------------------------------------------------------------- reporting
-class _Reporter:
-    """Progress lines, MLflow logging (rank 0) and Ray reports (every rank)."""
+def _inject_failure_once(config: ExperimentConfig, run_dir: Path, rank: int, step: int) -> None:
+    """``debug.fail_once_at_step``: rank 0 raises once before that step (tests of restarts)."""
+    target = config.debug.fail_once_at_step
+    if target is None or step != target or rank != 0:
+        return
+    marker = run_dir / f".injected_failure_{target}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    raise RuntimeError(f"injected failure at step {step} (debug.fail_once_at_step)")
 
-    def __init__(self, config, engine: Engine, tracker, run_dir, rank, label_map, val_set, start):
-        self.config, self.engine, self.tracker = config, engine, tracker
-        self.run_dir, self.rank, self.label_map, self.val_set = run_dir, rank, label_map, val_set
-        self.started = time.perf_counter()
-        self.start_step = engine.state.global_step
-        self.logged_losses: list[float] = []  # since the last report (rank 0)
+
+# ---------------------------------------------------------------------- checkpoints
+class Checkpoints:
+    """Checkpoints and Ray reports (every rank calls :meth:`report`; rank 0 saves).
+
+    Keeps the best validation AP seen and where its checkpoint is, across restarts.
+    """
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        engine: Engine,
+        label_map: LabelMap,
+        run_dir: Path,
+        start: dict | None,
+    ):
+        self.config, self.engine, self.label_map, self.run_dir = config, engine, label_map, run_dir
         start = start or {}
         self.last_metrics: dict[str, float] = start.get("val_metrics", {})
         best = start.get("best_checkpoint")
-        self.best: tuple[float, str] | None = tuple(best) if best else None
-        if tracker is not None and not tracker.resumed:
+        self.best: tuple[float, str] | None = (float(best[0]), str(best[1])) if best else None
+
+    def report(
+        self,
+        evaluated: dict[str, float] | None,
+        loss: float | None = None,
+        mlflow_run_id: str | None = None,
+    ) -> bool:
+        """Report ``evaluated`` metrics (and ``loss``, the mean logged training
+        loss since the last report) with a checkpoint; returns whether it is the
+        new best."""
+        state = self.engine.state
+        name = f"epoch{state.epoch:04d}_step{state.global_step:07d}"
+        ap = evaluated.get("AP") if evaluated else None
+        score = ap if ap is not None and ap == ap else -1.0  # NaN/none: unranked
+        metrics = {"epoch": state.epoch, "global_step": state.global_step, SCORE_METRIC: score}
+        if evaluated:
+            metrics["val_AP50"] = evaluated.get("AP50", -1.0)
+        if loss is not None:
+            metrics["loss"] = loss
+        if self.engine.rank != 0:
+            ray.train.report(metrics, checkpoint=None)  # [Ray]
+            return False
+        new_best = evaluated is not None and (self.best is None or score > self.best[0])
+        if evaluated:
+            self.last_metrics = evaluated
+        if new_best:
+            self.best = (score, str(self.run_dir / name))
+        checkpoint = checkpoint_dict(
+            self.engine.module,
+            self.config.model,
+            self.label_map,
+            self.config.data.augmentation,
+            **self.engine.training_state(),
+            config=self.config.to_dict(),
+            mlflow_run_id=mlflow_run_id,
+            val_metrics=self.last_metrics,
+            best_checkpoint=list(self.best) if self.best else None,
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(checkpoint, Path(tmp) / CHECKPOINT_FILE)
+            ray.train.report(  # [Ray] persists the checkpoint to the run's storage
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=name,
+            )
+        return new_best
+
+
+# ---------------------------------------------------------------------- progress
+class Progress:
+    """Rank 0's view of the run: progress lines, MLflow metrics, images and plots."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        engine: Engine,
+        tracker: RunTracker,
+        label_map: LabelMap,
+        val_set: CocoDetection,
+    ):
+        self.config, self.engine, self.tracker = config, engine, tracker
+        self.label_map, self.val_set = label_map, val_set
+        self.started = time.perf_counter()
+        self.start_step = engine.state.global_step
+        self.logged_losses: list[float] = []  # since the last report
+        if not tracker.resumed:
             tracker.log_text(json.dumps(label_map.to_dict(), indent=2), "label_map.json")
 
     def on_log(self, step: StepLog) -> None:
-        if self.rank != 0:
-            return
         self.logged_losses.append(step.metrics["loss"])
         self.tracker.log_metrics(step.global_step, step.metrics)
         total = self.config.train.epochs * step.steps_per_epoch
@@ -209,71 +334,26 @@ class _Reporter:
             flush=True,
         )
 
-    def maybe_inject_failure(self, global_step: int) -> None:
-        target = self.config.debug.fail_once_at_step
-        if target is None or global_step != target or self.rank != 0:
-            return
-        marker = self.run_dir / f".injected_failure_{target}"
-        if marker.exists():
-            return
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-        raise RuntimeError(f"injected failure at step {global_step} (debug.fail_once_at_step)")
+    def mean_loss_since_report(self) -> float | None:
+        """The mean logged training loss since the last call (None if nothing was logged)."""
+        losses, self.logged_losses = self.logged_losses, []
+        return sum(losses) / len(losses) if losses else None
 
-    def evaluate(self) -> dict[str, float] | None:
-        results = self.engine.evaluate()  # every rank takes part
-        if self.rank != 0:
-            return None
-        metrics, _ = evaluate(self.val_set.coco, results, image_ids=self.val_set.image_ids)
-        step = self.engine.state.global_step
-        self.tracker.log_metrics(step, metrics, prefix="val/")
+    def score(self, results: list[dict] | None) -> dict[str, float]:
+        """COCO metrics of the gathered detections; logged, printed, with sample images."""
+        metrics, _ = evaluate(self.val_set.coco, results or [], image_ids=self.val_set.image_ids)
+        self.tracker.log_metrics(self.engine.state.global_step, metrics, prefix="val/")
         self._log_sample_images()
         shown = "  ".join(f"{k} {metrics[k]:.3f}" for k in ("AP", "AP50", "AP75", "AR100"))
         print(f"[detr-ray] epoch {self.engine.state.epoch} validation: {shown}", flush=True)
         return metrics
 
-    def report(self, evaluated: dict[str, float] | None) -> None:
-        """Checkpoint and report to Ray (every rank calls this)."""
-        state = self.engine.state
-        name = f"epoch{state.epoch:04d}_step{state.global_step:07d}"
-        ap = evaluated.get("AP") if evaluated else None
-        score = ap if ap is not None and ap == ap else -1.0  # NaN/none: unranked
-        metrics = {"epoch": state.epoch, "global_step": state.global_step, SCORE_METRIC: score}
-        if evaluated:
-            metrics["val_AP50"] = evaluated.get("AP50", -1.0)
-        if self.logged_losses:  # the mean logged training loss since the last report
-            metrics["loss"] = sum(self.logged_losses) / len(self.logged_losses)
-            self.logged_losses = []
-        if self.rank != 0:
-            ray.train.report(metrics, checkpoint=None)  # [Ray]
-            return
-        new_best = evaluated is not None and (self.best is None or score > self.best[0])
-        if evaluated:
-            self.last_metrics = evaluated
-        if new_best:
-            self.best = (score, str(self.run_dir / name))
-        checkpoint = checkpoint_dict(
-            self.engine.module,
-            self.config.model,
-            self.label_map,
-            self.config.data.augmentation,
-            **self.engine.training_state(),
-            config=self.config.to_dict(),
-            mlflow_run_id=self.tracker.run_id,
-            val_metrics=self.last_metrics,
-            best_checkpoint=list(self.best) if self.best else None,
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(checkpoint, Path(tmp) / CHECKPOINT_FILE)
-            ray.train.report(  # [Ray] persists the checkpoint to the run's storage
-                metrics,
-                checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                checkpoint_dir_name=name,
-            )
-        self.tracker.log_loss_plot(self.config.model.num_decoder_layers)
-        if new_best:
-            self.tracker.set_tags({"best_checkpoint": self.best[1], "best_val_AP": f"{score:.4f}"})
-            self.tracker.log_text(f"{self.best[1]}\nval AP {score:.4f}\n", "best_checkpoint.txt")
+    def on_report(self, best: tuple[float, str] | None, new_best: bool) -> None:
+        self.tracker.log_loss_plot()
+        if new_best and best is not None:
+            score, path = best
+            self.tracker.set_tags({"best_checkpoint": path, "best_val_AP": f"{score:.4f}"})
+            self.tracker.log_text(f"{path}\nval AP {score:.4f}\n", "best_checkpoint.txt")
 
     def _log_sample_images(self) -> None:
         count = min(self.config.tracking.log_images, len(self.val_set))
@@ -283,9 +363,9 @@ class _Reporter:
         model.eval()
         for index in range(count):
             sample = self.val_set[index]
-            if sample is None:
+            batch = None if sample is None else self.engine.collate([sample])
+            if batch is None:
                 continue
-            batch = self.engine.collate([sample])
             det = detect_batch(model, batch, top_k=None, score_threshold=0.5)[0]
             record = self.val_set.records[index]
             with Image.open(self.val_set.image_dir / record.file_name) as opened:
@@ -294,14 +374,19 @@ class _Reporter:
             self.tracker.log_image(drawn, f"val_images/image_{record.image_id}.png")
         model.train()
 
-    def summary(self) -> dict:
-        out = {"metrics": self.last_metrics, "epoch": self.engine.state.epoch,
-               "global_step": self.engine.state.global_step,
-               "skipped_steps": list(self.engine.state.skipped_steps)}  # fmt: skip
-        if self.tracker is not None:
-            out.update(mlflow_run_id=self.tracker.run_id, tracking_uri=self.tracker.uri,
-                       best_checkpoint=self.best[1] if self.best else None)  # fmt: skip
-        return out
+
+def _summary(engine: Engine, checkpoints: Checkpoints, progress: Progress | None) -> dict:
+    out: dict = {
+        "metrics": checkpoints.last_metrics,
+        "epoch": engine.state.epoch,
+        "global_step": engine.state.global_step,
+        "skipped_steps": list(engine.state.skipped_steps),
+    }
+    if progress is not None:
+        out["mlflow_run_id"] = progress.tracker.run_id
+        out["tracking_uri"] = progress.tracker.uri
+        out["best_checkpoint"] = checkpoints.best[1] if checkpoints.best else None
+    return out
 
 
 def _duration(seconds: float) -> str:

@@ -32,7 +32,8 @@ from typing import Any
 
 import yaml
 
-from detr_ray.config import ConfigError, ExperimentConfig, apply_overrides, read_yaml_file
+from detr_ray.config import ExperimentConfig, apply_overrides, read_yaml_file
+from detr_ray.errors import ConfigError
 
 RANGES = {"uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2}
 LISTS = ("choice", "grid")
@@ -77,8 +78,10 @@ class SearchSpace:
 
     def apply(self, base: dict, sampled: dict[str, Any]) -> ExperimentConfig:
         """``base`` (a config dict) with a trial's sampled values, validated."""
-        overrides = [f"{k}={yaml.safe_dump(v).strip().removesuffix('...').strip()}"
-                     for k, v in self.resolved_values(sampled).items()]  # fmt: skip
+        overrides = [
+            f"{k}={yaml.safe_dump(v).strip().removesuffix('...').strip()}"
+            for k, v in self.resolved_values(sampled).items()
+        ]
         try:
             return ExperimentConfig.from_dict(apply_overrides(base, overrides))
         except ConfigError as e:

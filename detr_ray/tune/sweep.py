@@ -27,10 +27,17 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from detr_ray.config import ConfigError, ExperimentConfig
-from detr_ray.jobs.client import check_cluster_address
+from detr_ray.cluster import check_cluster_address
+from detr_ray.config import ExperimentConfig
+from detr_ray.errors import ConfigError
 from detr_ray.tune.space import SearchSpace
+
+if TYPE_CHECKING:
+    import pandas
+
+    from detr_ray.tracking import SweepTracker
 
 SCHEDULERS = ("asha", "fifo")
 SEARCHERS = ("random", "optuna")
@@ -95,7 +102,7 @@ def run_sweep(
     base: ExperimentConfig, space: SearchSpace, options: SweepOptions, address: str | None = None
 ) -> SweepOutcome:
     """Run (or resume) a sweep of ``base`` over ``space`` to the end."""
-    from detr_ray.tracking import RunTracker, tracking_uri
+    from detr_ray.tracking import SweepTracker, tracking_uri
     from detr_ray.train.launcher import RAY_ENV_DEFAULTS, prepare_config
 
     check_cluster_address(address)  # before any slow work: an unreachable one fails now
@@ -103,7 +110,7 @@ def run_sweep(
     sweep_dir = Path(base.run.storage_path) / "sweeps" / options.name
     _check_resume(sweep_dir, options.resume)
     uri = tracking_uri(base.tracking.uri, base.run.storage_path)
-    parent = RunTracker(
+    parent = SweepTracker(
         uri,
         base.tracking.experiment,
         f"sweep {options.name}",
@@ -113,8 +120,10 @@ def run_sweep(
     )
     if not parent.resumed:
         parent.log_text(base.to_yaml(), "base_config.yaml")
-        parent.log_text(Path(space.source).read_text() if Path(space.source).is_file()
-                        else repr(space), "search_space.yaml")  # fmt: skip
+        parent.log_text(
+            Path(space.source).read_text() if Path(space.source).is_file() else repr(space),
+            "search_space.yaml",
+        )
         parent.set_tags({"detr_ray.sweep": options.name})
 
     for key, value in RAY_ENV_DEFAULTS.items():
@@ -138,8 +147,11 @@ def run_sweep(
         ),
         {"cpu": TRIAL_DRIVER_CPUS},
     )
-    print(f"[detr-ray] sweep {options.name!r} over {space.keys} ({space.source}); "
-          f"folder {sweep_dir}; MLflow parent run {parent.run_id}", flush=True)  # fmt: skip
+    print(
+        f"[detr-ray] sweep {options.name!r} over {space.keys} ({space.source}); "
+        f"folder {sweep_dir}; MLflow parent run {parent.run_id}",
+        flush=True,
+    )
     if options.resume:
         print("[detr-ray] resuming: finished trials are kept, the others run", flush=True)
         tuner = tune.Tuner.restore(
@@ -169,11 +181,11 @@ def run_sweep(
             ),
         )
     try:
-        grid = tuner.fit()
+        tuner.fit()
     except BaseException:
         parent.finish("FAILED")
         raise
-    return _finish(grid, base, space, options, sweep_dir, parent)
+    return _finish(base, space, options, sweep_dir, parent)
 
 
 def fit_trial_to_cluster(base: ExperimentConfig, cluster_cpus: float) -> ExperimentConfig:
@@ -192,16 +204,22 @@ def fit_trial_to_cluster(base: ExperimentConfig, cluster_cpus: float) -> Experim
             f"a trial needs scaling.num_workers={scaling.num_workers} workers but the cluster "
             f"has {cluster_cpus:g} CPUs: lower scaling.num_workers"
         )
-    print(f"[detr-ray] a trial asks for {need:g} CPUs, the cluster has {cluster_cpus:g}: "
-          f"scaling.cpus_per_worker {scaling.cpus_per_worker:g} -> {fitted:g}")  # fmt: skip
+    print(
+        f"[detr-ray] a trial asks for {need:g} CPUs, the cluster has {cluster_cpus:g}: "
+        f"scaling.cpus_per_worker {scaling.cpus_per_worker:g} -> {fitted:g}"
+    )
     return dataclasses.replace(base, scaling=dataclasses.replace(scaling, cpus_per_worker=fitted))
 
 
 # ---------------------------------------------------------------------- the trial
 def _trial(
-    params: dict, base: dict, space: SearchSpace, train_dir: str, tracking_uri: str,
+    params: dict,
+    base: dict,
+    space: SearchSpace,
+    train_dir: str,
+    tracking_uri: str,
     parent_run_id: str,
-) -> None:  # fmt: skip
+) -> None:
     """One trial: the sampled config trained by Ray Train, reported to Tune."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -237,7 +255,7 @@ def to_tune_space(space: SearchSpace) -> dict:
     return {p.key: makers[p.kind](*p.args) for p in space.params}
 
 
-def _scheduler(options: SweepOptions, max_epochs: int):
+def _scheduler(options: SweepOptions, max_epochs: int) -> Any:  # ASHAScheduler | None
     if options.scheduler == "fifo":
         return None
     from ray.tune.schedulers import ASHAScheduler
@@ -252,7 +270,7 @@ def _scheduler(options: SweepOptions, max_epochs: int):
     )
 
 
-def _searcher(options: SweepOptions, space: SearchSpace):
+def _searcher(options: SweepOptions, space: SearchSpace) -> Any:  # a Tune Searcher | None
     if options.search == "random":
         if options.seed is None:
             return None
@@ -262,8 +280,10 @@ def _searcher(options: SweepOptions, space: SearchSpace):
             random_state=options.seed, max_concurrent=options.max_concurrent or 0
         )
     if any(p.kind == "grid" for p in space.params):
-        raise ConfigError(f"{space.source}: --search optuna cannot sample 'grid' entries; "
-                          "use 'choice' or --search random")  # fmt: skip
+        raise ConfigError(
+            f"{space.source}: --search optuna cannot sample 'grid' entries; "
+            "use 'choice' or --search random"
+        )
     try:
         import optuna  # noqa: F401
     except ImportError:
@@ -275,7 +295,7 @@ def _searcher(options: SweepOptions, space: SearchSpace):
     return OptunaSearch(seed=options.seed)
 
 
-def _reporter(space: SearchSpace, options: SweepOptions):
+def _reporter(space: SearchSpace, options: SweepOptions) -> Any:  # ray.tune.CLIReporter
     from ray.tune import CLIReporter
 
     return CLIReporter(
@@ -283,7 +303,7 @@ def _reporter(space: SearchSpace, options: SweepOptions):
             "epoch": "epoch",
             options.metric: options.metric,
             "loss": "loss",
-        },  # fmt: skip
+        },
         parameter_columns={key: key for key in space.keys},
         max_report_frequency=15,
     )
@@ -309,29 +329,47 @@ def _sweep_params(space: SearchSpace, options: SweepOptions) -> dict:
 
 
 # ---------------------------------------------------------------------- the end
-def _finish(grid, base, space, options, sweep_dir, parent) -> SweepOutcome:
+def _finish(
+    base: ExperimentConfig,
+    space: SearchSpace,
+    options: SweepOptions,
+    sweep_dir: Path,
+    parent: SweepTracker,
+) -> SweepOutcome:
     """Results table, best config, plots; early-stopped children marked KILLED."""
+    from ray.tune import ExperimentAnalysis
+
     children = parent.child_runs()  # trial id (the child's run name) -> (run id, status)
     rows, interrupted = [], False
-    # ResultGrid keeps its trials (with their Tune status) in this order.
-    for trial, result in zip(grid._experiment_analysis.trials, grid):
-        metrics = result.metrics or {}
+    # Tune's public record of the sweep, read back from its folder: every trial
+    # with its status, sampled config, last result and metric history.
+    analysis = ExperimentAnalysis(str(sweep_dir))
+    for trial in analysis.trials:
+        metrics = trial.last_result or {}
         epochs = int(metrics.get("epoch", 0) or 0)
-        done = bool((trial.last_result or {}).get("done"))
+        done = bool(metrics.get("done"))
         status = _status(trial.status, done, epochs, base.train.epochs)
         interrupted |= status == "unfinished"
         run_id, run_status = children.get(trial.trial_id, (None, None))
         # Tune stops a trial right after the report that ends it (ASHA at max_t
         # too), often before its Train run closes its MLflow run: close it here.
-        if status == "stopped early" and run_status == "RUNNING":
+        if run_id is not None and run_status == "RUNNING" and status == "stopped early":
             parent.end_child(run_id, "KILLED", {"detr_ray.stopped_early": "true"})
-        elif status == "finished" and run_status == "RUNNING":
+        elif run_id is not None and run_status == "RUNNING" and status == "finished":
             parent.end_child(run_id, "FINISHED", {})
         sampled = {key: trial.config.get(key) for key in space.keys}
-        rows.append({"trial": trial.trial_id, "status": status, "epochs": epochs, **sampled,
-                     options.metric: _best_value(result.metrics_dataframe, options),
-                     "last_loss": metrics.get("loss"), "mlflow_run_id": run_id,
-                     "train_dir": str(sweep_dir / "train" / trial.trial_id)})  # fmt: skip
+        rows.append(
+            {
+                "trial": trial.trial_id,
+                "status": status,
+                "epochs": epochs,
+                **sampled,
+                options.metric: _best_value(analysis.trial_dataframes.get(trial.trial_id), options),
+                "last_loss": metrics.get("loss"),
+                "mlflow_run_id": run_id,
+                "train_dir": str(sweep_dir / "train" / trial.trial_id),
+            }
+        )
     ranked = [r for r in rows if r[options.metric] is not None]
     sign = 1 if options.mode == "max" else -1
     best = max(ranked, key=lambda r: sign * r[options.metric]) if ranked else None
@@ -345,12 +383,17 @@ def _finish(grid, base, space, options, sweep_dir, parent) -> SweepOutcome:
         best_config_path.write_text(best_config.to_yaml())
         parent.log_text(best_config.to_yaml(), "best_config.yaml")
         best["checkpoint"] = parent.child_tag(best["mlflow_run_id"], "best_checkpoint")
-        parent.set_tags({"best_trial": str(best["trial"]),
-                         f"best_{options.metric}": f"{best[options.metric]:.4f}"})  # fmt: skip
+        parent.set_tags(
+            {
+                "best_trial": str(best["trial"]),
+                f"best_{options.metric}": f"{best[options.metric]:.4f}",
+            }
+        )
     parent.log_sweep_plot(rows, space.keys, options.metric)
     parent.finish("KILLED" if interrupted else "FINISHED")
-    return SweepOutcome(sweep_dir, interrupted, rows, best, best_config_path, parent.run_id,
-                        parent.uri)  # fmt: skip
+    return SweepOutcome(
+        sweep_dir, interrupted, rows, best, best_config_path, parent.run_id, parent.uri
+    )
 
 
 def _status(tune_status: str, done: bool, epochs_done: int, epochs: int) -> str:
@@ -364,17 +407,20 @@ def _status(tune_status: str, done: bool, epochs_done: int, epochs: int) -> str:
     return "finished" if epochs_done >= epochs else "stopped early"
 
 
-def _best_value(history, options: SweepOptions) -> float | None:
+def _best_value(history: pandas.DataFrame | None, options: SweepOptions) -> float | None:
     if history is None or options.metric not in history:
         return None
-    values = [v for v in history[options.metric].tolist()
-              if v is not None and math.isfinite(v) and v >= 0]  # fmt: skip
+    values = [
+        v for v in history[options.metric].tolist() if v is not None and math.isfinite(v) and v >= 0
+    ]
     if not values:
         return None
     return max(values) if options.mode == "max" else min(values)
 
 
-def _best_config(base, space, best, options) -> ExperimentConfig:
+def _best_config(
+    base: ExperimentConfig, space: SearchSpace, best: dict, options: SweepOptions
+) -> ExperimentConfig:
     """The best trial's config as a normal run of its own."""
     config = space.apply(base.to_dict(), {key: best[key] for key in space.keys})
     return dataclasses.replace(

@@ -1,0 +1,82 @@
+"""detr-ray's checkpoint file: writing, safe reading, models and fine-tuning from files."""
+
+import pytest
+import torch
+
+from detr_ray.checkpoint import (
+    initialise_from,
+    load_checkpoint,
+    load_model,
+)
+from detr_ray.data.labels import LabelMap
+from detr_ray.errors import CheckpointError
+from detr_ray.model.build import build_model
+from detr_ray.model.config import preset_config
+from detr_ray.model.official import to_official_state_dict
+
+from conftest import SHAPE_LABELS as LABELS
+
+
+def test_checkpoint_round_trip_file_and_directory(tiny_checkpoint):
+    path, model = tiny_checkpoint
+    for where in (path, path.parent):
+        loaded = load_model(where)
+        assert loaded.label_map == LABELS and loaded.augmentation.val_scale == 64
+        for k, v in model.state_dict().items():
+            assert torch.equal(loaded.model.state_dict()[k], v)
+        assert not loaded.model.training
+
+
+def test_fine_tune_keeps_class_rows_by_category_id(tmp_path):
+    torch.manual_seed(0)
+    source_config = preset_config("detr_r18_tiny", num_classes=91)
+    source = build_model(source_config)
+    path = tmp_path / "official.pth"
+    torch.save({"model": to_official_state_dict(source)}, path)
+    target = build_model(preset_config("detr_r18_tiny", num_classes=2))
+    labels = LabelMap((18, 3), ("dog", "car"))  # COCO ids 18 and 3, in this order
+    initialise_from(target, path, labels, class_head="keep")
+    w, b = source.class_head.weight, source.class_head.bias
+    assert torch.equal(target.class_head.weight, torch.stack([w[18], w[3], w[91]]))
+    assert torch.equal(target.class_head.bias, torch.stack([b[18], b[3], b[91]]))
+    assert torch.equal(target.query_embed.weight, source.query_embed.weight)
+
+    fresh = build_model(preset_config("detr_r18_tiny", num_classes=2))
+    before = fresh.class_head.weight.detach().clone()
+    initialise_from(fresh, path, LabelMap((500, 501), ("x", "y")), class_head="reinit")
+    assert torch.equal(fresh.class_head.weight[:2], before[:2])
+    assert torch.equal(fresh.class_head.weight[2], w[91])
+    with pytest.raises(CheckpointError, match=r"no rows for category ids \[500\]"):
+        initialise_from(fresh, path, LabelMap((500,), ("x",)), class_head="keep")
+
+
+def test_fine_tune_from_an_incompatible_checkpoint_names_the_problem(tiny_checkpoint):
+    path, _ = tiny_checkpoint
+    other = build_model(preset_config("detr_r18_small", num_classes=3))
+    with pytest.raises(CheckpointError, match="does not fit the configured model"):
+        initialise_from(other, path, LABELS)
+
+
+def test_fine_tune_backbone_from_a_torchvision_file(tmp_path):
+    from test_backbone import _torchvision_keys
+    from torchvision_fixtures import formula_state_dict
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(formula_state_dict(_torchvision_keys(18)), path)
+    model = build_model(preset_config("detr_r18_tiny", num_classes=3, backbone_norm="frozen"))
+    assert "torchvision" in initialise_from(model, path, LABELS)
+    assert torch.equal(
+        model.backbone.layer3[1].conv2.weight,
+        torch.load(path, weights_only=True)["layer3.1.conv2.weight"],
+    )
+
+
+class _NotAllowed:
+    pass
+
+
+def test_arbitrary_pickles_are_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {}, "payload": _NotAllowed()}, path)
+    with pytest.raises(CheckpointError, match="cannot load checkpoint .*evil.pth"):
+        load_checkpoint(path)

@@ -28,7 +28,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 
 from detr_ray.losses import loss_names_by_term  # noqa: E402
-from detr_ray.tracking import RunTracker, tracking_uri  # noqa: E402
+from detr_ray.tracking import RunTracker  # noqa: E402
+from detr_ray.tracking_store import tracking_uri  # noqa: E402
 
 LAYERS = 6
 
@@ -38,8 +39,9 @@ def old_plot(tracker: RunTracker) -> None:
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, keys in zip(axes, tracker.loss_series.values()):
         for key in keys:
-            history = sorted((m.step, m.value) for m in tracker.client.get_metric_history(
-                tracker.run_id, key))  # fmt: skip
+            history = sorted(
+                (m.step, m.value) for m in tracker.client.get_metric_history(tracker.run_id, key)
+            )
             steps, values = zip(*history)
             ax.plot(steps, values, linewidth=1.2)
     figure.tight_layout()
@@ -65,12 +67,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         storage = Path(tmp)
-        tracker = RunTracker(tracking_uri(None, storage), "bench", "plot", storage / "r", storage,
-                             loss_series=series)  # fmt: skip
+        tracker = RunTracker(
+            tracking_uri(None, storage), "bench", "plot", storage / "r", storage, loss_series=series
+        )
         logged = 0
         for target in [int(p) for p in args.points.split(",")]:
-            batch = [Metric(key, 1.0 / (step + 1), 0, step) for step in range(logged, target)
-                     for key in keys]  # fmt: skip
+            batch = [
+                Metric(key, 1.0 / (step + 1), 0, step)
+                for step in range(logged, target)
+                for key in keys
+            ]
             for start in range(0, len(batch), 1000):
                 tracker.client.log_batch(tracker.run_id, metrics=batch[start : start + 1000])
             for step in range(logged, target):  # what log_metrics keeps in memory
@@ -85,8 +91,11 @@ def main() -> None:
             new_plot(tracker)
             new = time.perf_counter() - started
             rows.append((target, old, new))
-            print(f"N={target:>6} points/key: before {old:7.3f} s  after {new:6.3f} s  "
-                  f"ratio {old / new:5.1f}x", flush=True)  # fmt: skip
+            print(
+                f"N={target:>6} points/key: before {old:7.3f} s  after {new:6.3f} s  "
+                f"ratio {old / new:5.1f}x",
+                flush=True,
+            )
 
     (n0, old0, new0), (n1, old1, new1) = rows[0], rows[-1]
     per_point = (old1 - old0) / (n1 - n0)  # seconds per point per key-set, the growing part
@@ -102,8 +111,10 @@ def main() -> None:
     before = reports * fixed + per_point * final_points * reports / 2
     after = reports * max(new0, new1)
     print(f"\nper report, before: {fixed:.3f} s + {per_point * 1e6:.1f} us per logged point/key")
-    print(f"COCO 500 epochs: {total_steps:,} steps, {final_points:,} points per key at the end, "
-          f"{reports:,} reports")  # fmt: skip
+    print(
+        f"COCO 500 epochs: {total_steps:,} steps, {final_points:,} points per key at the end, "
+        f"{reports:,} reports"
+    )
     print(f"  plotting before: {before / 3600:.1f} h of rank 0's time (all workers wait)")
     print(f"  plotting after:  {after / 3600:.2f} h  ({before / after:.0f}x less)")
 

@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,19 +98,73 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint file or directory safely: tensors, plain containers,
     and the ``argparse.Namespace`` official checkpoints keep their ``args`` in.
-    Nothing else is unpickled."""
+    Nothing else is unpickled.
+
+    Raises:
+        CheckpointError: the file is missing, empty, truncated, not a PyTorch
+            file, or holds other Python objects (refused: unpickling them could
+            run code); the message says which and what to do.
+    """
     file = resolve_checkpoint_path(path)
+    problem = _file_problem(file)
+    if problem:
+        raise CheckpointError(f"checkpoint {file} {problem}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = _UNSAFE_GLOBAL.search(str(e))
+        if found is None:  # the weights-only unpickler met bytes that are no pickle
+            raise CheckpointError(
+                f"checkpoint {file} is not a PyTorch file (or is damaged): it does not unpickle"
+            ) from None
+        raise CheckpointError(
+            f"refused checkpoint {file}: it holds Python objects beyond tensors "
+            f"({found.group(1)}), and loading it could run code. Re-save it with "
+            "torch.save(model.state_dict(), PATH) (or a dict of tensors) where it was made."
+        ) from None
     except Exception as e:  # noqa: BLE001 - torch raises many kinds here
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(
-            f"cannot load checkpoint {file}: {type(e).__name__}: {first_line}"
+            f"cannot load checkpoint {file}: {type(e).__name__}: {first_line[:200]}; it is "
+            "damaged or not a PyTorch file"
         ) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint {file} holds a {type(checkpoint).__name__}, not a dict")
     return checkpoint
+
+
+def checkpoint_kind(checkpoint: Mapping) -> str:
+    """``"detr-ray"``, ``"official"`` (DETR), ``"torchvision"`` (a ResNet) or ``"unknown"``."""
+    if checkpoint.get("format") == FORMAT:
+        return "detr-ray"
+    if is_official_checkpoint(checkpoint):
+        return "official"
+    if is_torchvision_resnet(checkpoint):
+        return "torchvision"
+    return "unknown"
+
+
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _file_problem(file: Path) -> str | None:
+    """What is wrong with the bytes of ``file`` before torch sees them, if anything."""
+    size = file.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes): it was never written completely; use an earlier checkpoint"
+    with file.open("rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04":  # torch.save's zip container
+        if not zipfile.is_zipfile(file):
+            return (
+                f"is truncated or damaged ({size} bytes, its zip directory is missing): it was "
+                "not written or copied completely; use an earlier checkpoint"
+            )
+        return None
+    if head[:1] != b"\x80":  # torch's legacy format is a pickle (protocol 2+)
+        return "is not a PyTorch file (torch.save writes a zip archive or a pickle)"
+    return None
 
 
 @dataclass
@@ -120,13 +178,14 @@ class LoadedModel:
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """A model ready for inference (eval mode) from a detr-ray or official checkpoint."""
     checkpoint = load_checkpoint(path)
-    if is_official_checkpoint(checkpoint):
+    kind = checkpoint_kind(checkpoint)
+    if kind == "official":
         config = official_config(checkpoint["model"], checkpoint.get("args"))
         model = build_model(config)
         load_official_state_dict(model, checkpoint["model"])
         label_map = official_label_map(config.num_classes or 91)
         augmentation = AugmentationConfig()
-    elif checkpoint.get("format") == FORMAT:
+    elif kind == "detr-ray":
         if not isinstance(checkpoint.get("model_config"), dict):
             raise CheckpointError(f"detr-ray checkpoint {path} has no model_config")
         config = _settings(ModelConfig, checkpoint, "model_config", path)
@@ -139,10 +198,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
             ) from None
         label_map = LabelMap.from_dict(checkpoint["label_map"])
         augmentation = _settings(AugmentationConfig, checkpoint, "augmentation", path)
+    elif kind == "torchvision":
+        raise CheckpointError(
+            f"{path} is a torchvision ResNet state_dict (backbone weights only): it can start a "
+            "training run (model.init_from) but holds no detector to run"
+        )
     else:
         raise CheckpointError(
             f"{path} is neither a detr-ray checkpoint nor an official DETR checkpoint "
-            f"(top-level keys: {sorted(checkpoint)[:8]})"
+            f"(top-level keys: {sorted(map(str, checkpoint))[:8]})"
         )
     return LoadedModel(model.to(device).eval(), config, label_map, augmentation)
 
@@ -158,14 +222,15 @@ def initialise_from(
             categories, or ``"reinit"`` them (the no-object row is kept).
     """
     checkpoint = load_checkpoint(path)
-    if is_torchvision_resnet(checkpoint):
+    found = checkpoint_kind(checkpoint)
+    if found == "torchvision":
         load_torchvision_state_dict(model.backbone, checkpoint)
         return f"backbone from torchvision ResNet weights {path}"
-    if is_official_checkpoint(checkpoint):
+    if found == "official":
         state_dict = from_official_state_dict(checkpoint["model"])
         source = official_label_map(state_dict["class_head.weight"].shape[0] - 1)
         kind = "official DETR checkpoint"
-    elif checkpoint.get("format") == FORMAT:
+    elif found == "detr-ray":
         state_dict, source = dict(checkpoint["model"]), LabelMap.from_dict(checkpoint["label_map"])
         kind = "detr-ray checkpoint"
     else:

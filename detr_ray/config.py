@@ -42,7 +42,8 @@ class SyntheticDataConfig:
     def __post_init__(self):
         require(self.num_train >= 1, "num_train", self.num_train, ">= 1")
         require(self.num_val >= 1, "num_val", self.num_val, ">= 1")
-        require(self.size >= 16, "size", self.size, ">= 16 (pixels)")
+        require(16 <= self.size <= 4096, "size", self.size, "in [16, 4096] (pixels)")
+        require(self.num_train <= 1_000_000, "num_train", self.num_train, "<= 1,000,000")
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,7 @@ class DebugConfig:
 
     fail_once_at_step: int | None = None
     nan_at_steps: tuple[int, ...] = ()
+    fail_scoring: bool = False  # a DataError while scoring the first evaluation
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,11 @@ class ExperimentConfig:
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML experiment config and apply ``a.b=value`` overrides."""
     raw = read_yaml_file(path, "config file")
+    if raw == {}:
+        raise ConfigError(
+            f"config file {path} is empty; start from configs/shapes_tiny.yaml or "
+            "configs/coco_detr_r50.yaml (an empty file would train the defaults: 500 epochs)"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections")
     try:

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from detr_ray.errors import ConfigError
-from detr_ray.tracking import tracking_uri
+from detr_ray.tracking_store import check_tracking, tracking_uri
 
 READY_TIMEOUT_S = 60
 
@@ -24,6 +24,7 @@ def start_dashboard(uri: str | None, storage_path: str, port: int) -> subprocess
     uri = tracking_uri(uri, storage_path)
     if uri.startswith(("http://", "https://")):
         raise ConfigError(f"{uri} is an MLflow server already: open it in a browser")
+    check_tracking(uri)  # a scheme MLflow's server can open
     if uri.startswith("sqlite:///"):
         database = Path(uri[len("sqlite:///") :])
         if not database.is_file():

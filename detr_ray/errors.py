@@ -42,3 +42,10 @@ class TrainingStopped(DetrRayError):
     """
 
     exit_code = 1
+
+
+def error_kind(name: str) -> type[DetrRayError]:
+    """The user-facing error class called ``name`` (``DetrRayError`` if none is):
+    an error crosses a process boundary as its kind and message."""
+    kinds = {cls.__name__: cls for cls in DetrRayError.__subclasses__()}
+    return kinds.get(name, DetrRayError)

@@ -7,7 +7,9 @@ mapped back, ``[x, y, w, h]`` boxes), and COCOeval scores them.
 
 The metric dict holds COCOeval's 12 numbers under ``AP AP50 AP75 APs APm APl
 AR1 AR10 AR100 ARs ARm ARl`` (in [0, 1]; NaN where COCOeval prints -1, i.e.
-no ground truth in that area range) and per-class AP under ``AP/<name>``.
+no ground truth in that area range) and per-class AP under
+``AP/<category id>_<name>`` (the name made safe for MLflow; the id keeps two
+categories apart whose names differ only in characters MLflow refuses).
 
 In distributed evaluation each worker scores its shard; the per-image results
 are gathered to rank 0 (``torch.distributed``), duplicates that a padded
@@ -22,13 +24,14 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detr_ray.data.coco import coco_from_dict, load_coco_json
+from detr_ray.data.annotations import coco_from_dict, load_coco_json
 from detr_ray.data.labels import LabelMap
 from detr_ray.dist import all_gather_objects, is_main_process
 from detr_ray.errors import DataError
@@ -102,7 +105,7 @@ def evaluate(
         defined = per_class[per_class > -1]
         label = label_map.label_of(category_id)
         value = float(defined.mean()) if defined.size else math.nan
-        metrics[f"AP/{label_map.metric_name(label)}"] = value
+        metrics[f"AP/{category_id}_{label_map.metric_name(label)}"] = value
     return metrics, _summary_table(summary.getvalue())
 
 
@@ -128,24 +131,33 @@ def evaluate_results_file(
         raise DataError(f"results file {path}: {e}") from None
 
 
-def gather_image_results(local: Sequence[tuple[int, list[dict]]]) -> list[dict] | None:
-    """Every worker's ``(image_id, results)`` pairs -> rank 0's flat result list.
+@dataclass
+class GatheredResults:
+    """Every worker's detections, on rank 0: the COCO results and the ids of the
+    images that were run (an unreadable image skipped by every worker is not)."""
+
+    results: list[dict]
+    image_ids: list[int]
+
+
+def gather_image_results(local: Sequence[tuple[int, list[dict]]]) -> GatheredResults | None:
+    """Every worker's ``(image_id, results)`` pairs -> rank 0's :class:`GatheredResults`.
 
     An image scored by several workers (a padded distributed sampler repeats a
     few) counts once. Returns ``None`` on the other ranks. Without a process
-    group it is the flattened input.
+    group it is the input, flattened.
     """
     gathered = all_gather_objects(list(local))
     if not is_main_process():
         return None
-    seen: set[int] = set()
+    seen: dict[int, None] = {}  # insertion-ordered
     results: list[dict] = []
     for worker in gathered:
         for image_id, image_results in worker:  # type: ignore[attr-defined]
             if image_id not in seen:
-                seen.add(image_id)
+                seen[image_id] = None
                 results.extend(image_results)
-    return results
+    return GatheredResults(results, list(seen))
 
 
 def format_metrics(metrics: Mapping[str, float]) -> str:

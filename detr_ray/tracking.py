@@ -26,23 +26,26 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
+from detr_ray.tracking_store import artifact_root
+
 RUN_DIR_TAG = "detr_ray.run_dir"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests children under it
 MAX_PARAM_LENGTH = 6000
 
 
-def tracking_uri(configured: str | None, storage_path: str | os.PathLike) -> str:
-    """``configured``, or the default sqlite file in ``storage_path``."""
-    if configured:
-        return configured
-    return f"sqlite:///{Path(storage_path).expanduser().resolve() / 'mlflow.db'}"
-
-
-def artifact_root(uri: str, storage_path: str | os.PathLike) -> str | None:
-    """Where a new experiment keeps artifacts: beside a sqlite file, else the server's choice."""
-    if not uri.startswith("sqlite:"):
-        return None
-    return str(Path(storage_path).expanduser().resolve() / "mlartifacts")
+def fail_run(uri: str, experiment: str, run_dir: str | os.PathLike, message: str) -> None:
+    """Mark the run of ``run_dir`` (if it has one) FAILED with ``message`` as its
+    ``detr_ray.error`` tag; a run that never started tracking gets none."""
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return
+    runs = client.search_runs(
+        [found.experiment_id], filter_string=f"tags.`{RUN_DIR_TAG}` = '{run_dir}'", max_results=1
+    )
+    for run in runs:
+        client.set_tag(run.info.run_id, "detr_ray.error", message[:5000])
+        client.set_terminated(run.info.run_id, status="FAILED")
 
 
 class _TrackedRun:

@@ -75,8 +75,64 @@ class _NotAllowed:
     pass
 
 
-def test_arbitrary_pickles_are_refused(tmp_path):
-    path = tmp_path / "evil.pth"
+def _unsafe(path):
     torch.save({"model": {}, "payload": _NotAllowed()}, path)
-    with pytest.raises(CheckpointError, match="cannot load checkpoint .*evil.pth"):
+
+
+def _truncated(path):
+    torch.save({"model": {"w": torch.zeros(1000)}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+        (_truncated, r"is truncated or damaged \(\d+ bytes, its zip directory is missing\)"),
+        (lambda p: p.write_text("not a checkpoint"), "is not a PyTorch file"),
+        (lambda p: p.write_bytes(b"\x80" + bytes(range(200))), "is not a PyTorch file|damaged"),
+        (
+            _unsafe,
+            r"refused checkpoint .*evil.pth: it holds Python objects beyond tensors "
+            r"\(test_checkpoint._NotAllowed\), and loading it could run code. Re-save it with "
+            r"torch.save",
+        ),
+    ],
+    ids=["empty", "truncated", "text", "pickle-garbage", "unsafe"],
+)
+def test_unreadable_checkpoints_say_what_happened(tmp_path, write, message):
+    path = tmp_path / "evil.pth"
+    write(path)
+    with pytest.raises(CheckpointError, match=message) as error:
         load_checkpoint(path)
+    assert "weights_only=False" not in str(error.value)
+    assert "weights_only" not in str(error.value)
+
+
+def test_a_checkpoint_of_another_kind_is_named(tmp_path):
+    from test_backbone import _torchvision_keys
+    from torchvision_fixtures import formula_state_dict
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(formula_state_dict(_torchvision_keys(18)), path)
+    with pytest.raises(
+        CheckpointError, match="is a torchvision ResNet state_dict .*model.init_from"
+    ):
+        load_model(path)
+    unknown = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, unknown)
+    with pytest.raises(
+        CheckpointError, match=r"neither a detr-ray .*top-level keys: \['weights'\]"
+    ):
+        load_model(unknown)
+
+
+def test_stored_model_config_is_read_through_the_config_loader(tmp_path, tiny_checkpoint):
+    path, _ = tiny_checkpoint
+    checkpoint = load_checkpoint(path)
+    checkpoint["model_config"]["d_model"] = 63
+    broken = tmp_path / "broken.pt"
+    torch.save(checkpoint, broken)
+    with pytest.raises(CheckpointError, match="model_config.d_model must be positive and even"):
+        load_model(broken)

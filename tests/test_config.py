@@ -98,28 +98,29 @@ def test_malformed_files_and_overrides(tmp_path):
         apply_overrides({"train": {"epochs": 3}}, ["train.epochs.x=1"])
 
 
-def test_prepare_config_expands_home_and_pins_the_tracking_store(tmp_path, monkeypatch):
+def test_resolving_expands_home_and_pins_the_tracking_store(tmp_path, monkeypatch):
     """What a cluster job relies on: ``~`` is the running machine's home, and a head's
     MLFLOW_TRACKING_URI reaches the workers through the config (not their environment)."""
-    from detr_ray.train.launcher import prepare_config
+    from detr_ray.prepare import prepare_run, resolve_paths
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.5:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     small = ["data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.size=32"]
     config = load_config(CONFIGS / "shapes_tiny.yaml", [*small, "run.storage_path=~/runs"])
-    resolved, labels = prepare_config(config)
+    resolved = resolve_paths(config)
     assert resolved.run.storage_path == str(tmp_path / "home" / "runs")
     assert resolved.data.train_ann == str(
         tmp_path / "data" / "shapes8k" / "annotations" / "train.json"
     )
-    assert resolved.tracking.uri == "http://10.0.0.5:5000"
-    assert resolved.model.num_classes == labels.num_classes == 3
+    assert resolved.tracking.uri == "http://127.0.0.1:1"
     # A configured store wins over the environment; with neither, the default stays (sqlite).
     configured = load_config(CONFIGS / "shapes_tiny.yaml", [*small, "tracking.uri=http://m:1"])
-    assert prepare_config(configured)[0].tracking.uri == "http://m:1"
+    assert resolve_paths(configured).tracking.uri == "http://m:1"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert prepare_config(config)[0].tracking.uri is None
+    prepared = prepare_run(config)  # generates the small synthetic set, checks it
+    assert prepared.config.tracking.uri is None
+    assert prepared.config.model.num_classes == prepared.label_map.num_classes == 3
 
 
 def test_config_words_are_the_words_the_code_accepts():
@@ -155,11 +156,11 @@ def test_direct_construction_checks_like_loading():
 
 
 def test_command_line_defaults_are_the_dataclasses_defaults():
-    from detr_ray.cli import _build_parser
+    from detr_ray.cli import build_parser
     from detr_ray.config import RunConfig, SyntheticDataConfig
     from detr_ray.tune.sweep import SweepOptions
 
-    parse = _build_parser().parse_args
+    parse = build_parser().parse_args
     synth = parse(["data", "synth", "--out", "x"])
     assert (synth.train, synth.val, synth.size, synth.seed) == (
         SyntheticDataConfig.num_train,

@@ -7,7 +7,8 @@ from mlflow.tracking import MlflowClient
 
 from detr_ray.dashboard import start_dashboard
 from detr_ray.errors import ConfigError
-from detr_ray.tracking import RunTracker, tracking_uri
+from detr_ray.tracking import RunTracker
+from detr_ray.tracking_store import tracking_uri
 
 
 def _free_port() -> int:

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from pycocotools.cocoeval import COCOeval
 
 from detr_ray.cli import main as cli_main
-from detr_ray.data.coco import coco_from_dict, load_coco_json
+from detr_ray.data.annotations import coco_from_dict, load_coco_json
 from detr_ray.data.labels import LabelMap
 from detr_ray.data.synthetic import generate
 from detr_ray.errors import DataError
@@ -73,7 +73,7 @@ def test_ground_truth_as_predictions_scores_one(shapes):
     metrics, _ = evaluate(coco, _gt_as_results(coco))
     for name in ("AP", "AP50", "AP75", "AR100"):
         assert metrics[name] == pytest.approx(1.0)
-    for name in ("AP/circle", "AP/rectangle", "AP/triangle"):
+    for name in ("AP/1_circle", "AP/2_rectangle", "AP/3_triangle"):
         assert metrics[name] == pytest.approx(1.0)
 
 
@@ -106,7 +106,7 @@ def test_metrics_equal_cocoeval_run_directly(shapes):
             one.evaluate()
             one.accumulate()
             one.summarize()
-        assert metrics[f"AP/{category['name']}"] == pytest.approx(one.stats[0])
+        assert metrics[f"AP/{category['id']}_{category['name']}"] == pytest.approx(one.stats[0])
 
 
 def test_a_subset_of_images(shapes):
@@ -170,7 +170,7 @@ def _gather_worker(rank, init_file, shards, out_dir):
     try:
         merged = gather_image_results(shards[rank])
         with open(os.path.join(out_dir, f"gathered{rank}.json"), "w") as f:
-            json.dump(merged, f)
+            json.dump(None if merged is None else [merged.results, merged.image_ids], f)
         # Both ranks meet before teardown: a rank that destroys its gloo group
         # while the other still talks to it aborts the process (SIGABRT).
         dist.barrier()
@@ -197,8 +197,10 @@ def test_distributed_gather_deduplicates_padded_images(shapes, tmp_path):
         join=True,
         start_method="spawn",
     )
-    gathered = json.loads((tmp_path / "gathered0.json").read_text())
+    gathered, gathered_ids = json.loads((tmp_path / "gathered0.json").read_text())
     assert json.loads((tmp_path / "gathered1.json").read_text()) is None
+    # every image once, in the order the ranks ran them
+    assert gathered_ids == image_ids[0::2] + image_ids[1::2]
     assert sorted(json.dumps(r, sort_keys=True) for r in gathered) == sorted(
         json.dumps(r, sort_keys=True) for r in results
     )

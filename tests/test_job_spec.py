@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from detr_ray.cli import _build_parser, main
+from detr_ray.cli import build_parser, main
 from detr_ray.errors import ConfigError
 from detr_ray.jobs.spec import (
     check_entrypoint,
@@ -35,7 +35,7 @@ def test_the_three_shipped_specs_exist_and_pass_every_check_from_the_repository_
         "train_coco_r50.yaml",
         "sweep_costs.yaml",
     }
-    parse_args = _build_parser().parse_args
+    parse_args = build_parser().parse_args
     for path in SHIPPED:
         spec = load_job_spec(path)
         check_entrypoint(spec, parse_args, cwd=ROOT)  # config, --set keys, storage path
@@ -43,7 +43,7 @@ def test_the_three_shipped_specs_exist_and_pass_every_check_from_the_repository_
         assert spec.metadata["project"] == "detr-ray"
         assert spec.submit_kwargs()["entrypoint"] == spec.entrypoint
     coco = load_job_spec(ROOT / "jobs" / "train_coco_r50.yaml")
-    args = _build_parser().parse_args(shlex.split(coco.entrypoint)[1:])
+    args = build_parser().parse_args(shlex.split(coco.entrypoint)[1:])
     assert (args.num_workers, args.gpu) == (8, True)
 
 
@@ -84,10 +84,10 @@ def test_a_remote_working_dir_is_not_looked_for_locally(tmp_path):
         "entrypoint: detr-ray train configs/c.yaml\n"
         "runtime_env: {working_dir: 's3://bucket/code.zip'}\n"
     )
-    check_entrypoint(spec, _build_parser().parse_args, cwd=tmp_path)  # no configs/ here
+    check_entrypoint(spec, build_parser().parse_args, cwd=tmp_path)  # no configs/ here
     bad_flags = parse("entrypoint: detr-ray train\nruntime_env: {working_dir: 's3://b/c.zip'}\n")
     with pytest.raises(ConfigError, match="arguments do not parse"):
-        check_entrypoint(bad_flags, _build_parser().parse_args, cwd=tmp_path)
+        check_entrypoint(bad_flags, build_parser().parse_args, cwd=tmp_path)
 
 
 def test_an_unknown_key_is_named_with_a_suggestion():
@@ -126,7 +126,7 @@ def _repo_like(tmp_path: Path, storage: str) -> Path:
 
 
 def test_entrypoint_checks_catch_what_would_fail_on_the_cluster(tmp_path):
-    parse_args = _build_parser().parse_args
+    parse_args = build_parser().parse_args
     repo = _repo_like(tmp_path, "runs")
     uploaded = parse("entrypoint: detr-ray train configs/c.yaml\nruntime_env: {working_dir: .}\n")
     # A relative storage path would live in Ray's temporary copy of working_dir.

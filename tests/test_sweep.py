@@ -31,6 +31,7 @@ from experiments import tiny_experiment
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
+ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 GRID = [1.0, 4.0, 8.0, 16.0]
 
@@ -184,3 +185,95 @@ def test_resuming_a_missing_sweep_or_reusing_a_name_is_an_error(tmp_path):
         run_sweep(base, space, SweepOptions(name="taken"))
     with pytest.raises(ConfigError, match="--metric must be one of"):
         SweepOptions(name="x", metric="AP")
+
+
+def _scaling(**values):
+    from detr_ray.config import ScalingConfig
+
+    return ScalingConfig(**values)
+
+
+def test_trials_at_once_counts_whole_trials_on_cpu_and_gpu_clusters():
+    from detr_ray.errors import ConfigError
+    from detr_ray.tune.sweep import trials_at_once
+
+    # CPU: 2 workers x 0.99 CPU + 0.01 for the trial itself = 1.99 CPUs a trial
+    small = _scaling(num_workers=2, cpus_per_worker=0.99)
+    assert trials_at_once(small, {"CPU": 2.0}, None)[0] == 1
+    assert trials_at_once(small, {"CPU": 4.0}, None)[0] == 2  # 4 / 1.99
+    assert trials_at_once(small, {"CPU": 3.97}, None)[0] == 1
+    at_once, why = trials_at_once(small, {"CPU": 16.0}, None)
+    assert at_once == 8 and "each needs 1.99 CPUs (2 workers x 0.99 + 0.01)" in why
+    # --max-concurrent lowers it, never raises it (and says so)
+    assert trials_at_once(small, {"CPU": 16.0}, 3)[0] == 3
+    at_once, why = trials_at_once(small, {"CPU": 4.0}, 5)
+    assert at_once == 2 and "--max-concurrent 5 lowered to 2" in why
+    # GPU: whichever runs out first; 8 GPUs hold two 4-worker trials
+    gpu = _scaling(num_workers=4, cpus_per_worker=4.0, use_gpu=True)
+    assert trials_at_once(gpu, {"CPU": 64.0, "GPU": 8.0}, None)[0] == 2
+    assert trials_at_once(gpu, {"CPU": 20.0, "GPU": 8.0}, None)[0] == 1  # 16.01 CPUs a trial
+    at_once, why = trials_at_once(gpu, {"CPU": 64.0, "GPU": 15.0}, None)
+    assert at_once == 3 and "and 4 GPUs" in why and "15 GPUs" in why
+    with pytest.raises(ConfigError, match=r"one trial needs 16.01 CPUs .* and 4 GPUs but the "):
+        trials_at_once(gpu, {"CPU": 64.0, "GPU": 3.0}, None)
+
+
+def test_a_sweep_without_max_concurrent_fits_the_machine(tmp_path):
+    """The issue's command (3 trials of 2 workers each, no --max-concurrent) on this
+    2-CPU machine: one trial at a time, all three finish (no worker-group deadlock)."""
+    storage = tmp_path / "runs"
+    command = [
+        sys.executable,
+        "-m",
+        "detr_ray.cli",
+        "tune",
+        str(ROOT / "configs" / "shapes_tiny.yaml"),
+        "--space",
+        str(ROOT / "tune_spaces" / "bg_cls_weight.yaml"),
+        "--num-samples",
+        "3",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.max_steps_per_epoch=2",
+        "--set",
+        f"run.storage_path={storage}",
+        "--set",
+        f"data.synthetic.root={tmp_path / 'shapes'}",
+        "--set",
+        f"data.train_ann={tmp_path / 'shapes/annotations/train.json'}",
+        "--set",
+        f"data.train_images={tmp_path / 'shapes/train'}",
+        "--set",
+        f"data.val_ann={tmp_path / 'shapes/annotations/val.json'}",
+        "--set",
+        f"data.val_images={tmp_path / 'shapes/val'}",
+        "--set",
+        "data.synthetic.num_train=64",
+        "--set",
+        "data.synthetic.num_val=8",
+        "--set",
+        "tracking.log_images=0",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    out = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    cpus = os.cpu_count() or 1
+    if cpus >= 2.01:  # the trial fits as configured: 2 workers x 1 CPU
+        expected = f"{int(cpus // 2.01)} trial(s) at once: each needs 2.01 CPUs (2 workers x 1 "
+    else:  # 2 CPUs: the workers are given 0.99 CPU each so that one trial fits
+        expected = "1 trial(s) at once: each needs 1.99 CPUs (2 workers x 0.99 "
+    assert expected in out.stdout, out.stdout[-2000:]
+    lines = [x for x in out.stdout.splitlines() if x.startswith("  ") and "finished" in x]
+    assert len(lines) == 3, out.stdout[-2000:]
+    # each trial logged every decoder layer's losses at its epochs' last steps
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("detr-ray")
+    children = client.search_runs([experiment.experiment_id], "tags.`mlflow.parentRunId` != ''")
+    assert len(children) == 3
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "d0.loss_cls")]
+        assert sorted(steps) == [2, 4]
+        assert "val/AP" in child.data.metrics

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from detr_ray.checkpoint import load_checkpoint
 from detr_ray.config import ExperimentConfig
 from detr_ray.data.synthetic import generate
-from detr_ray.errors import TrainingStopped
+from detr_ray.errors import DataError, TrainingStopped
 from detr_ray.losses import loss_names
 from detr_ray.train.launcher import run_training
 
@@ -180,3 +180,28 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(shapes, tmp_path, caplog
     assert run.info.status == "FAILED" and "step 8" in run.data.tags["detr_ray.stopped"]
     history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
     assert 2 not in history and math.isfinite(history[3])
+
+
+def test_an_evaluation_error_keeps_the_epoch_and_is_not_retried(shapes, tmp_path):
+    # The first evaluation fails with a data error: the epoch's checkpoint is
+    # written first, and Ray's restarts (max_failures 2) do not train again
+    # into the same error: no epoch-2 checkpoint appears.
+    config = tiny_config(
+        shapes,
+        tmp_path,
+        "evalfails",
+        train={"epochs": 2},
+        run={"max_failures": 2},
+        debug={"fail_scoring": True},
+    )
+    with pytest.raises(
+        DataError, match=r"injected data error while scoring \(debug.fail_scoring\)"
+    ):
+        run_training(config)
+    run_dir = tmp_path / "runs" / "evalfails"
+    kept = sorted(p.name for p in run_dir.glob("epoch*"))
+    assert kept == ["epoch0001_step0000004"]
+    assert (run_dir / kept[0] / "checkpoint.pt").is_file()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("detr-ray").experiment_id])
+    assert run.info.status == "FAILED" and "injected" in run.data.tags["detr_ray.error"]

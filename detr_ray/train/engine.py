@@ -30,7 +30,7 @@ from detr_ray.config import ExperimentConfig, LossConfig, MatcherConfig
 from detr_ray.data.collate import Batch, PadCollate
 from detr_ray.data.labels import LabelMap
 from detr_ray.errors import TrainingStopped
-from detr_ray.evaluation import gather_image_results, to_coco_results
+from detr_ray.evaluation import GatheredResults, gather_image_results, to_coco_results
 from detr_ray.inference import detect_batch
 from detr_ray.losses import SetCriterion, loss_names
 from detr_ray.matching import FlatTargets, HungarianMatcher
@@ -223,7 +223,10 @@ class Engine:
             result = self.train_step(batch)
             state.global_step += 1
             state.step_in_epoch += 1
-            if state.global_step % config.train.log_every == 0:
+            last_of_epoch = state.step_in_epoch >= self.steps_per_epoch
+            # Every log_every steps, and always at an epoch's end: a run shorter
+            # than log_every still has its per-layer loss history.
+            if state.global_step % config.train.log_every == 0 or last_of_epoch:
                 on_log(self._step_log(result, window))
                 window = _Window()
             if config.train.report_every and state.global_step % config.train.report_every == 0:
@@ -336,9 +339,10 @@ class Engine:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self) -> list[dict] | None:
+    def evaluate(self) -> GatheredResults | None:
         """Detections of this worker's shard of the validation set, gathered to
-        rank 0 as COCO results (``None`` on other ranks)."""
+        rank 0 as COCO results with the ids of the images run (``None`` on other
+        ranks). A collective: every rank calls it."""
         sampler: DistributedSampler = DistributedSampler(
             self.val_set, self.world_size, self.rank, shuffle=False
         )

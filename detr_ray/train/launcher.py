@@ -1,24 +1,26 @@
-"""The driver side of training: prepare the config, run a ``TorchTrainer``, summarise.
+"""The driver side of training: check and prepare the config, run a ``TorchTrainer``.
 
-``run_training(config)`` resolves paths, generates the synthetic dataset if the
-config asks for it and it is missing, takes the number of classes from the
-training annotations, starts (or joins) Ray, and runs
+``run_training(config)`` checks everything that can be checked before Ray
+starts (:func:`detr_ray.prepare.prepare_run`: paths, checkpoints, the tracking
+store, the storage path, the datasets), starts (or joins) Ray, and runs
 :func:`~detr_ray.train.worker.train_loop_per_worker` on ``scaling.num_workers``
 workers. The same ``run.name`` in the same ``run.storage_path`` resumes from
 the run's latest checkpoint.
+A user-facing error inside a worker is not retried into the same failure
+(see :mod:`detr_ray.train.fatal`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import socket
 from pathlib import Path
 
 from detr_ray.cluster import check_cluster_address
 from detr_ray.config import ExperimentConfig
-from detr_ray.data.coco import load_coco_json
-from detr_ray.data.labels import LabelMap
-from detr_ray.errors import ConfigError, TrainingStopped
+from detr_ray.errors import TrainingStopped, error_kind
+from detr_ray.prepare import PreparedRun, check_cluster_gpus, prepare_run
+from detr_ray.train.fatal import clear_fatal_error, read_fatal_error
 
 # Quiet, single-copy worker output; no usage reporting. Users may override.
 RAY_ENV_DEFAULTS = {
@@ -29,75 +31,30 @@ RAY_ENV_DEFAULTS = {
 }
 
 
-def prepare_config(config: ExperimentConfig) -> tuple[ExperimentConfig, LabelMap]:
-    """Absolute paths, the synthetic dataset if needed, ``model.num_classes``, the store.
-
-    Paths may start with ``~`` (the home directory of the machine that runs this:
-    inside a cluster job, the head's). ``tracking.uri`` null takes MLflow's
-    ``MLFLOW_TRACKING_URI`` from the environment, if set.
-    """
-    data = config.data
-    if data.synthetic is not None and not Path(data.train_ann).expanduser().is_file():
-        from detr_ray.data.synthetic import generate
-
-        s = data.synthetic
-        print(f"[detr-ray] generating the synthetic dataset in {s.root} (missing)", flush=True)
-        generate(Path(s.root).expanduser(), s.num_train, s.num_val, size=s.size, seed=s.seed)
-    data = dataclasses.replace(
-        data,
-        train_ann=_absolute(data.train_ann),
-        train_images=_absolute(data.train_images),
-        val_ann=_absolute(data.val_ann),
-        val_images=_absolute(data.val_images),
-    )
-    run = dataclasses.replace(
-        config.run,
-        storage_path=_absolute(config.run.storage_path),
-        resume_from=_absolute_or_none(config.run.resume_from),
-    )
-    init = dataclasses.replace(config.init, init_from=_absolute_or_none(config.init.init_from))
-    # Pinned here: workers on other nodes need not share the driver's environment.
-    tracking = dataclasses.replace(
-        config.tracking, uri=config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or None
-    )
-    label_map = LabelMap.from_categories(load_coco_json(data.train_ann)["categories"])
-    num_classes = config.model.num_classes
-    if num_classes is None:
-        num_classes = label_map.num_classes
-    elif num_classes < label_map.num_classes:
-        raise ConfigError(
-            f"model.num_classes is {num_classes} but {data.train_ann} has "
-            f"{label_map.num_classes} categories; leave it null to use theirs"
-        )
-    model = dataclasses.replace(config.model, num_classes=num_classes)
-    resolved = dataclasses.replace(
-        config, data=data, run=run, init=init, model=model, tracking=tracking
-    )
-    return resolved, label_map
-
-
-def _absolute(path: str) -> str:
-    return str(Path(path).expanduser().resolve())
-
-
-def _absolute_or_none(path: str | None) -> str | None:
-    return None if path is None else _absolute(path)
-
-
-def run_training(
-    config: ExperimentConfig, address: str | None = None, callbacks: list | None = None
-) -> dict:
-    """Train to the end (or resume and finish); returns the rank-0 worker's summary.
+def run_training(config: ExperimentConfig, address: str | None = None) -> dict:
+    """Check, then train to the end (or resume and finish); returns rank 0's summary.
 
     Raises:
+        DetrRayError: a check failed (nothing was started or written), or a
+            worker met a user-facing error (its kind is kept).
         TrainingStopped: the run stopped itself (e.g. diverged), or its workers
             kept failing beyond ``run.max_failures``; checkpoints are kept.
+    """
+    check_cluster_address(address)  # before any slow work: an unreachable one fails now
+    prepared = prepare_run(config, local_cluster=address in (None, "auto", "local"))
+    return launch(prepared, address=address)
+
+
+def launch(
+    prepared: PreparedRun, address: str | None = None, callbacks: list | None = None
+) -> dict:
+    """Run a :class:`PreparedRun` on Ray Train (a sweep's trial starts here:
+    its driver checked the config once for every trial).
 
     ``callbacks`` go to Ray Train's ``RunConfig`` (a sweep passes Tune's
     ``TuneReportCallback`` to forward every report to its trial).
     """
-    check_cluster_address(address)  # before any slow work: an unreachable one fails now
-    config, label_map = prepare_config(config)
+    config, label_map = prepared.config, prepared.label_map
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
 
@@ -107,10 +64,12 @@ def run_training(
 
     from detr_ray.train.worker import SCORE_METRIC, train_loop_per_worker
 
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True)
-    run_dir = Path(config.run.storage_path) / config.run.name
+    init_ray(address)
     scaling = config.scaling
+    if scaling.use_gpu:
+        check_cluster_gpus(scaling.num_workers, ray.cluster_resources())
+    run_dir = Path(config.run.storage_path) / config.run.name
+    clear_fatal_error(run_dir)  # an earlier run's, whose cause the user has fixed
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -148,19 +107,58 @@ def run_training(
         result = trainer.fit()
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
-            f"interrupted; checkpoints are in {run_dir}. Run the same command again "
-            "(same run.name and run.storage_path) to resume from the latest one."
+            f"interrupted; {_kept(run_dir)}. Run the same command again (same run.name and "
+            "run.storage_path) to resume from the latest one."
         ) from None
     except ray.train.TrainingFailedError as e:
+        fatal = read_fatal_error(run_dir)
+        if fatal is not None:  # the attempt that read it ended too: say it once
+            raise fatal from None
         raise TrainingStopped(
-            f"training failed after {config.run.max_failures} restart(s): {e}. Checkpoints "
-            f"in {run_dir} are kept; fix the cause and run again to resume."
+            f"training failed after {config.run.max_failures} restart(s): {e}. {_kept(run_dir)};"
+            " fix the cause and run again to resume."
         ) from None
     outcome = dict(result.return_value or {})
     outcome["latest_checkpoint"] = result.checkpoint.path if result.checkpoint else None
     outcome["run_dir"] = str(run_dir)
+    if outcome.get("status") == "error":
+        raise error_kind(outcome.get("kind", ""))(outcome["message"])
     if outcome.get("status") == "stopped":
-        raise TrainingStopped(
-            f"{outcome['message']} Latest checkpoint: {outcome['latest_checkpoint']}"
-        )
+        raise TrainingStopped(f"{outcome['message']} {_kept(run_dir)}")
     return outcome
+
+
+def init_ray(address: str | None) -> None:
+    """Join the Ray cluster at ``address``, or start one on this machine (``None``).
+
+    A cluster started here gets its dashboard on a free port chosen here, and
+    every Ray worker of the job learns it (``RAY_API_SERVER_ADDRESS`` in the
+    job's runtime env). Ray Train 2.60's placement-group cleaner asks the State
+    API of "the" local Ray; with a second Ray instance on the machine (another
+    run, a notebook) it finds two, gives up, and a Train run that Tune stopped
+    keeps its workers' CPUs reserved forever: the next trial never starts.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address not in (None, "auto", "local"):
+        ray.init(address=address, log_to_driver=True)
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray.init(
+        include_dashboard=True,
+        dashboard_port=port,
+        log_to_driver=True,
+        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+    )
+
+
+def _kept(run_dir: Path) -> str:
+    """Where the run's checkpoints are, or that there are none yet."""
+    kept = sorted(p.name for p in run_dir.glob("epoch*_step*") if p.is_dir())
+    if not kept:
+        return f"no checkpoint was written (run folder {run_dir})"
+    return f"checkpoints are kept in {run_dir} (latest {kept[-1]})"

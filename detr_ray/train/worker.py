@@ -34,42 +34,54 @@ from detr_ray.data.coco import CocoDetection
 from detr_ray.data.labels import LabelMap
 from detr_ray.data.transforms import build_transforms
 from detr_ray.dist import all_gather_objects
-from detr_ray.errors import CheckpointError, TrainingStopped
-from detr_ray.evaluation import evaluate
+from detr_ray.errors import CheckpointError, DataError, DetrRayError, TrainingStopped
+from detr_ray.evaluation import GatheredResults, evaluate
 from detr_ray.inference import describe_detections, detect_batch, draw_detections
 from detr_ray.losses import loss_names_by_term
 from detr_ray.model.build import build_model
 from detr_ray.train.engine import Engine, seed_everything
+from detr_ray.train.fatal import read_fatal_error, write_fatal_error
 from detr_ray.train.step_stats import StepLog
 
 if TYPE_CHECKING:
     from detr_ray.tracking import RunTracker
 
 log = logging.getLogger(__name__)
-SCORE_METRIC = "val_AP"  # what CheckpointConfig ranks checkpoints by
+SCORE_METRIC = "val/AP"  # what CheckpointConfig ranks checkpoints by (as MLflow names it)
 
 
 def train_loop_per_worker(loop_config: dict) -> dict:
-    """Train; returns (on rank 0) ``{"status", "message", "mlflow_run_id", "metrics", ...}``."""
+    """Train; returns (on rank 0) ``{"status", "message", "mlflow_run_id", "metrics", ...}``.
+
+    ``status`` is ``completed``, ``stopped`` (the run stopped itself, e.g. it
+    diverged) or ``error`` (a user-facing error, with its ``kind``).
+    """
     _log_detr_ray_info()
     config = ExperimentConfig.from_dict(loop_config["experiment"])
     label_map = LabelMap.from_dict(loop_config["label_map"])
     run_dir = Path(loop_config["run_dir"])
     rank = ray.train.get_context().get_world_rank()  # [Ray]
     device = ray.train.torch.get_device()  # [Ray]
+    fatal = read_fatal_error(run_dir)  # an earlier attempt met an error a restart cannot fix
+    if fatal is not None:
+        return _ended_by(fatal, config, run_dir, rank)
 
     # One intra-op thread per CPU this worker was given: torch otherwise takes
     # every core of the machine in each worker, and 2 workers on 2 cores fight.
     torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
-    seed_everything(config.train.seed)  # the same initial weights on every worker
-    detr = build_model(config.model)
-    train_set, val_set = _datasets(config, label_map)
+    # Everything that reads the user's files happens before the first collective,
+    # and every rank learns whether any rank failed: they end together.
+    inputs, error = None, None
+    try:
+        inputs = _read_inputs(config, label_map, rank)
+    except DetrRayError as e:
+        error = e
+    errors = [e for e in all_gather_objects(error) if e is not None]
+    if errors or inputs is None:
+        first = errors[0] if errors else DetrRayError("a worker could not read its inputs")
+        return _ended_by(first, config, run_dir, rank)  # type: ignore[arg-type]
+    detr, train_set, val_set, start = inputs
 
-    start = _starting_checkpoint(config)
-    if start is None and config.init.init_from:
-        loaded = initialise_from(detr, config.init.init_from, label_map, config.init.class_head)
-        if rank == 0:
-            print(f"[detr-ray] fine-tuning: {loaded}", flush=True)
     model: torch.nn.Module = detr.to(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -107,10 +119,16 @@ def train_loop_per_worker(loop_config: dict) -> dict:
         if progress:
             progress.on_report(checkpoints.best, new_best)
 
-    def evaluate() -> dict[str, float] | None:
-        results = engine.evaluate()  # every rank takes part
-        return progress.score(results) if progress else None
+    def evaluate_and_report() -> None:
+        gathered = engine.evaluate()  # every rank takes part
+        try:
+            evaluated = progress.score(gathered) if progress else None
+        except BaseException:
+            report(None)  # the epoch's checkpoint first (unranked): no training is lost
+            raise
+        report(evaluated)
 
+    summary: dict = {"worker_nodes": worker_nodes}
     try:
         while not engine.finished:
             engine.train_epoch(
@@ -119,8 +137,10 @@ def train_loop_per_worker(loop_config: dict) -> dict:
                 should_fail=lambda step: _inject_failure_once(config, run_dir, rank, step),
             )
             epoch = engine.state.epoch
-            due = epoch % config.train.eval_every == 0 or epoch == config.train.epochs
-            report(evaluate() if due else None)
+            if epoch % config.train.eval_every == 0 or epoch == config.train.epochs:
+                evaluate_and_report()
+            else:
+                report(None)
     except TrainingStopped as stopped:
         # Every worker stops at the same step (skips are agreed on), so no
         # collective is left waiting. Returning (not raising) keeps Ray Train
@@ -128,21 +148,21 @@ def train_loop_per_worker(loop_config: dict) -> dict:
         if progress:
             progress.tracker.set_tags({"detr_ray.stopped": str(stopped)})
             progress.tracker.finish("FAILED")
-        return {
-            "status": "stopped",
-            "message": str(stopped),
-            "worker_nodes": worker_nodes,
-            **_summary(engine, checkpoints, progress),
-        }
+        summary.update(status="stopped", message=str(stopped))
+        return summary | _summary(engine, checkpoints, progress)
+    except DetrRayError as e:
+        # One rank's error (its collectives are left waiting): Ray stops the
+        # group; the next attempt reads this record and ends at once.
+        write_fatal_error(run_dir, e)
+        if progress:
+            progress.tracker.set_tags({"detr_ray.error": str(e)})
+            progress.tracker.finish("FAILED")
+        raise
     if progress:
         progress.tracker.log_loss_plot()
         progress.tracker.finish("FINISHED")
-    return {
-        "status": "completed",
-        "message": "",
-        "worker_nodes": worker_nodes,
-        **_summary(engine, checkpoints, progress),
-    }
+    summary.update(status="completed", message="")
+    return summary | _summary(engine, checkpoints, progress)
 
 
 # ---------------------------------------------------------------------- setup
@@ -157,6 +177,32 @@ def _log_detr_ray_info() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+
+
+def _read_inputs(config: ExperimentConfig, label_map: LabelMap, rank: int):
+    """The model (initialised from ``model.init_from`` on a fresh start), the
+    datasets, and the checkpoint to start from; reads every user file a worker needs."""
+    seed_everything(config.train.seed)  # the same initial weights on every worker
+    detr = build_model(config.model)
+    train_set, val_set = _datasets(config, label_map)
+    start = _starting_checkpoint(config)
+    if start is None and config.init.init_from:
+        loaded = initialise_from(detr, config.init.init_from, label_map, config.init.class_head)
+        if rank == 0:
+            print(f"[detr-ray] fine-tuning: {loaded}", flush=True)
+    return detr, train_set, val_set, start
+
+
+def _ended_by(error: DetrRayError, config: ExperimentConfig, run_dir: Path, rank: int) -> dict:
+    """Every rank returns (Ray Train does not retry a returned run); rank 0 marks
+    the run's MLflow run, if there is one, FAILED."""
+    if rank == 0:
+        from detr_ray.tracking import fail_run
+        from detr_ray.tracking_store import tracking_uri
+
+        uri = tracking_uri(config.tracking.uri, config.run.storage_path)
+        fail_run(uri, config.tracking.experiment, run_dir, str(error))
+    return {"status": "error", "kind": type(error).__name__, "message": str(error)}
 
 
 def _datasets(config: ExperimentConfig, label_map: LabelMap):
@@ -198,7 +244,8 @@ def _starting_checkpoint(config: ExperimentConfig) -> dict | None:
 
 
 def _tracker(config: ExperimentConfig, run_dir: Path, start: dict | None):
-    from detr_ray.tracking import PARENT_TAG, RunTracker, tracking_uri
+    from detr_ray.tracking import PARENT_TAG, RunTracker
+    from detr_ray.tracking_store import tracking_uri
 
     uri = tracking_uri(config.tracking.uri, config.run.storage_path)
     tracker = RunTracker(
@@ -267,7 +314,7 @@ class Checkpoints:
         score = ap if ap is not None and ap == ap else -1.0  # NaN/none: unranked
         metrics = {"epoch": state.epoch, "global_step": state.global_step, SCORE_METRIC: score}
         if evaluated:
-            metrics["val_AP50"] = evaluated.get("AP50", -1.0)
+            metrics["val/AP50"] = evaluated.get("AP50", -1.0)
         if loss is not None:
             metrics["loss"] = loss
         if self.engine.rank != 0:
@@ -316,6 +363,7 @@ class Progress:
         self.started = time.perf_counter()
         self.start_step = engine.state.global_step
         self.logged_losses: list[float] = []  # since the last report
+        self.noted_ground_truth = False
         if not tracker.resumed:
             tracker.log_text(json.dumps(label_map.to_dict(), indent=2), "label_map.json")
 
@@ -339,9 +387,16 @@ class Progress:
         losses, self.logged_losses = self.logged_losses, []
         return sum(losses) / len(losses) if losses else None
 
-    def score(self, results: list[dict] | None) -> dict[str, float]:
+    def score(self, gathered: GatheredResults | None) -> dict[str, float]:
         """COCO metrics of the gathered detections; logged, printed, with sample images."""
-        metrics, _ = evaluate(self.val_set.coco, results or [], image_ids=self.val_set.image_ids)
+        if gathered is None:
+            raise ValueError("rank 0 scores what engine.evaluate() gathered, not None")
+        if self.config.debug.fail_scoring:  # fault injection for tests
+            raise DataError("injected data error while scoring (debug.fail_scoring)")
+        if not self.noted_ground_truth:
+            print(f"[detr-ray] validation is {self.val_set.ground_truth_note}", flush=True)
+            self.noted_ground_truth = True
+        metrics, _ = evaluate(self.val_set.coco, gathered.results, image_ids=gathered.image_ids)
         self.tracker.log_metrics(self.engine.state.global_step, metrics, prefix="val/")
         self._log_sample_images()
         shown = "  ".join(f"{k} {metrics[k]:.3f}" for k in ("AP", "AP50", "AP75", "AR100"))

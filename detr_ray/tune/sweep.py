@@ -23,14 +23,17 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detr_ray.cluster import check_cluster_address
-from detr_ray.config import ExperimentConfig
+from detr_ray.config import ExperimentConfig, ScalingConfig
+from detr_ray.data.labels import LabelMap
 from detr_ray.errors import ConfigError
 from detr_ray.tune.space import SearchSpace
 
@@ -41,9 +44,11 @@ if TYPE_CHECKING:
 
 SCHEDULERS = ("asha", "fifo")
 SEARCHERS = ("random", "optuna")
-# What a trial reports each epoch (see detr_ray.train.worker): metric -> mode.
-METRICS = {"val_AP": "max", "val_AP50": "max", "loss": "min"}
+# What a trial reports each epoch (see detr_ray.train.worker), named as in MLflow: -> mode.
+METRICS = {"val/AP": "max", "val/AP50": "max", "loss": "min"}
+METRIC_ALIASES = {"val_AP": "val/AP", "val_AP50": "val/AP50"}  # earlier spellings
 TRIAL_DRIVER_CPUS = 0.01  # the trial's own process only waits for its Train run
+CONCURRENCY_FILE = "detr_ray_sweep.json"  # in the sweep folder: trials at once
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ class SweepOptions:
     max_concurrent: int | None = None
     scheduler: str = "asha"
     search: str = "random"
-    metric: str = "val_AP"
+    metric: str = "val/AP"
     grace_period: int = 1  # epochs every trial gets before ASHA may stop it
     reduction_factor: float = 2.0
     resume: bool = False
@@ -96,19 +101,45 @@ class SweepOutcome:
     best_config_path: Path | None
     parent_run_id: str
     tracking_uri: str
+    concurrency: str = ""  # how many trials ran at once, and why
 
 
 def run_sweep(
     base: ExperimentConfig, space: SearchSpace, options: SweepOptions, address: str | None = None
 ) -> SweepOutcome:
-    """Run (or resume) a sweep of ``base`` over ``space`` to the end."""
-    from detr_ray.tracking import SweepTracker, tracking_uri
-    from detr_ray.train.launcher import RAY_ENV_DEFAULTS, prepare_config
+    """Check everything, then run (or resume) a sweep of ``base`` over ``space`` to the end.
+
+    Every check that needs no cluster runs before Ray starts (the base config,
+    its data and checkpoints, the search algorithm's package, the sweep folder);
+    then the number of trials that fit the cluster at once is set, and only
+    then is the MLflow parent run created and the first trial started.
+    """
+    from detr_ray.prepare import check_cluster_gpus, prepare_run
+    from detr_ray.tracking import SweepTracker
+    from detr_ray.tracking_store import tracking_uri
+    from detr_ray.train.launcher import RAY_ENV_DEFAULTS, init_ray
 
     check_cluster_address(address)  # before any slow work: an unreachable one fails now
-    base, _ = prepare_config(base)  # absolute paths, synthetic data, num_classes
+    check_search(options, space)
+    prepared = prepare_run(base, local_cluster=address in (None, "auto", "local"))
+    base = prepared.config
     sweep_dir = Path(base.run.storage_path) / "sweeps" / options.name
     _check_resume(sweep_dir, options.resume)
+
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's trial table (CLIReporter)
+    import ray
+    from ray import tune
+
+    init_ray(address)
+    resources = ray.cluster_resources()
+    if base.scaling.use_gpu:
+        check_cluster_gpus(base.scaling.num_workers, resources)
+    base = fit_trial_to_cluster(base, resources.get("CPU", 0.0))
+    at_once, why = trials_at_once(base.scaling, resources, options.max_concurrent)
+    _check_resumed_concurrency(sweep_dir, options.resume, at_once)
+
     uri = tracking_uri(base.tracking.uri, base.run.storage_path)
     parent = SweepTracker(
         uri,
@@ -125,21 +156,13 @@ def run_sweep(
             "search_space.yaml",
         )
         parent.set_tags({"detr_ray.sweep": options.name})
-
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's trial table (CLIReporter)
-    import ray
-    from ray import tune
-
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True)
-    base = fit_trial_to_cluster(base, ray.cluster_resources().get("CPU", 0.0))
+    parent.set_tags({"detr_ray.trials_at_once": str(at_once)})
 
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial,
             base=base.to_dict(),
+            label_map=prepared.label_map.to_dict(),
             space=space,
             train_dir=str(sweep_dir / "train"),
             tracking_uri=uri,
@@ -149,7 +172,7 @@ def run_sweep(
     )
     print(
         f"[detr-ray] sweep {options.name!r} over {space.keys} ({space.source}); "
-        f"folder {sweep_dir}; MLflow parent run {parent.run_id}",
+        f"folder {sweep_dir}; MLflow parent run {parent.run_id}\n[detr-ray] {why}",
         flush=True,
     )
     if options.resume:
@@ -158,7 +181,7 @@ def run_sweep(
             str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True
         )
     else:
-        searcher = _searcher(options, space)
+        searcher = _searcher(options, space, at_once)
         # A seeded random search limits concurrency itself (Tune ignores the
         # TuneConfig limit next to it, with a warning).
         seeded = searcher is not None and options.search == "random"
@@ -169,7 +192,7 @@ def run_sweep(
                 metric=options.metric,
                 mode=options.mode,
                 num_samples=options.num_samples,
-                max_concurrent_trials=None if seeded else options.max_concurrent,
+                max_concurrent_trials=None if seeded else at_once,
                 scheduler=_scheduler(options, base.train.epochs),
                 search_alg=searcher,
             ),
@@ -180,12 +203,14 @@ def run_sweep(
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / CONCURRENCY_FILE).write_text(json.dumps({"trials_at_once": at_once}))
     try:
         tuner.fit()
     except BaseException:
         parent.finish("FAILED")
         raise
-    return _finish(base, space, options, sweep_dir, parent)
+    return _finish(base, space, options, sweep_dir, parent, why)
 
 
 def fit_trial_to_cluster(base: ExperimentConfig, cluster_cpus: float) -> ExperimentConfig:
@@ -211,10 +236,73 @@ def fit_trial_to_cluster(base: ExperimentConfig, cluster_cpus: float) -> Experim
     return dataclasses.replace(base, scaling=dataclasses.replace(scaling, cpus_per_worker=fitted))
 
 
+def trials_at_once(
+    scaling: ScalingConfig, resources: Mapping[str, float], requested: int | None
+) -> tuple[int, str]:
+    """How many trials can run at once on a cluster with ``resources`` (Ray's
+    ``cluster_resources()``), and why, in a sentence.
+
+    Tune does not reserve the worker groups its trials start: a trial admitted
+    on its own small share starts a Train run whose workers may never find
+    room, and the sweep deadlocks. So a trial counts whole: its workers'
+    CPUs (and GPUs) plus its own share. ``requested`` (``--max-concurrent``)
+    can lower the number, never raise it past what fits.
+
+    Raises:
+        ConfigError: not even one trial fits.
+    """
+    workers = scaling.num_workers
+    cpus = resources.get("CPU", 0.0)
+    gpus = resources.get("GPU", 0.0)
+    cpu_need = workers * scaling.cpus_per_worker + TRIAL_DRIVER_CPUS
+    fits = math.floor(cpus / cpu_need + 1e-9)
+    per_worker = scaling.cpus_per_worker
+    need = f"{cpu_need:g} CPUs ({workers} workers x {per_worker:g} + {TRIAL_DRIVER_CPUS:g})"
+    have = f"{cpus:g} CPUs"
+    if scaling.use_gpu:
+        fits = min(fits, math.floor(gpus / workers + 1e-9))
+        need += f" and {workers} GPUs"
+        have += f" and {gpus:g} GPUs"
+    if fits < 1:
+        raise ConfigError(
+            f"one trial needs {need} but the cluster has {have}: lower scaling.num_workers "
+            "or scaling.cpus_per_worker, or add nodes"
+        )
+    at_once = min(fits, requested) if requested else fits
+    why = f"{at_once} trial(s) at once: each needs {need}, the cluster has {have}"
+    if requested and requested > fits:
+        why += (
+            f"; --max-concurrent {requested} lowered to {fits}: more trials would start worker "
+            "groups that can never all be placed"
+        )
+    elif requested:
+        why += f" (--max-concurrent {requested})"
+    return at_once, why
+
+
+def check_search(options: SweepOptions, space: SearchSpace) -> None:
+    """The search algorithm can sample this space and its package is installed."""
+    if options.search != "optuna":
+        return
+    if any(p.kind == "grid" for p in space.params):
+        raise ConfigError(
+            f"{space.source}: --search optuna cannot sample 'grid' entries; "
+            "use 'choice' or --search random"
+        )
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "--search optuna needs Optuna, which is not installed: pip install -e '.[optuna]' "
+            "(or pip install optuna), or use --search random"
+        ) from None
+
+
 # ---------------------------------------------------------------------- the trial
 def _trial(
     params: dict,
     base: dict,
+    label_map: dict,
     space: SearchSpace,
     train_dir: str,
     tracking_uri: str,
@@ -224,7 +312,8 @@ def _trial(
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from detr_ray.train.launcher import run_training
+    from detr_ray.prepare import PreparedRun
+    from detr_ray.train.launcher import launch
 
     config = space.apply(base, {key: params[key] for key in space.keys})
     trial_id = ray.tune.get_context().get_trial_id()
@@ -237,7 +326,8 @@ def _trial(
         # ASHA compares trials at every epoch: evaluate every epoch, report once.
         train=dataclasses.replace(config.train, eval_every=1, report_every=None),
     )
-    run_training(config, callbacks=[TuneReportCallback()])
+    # The sweep's driver checked the base config and its data once, for every trial.
+    launch(PreparedRun(config, LabelMap.from_dict(label_map)), callbacks=[TuneReportCallback()])
 
 
 def to_tune_space(space: SearchSpace) -> dict:
@@ -270,26 +360,15 @@ def _scheduler(options: SweepOptions, max_epochs: int) -> Any:  # ASHAScheduler 
     )
 
 
-def _searcher(options: SweepOptions, space: SearchSpace) -> Any:  # a Tune Searcher | None
+def _searcher(options: SweepOptions, space: SearchSpace, at_once: int) -> Any:
+    """The Tune searcher (None: Tune's own random/grid variant generator)."""
     if options.search == "random":
         if options.seed is None:
             return None
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(
-            random_state=options.seed, max_concurrent=options.max_concurrent or 0
-        )
-    if any(p.kind == "grid" for p in space.params):
-        raise ConfigError(
-            f"{space.source}: --search optuna cannot sample 'grid' entries; "
-            "use 'choice' or --search random"
-        )
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "--search optuna needs Optuna: pip install -e '.[optuna]' (or pip install optuna)"
-        ) from None
+        return BasicVariantGenerator(random_state=options.seed, max_concurrent=at_once)
+    check_search(options, space)
     from ray.tune.search.optuna import OptunaSearch
 
     return OptunaSearch(seed=options.seed)
@@ -307,6 +386,21 @@ def _reporter(space: SearchSpace, options: SweepOptions) -> Any:  # ray.tune.CLI
         parameter_columns={key: key for key in space.keys},
         max_report_frequency=15,
     )
+
+
+def _check_resumed_concurrency(sweep_dir: Path, resume: bool, at_once: int) -> None:
+    """A resumed sweep keeps the number of trials at once it was started with
+    (Tune restores it): refuse to resume it on a cluster that holds fewer."""
+    record = sweep_dir / CONCURRENCY_FILE
+    if not resume or not record.is_file():
+        return
+    started_with = int(json.loads(record.read_text())["trials_at_once"])
+    if started_with > at_once:
+        raise ConfigError(
+            f"the sweep in {sweep_dir} was started running {started_with} trials at once and "
+            f"Tune resumes it so; this cluster holds {at_once}: resume it on a cluster as large "
+            "as the first, or start a new sweep (another --name)"
+        )
 
 
 def _check_resume(sweep_dir: Path, resume: bool) -> None:
@@ -335,6 +429,7 @@ def _finish(
     options: SweepOptions,
     sweep_dir: Path,
     parent: SweepTracker,
+    concurrency: str,
 ) -> SweepOutcome:
     """Results table, best config, plots; early-stopped children marked KILLED."""
     from ray.tune import ExperimentAnalysis
@@ -392,7 +487,14 @@ def _finish(
     parent.log_sweep_plot(rows, space.keys, options.metric)
     parent.finish("KILLED" if interrupted else "FINISHED")
     return SweepOutcome(
-        sweep_dir, interrupted, rows, best, best_config_path, parent.run_id, parent.uri
+        sweep_dir=sweep_dir,
+        interrupted=interrupted,
+        rows=rows,
+        best=best,
+        best_config_path=best_config_path,
+        parent_run_id=parent.run_id,
+        tracking_uri=parent.uri,
+        concurrency=concurrency,
     )
 
 

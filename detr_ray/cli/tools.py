@@ -1,0 +1,116 @@
+"""``detr-ray data ...``, ``model list``, ``eval`` and ``predict``: no Ray."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from detr_ray.config import SyntheticDataConfig
+from detr_ray.errors import ConfigError, DataError
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from detr_ray.data.synthetic import generate
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder (it is created if missing)")
+    # The same checks as the config's data.synthetic section (sizes, counts).
+    settings = SyntheticDataConfig(
+        root=str(out), num_train=args.train, num_val=args.val, size=args.size, seed=args.seed
+    )
+    dataset = generate(
+        out, settings.num_train, settings.num_val, size=settings.size, seed=settings.seed
+    )
+    print(f"train: {dataset.train_ann}  images: {dataset.train_images}")
+    print(f"val:   {dataset.val_ann}  images: {dataset.val_images}")
+    return 0
+
+
+def run_data_check(args: argparse.Namespace) -> int:
+    """Print what a COCO set holds; exit 1 when something in it would stop training."""
+    from detr_ray.data.check import check_dataset
+
+    report = check_dataset(args.ann, args.images)
+    print(report.format())
+    problems = report.problems(hint="fix them, or train with data.on_bad_image: skip")
+    for problem in problems:
+        print(f"problem: {problem}")
+    print("would stop training" if problems else "ready to train")
+    return 1 if problems else 0
+
+
+def run_model_list(args: argparse.Namespace) -> int:
+    """The presets with their architecture and parameter counts (COCO's 91 class rows)."""
+    from detr_ray.model.build import build_model
+    from detr_ray.model.config import PRESETS
+
+    print(
+        f"{'preset':<16} {'backbone':<22} {'d_model':>7} {'enc':>3} {'dec':>3} {'queries':>7} "
+        f"{'params':>8} {'trainable':>9}"
+    )
+    for name, preset in PRESETS.items():
+        model = build_model(dataclasses.replace(preset, num_classes=91))
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        backbone = (
+            f"ResNet-{preset.backbone_depth} {preset.backbone_norm}"
+            + (" DC5" if preset.dilation else "")
+            + (f" {preset.backbone_stages} stages" if preset.backbone_stages != 4 else "")
+        )
+        print(
+            f"{name:<16} {backbone:<22} {preset.d_model:>7} {preset.num_encoder_layers:>3} "
+            f"{preset.num_decoder_layers:>3} {preset.num_queries:>7} {total / 1e6:>7.1f}M "
+            f"{trainable / 1e6:>8.1f}M"
+        )
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from detr_ray.evaluation import evaluate_results_file, format_metrics
+
+    if args.results:
+        metrics, summary = evaluate_results_file(args.ann, args.results)
+    else:
+        if not args.images:
+            raise ConfigError(
+                "--checkpoint needs --images, the folder the annotation file refers to"
+            )
+        from detr_ray.inference import evaluate_checkpoint, resolve_device
+
+        if args.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+        metrics, summary = evaluate_checkpoint(
+            args.checkpoint,
+            args.ann,
+            args.images,
+            batch_size=args.batch_size,
+            device=resolve_device(args.device),
+            on_bad_image=args.on_bad_image,
+        )
+    if args.json:
+        print(json.dumps({k: None if math.isnan(v) else v for k, v in metrics.items()}, indent=2))
+    else:
+        print(summary)
+        print(format_metrics(metrics))
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from detr_ray.inference import predict_images, resolve_device
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; give a folder (it is created if missing)")
+    json_path, count = predict_images(
+        args.checkpoint,
+        args.images,
+        out,
+        score_threshold=args.threshold,
+        device=resolve_device(args.device),
+    )
+    print(f"wrote {count} drawing(s) and {json_path}")
+    return 0

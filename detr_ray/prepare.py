@@ -1,0 +1,237 @@
+"""Everything the driver settles before Ray starts: resolved paths and every check.
+
+:func:`prepare_run` turns a loaded config into the one a run uses (absolute
+paths, ``model.num_classes`` from the annotations, the tracking store pinned)
+and fails, with one line naming the file, key or value and what to do,
+before any Ray call and before anything is written, on:
+
+- a checkpoint named by ``run.resume_from`` or ``model.init_from`` that is
+  missing, unreadable, unsafe or of the wrong kind;
+- a tracking URI of an unsupported scheme, or an ``http`` server that does
+  not answer;
+- a storage path that cannot be written;
+- ``scaling.use_gpu`` on a machine without a GPU (a local run);
+- an annotation file that is missing or malformed, an image folder that does
+  not exist, an image file that is missing, unreadable or of another size
+  than its annotation says (unless ``data.on_bad_image: skip``).
+
+The synthetic dataset, when the config asks for it and it is missing, is
+generated after the other checks passed: it is the one thing written here.
+Pure of Ray and MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from detr_ray.checkpoint import checkpoint_kind, load_checkpoint
+from detr_ray.config import ExperimentConfig
+from detr_ray.data.annotations import load_coco_json
+from detr_ray.data.check import DatasetReport, check_dataset
+from detr_ray.data.labels import LabelMap
+from detr_ray.errors import CheckpointError, ConfigError, DataError
+from detr_ray.tracking_store import check_tracking
+
+
+@dataclass
+class PreparedRun:
+    """A config ready to run and what was learnt checking it."""
+
+    config: ExperimentConfig
+    label_map: LabelMap
+    data_reports: tuple[DatasetReport, ...] = ()
+
+
+def prepare_run(
+    config: ExperimentConfig, local_cluster: bool = True, check_data: bool = True
+) -> PreparedRun:
+    """Resolve and check ``config`` (see the module docstring).
+
+    Args:
+        local_cluster: the run starts Ray on this machine (so ``use_gpu``
+            needs a GPU here); False for an ``--address`` of a cluster.
+        check_data: read the datasets' annotations and list their images
+            (``detr-ray config show`` only needs the categories).
+    """
+    config = resolve_paths(config)
+    check_checkpoints(config)
+    check_tracking(config.tracking.uri)
+    check_storage(config.run.storage_path)
+    if config.scaling.use_gpu and local_cluster:
+        check_local_gpus(config.scaling.num_workers)
+    generate_synthetic_data_if_missing(config)
+    reports: tuple[DatasetReport, ...] = ()
+    if check_data:
+        reports = tuple(check_datasets(config))
+    label_map = LabelMap.from_categories(load_coco_json(config.data.train_ann)["categories"])
+    return PreparedRun(with_num_classes(config, label_map), label_map, reports)
+
+
+def resolve_paths(config: ExperimentConfig) -> ExperimentConfig:
+    """Absolute paths (``~`` is the home of the machine that runs this: inside a
+    cluster job, the head's); ``tracking.uri`` null takes MLflow's
+    ``MLFLOW_TRACKING_URI`` from the environment, if set, pinned here so that
+    workers on other nodes need not share the driver's environment."""
+    data = config.data
+    synthetic = data.synthetic
+    if synthetic is not None:
+        synthetic = dataclasses.replace(synthetic, root=_absolute(synthetic.root))
+    data = dataclasses.replace(
+        data,
+        train_ann=_absolute(data.train_ann),
+        train_images=_absolute(data.train_images),
+        val_ann=_absolute(data.val_ann),
+        val_images=_absolute(data.val_images),
+        synthetic=synthetic,
+    )
+    run = dataclasses.replace(
+        config.run,
+        storage_path=_absolute(config.run.storage_path),
+        resume_from=_absolute_or_none(config.run.resume_from),
+    )
+    init = dataclasses.replace(config.init, init_from=_absolute_or_none(config.init.init_from))
+    uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    tracking = dataclasses.replace(config.tracking, uri=uri)
+    return dataclasses.replace(config, data=data, run=run, init=init, tracking=tracking)
+
+
+def with_num_classes(config: ExperimentConfig, label_map: LabelMap) -> ExperimentConfig:
+    """``model.num_classes`` from the training categories (or checked against them)."""
+    num_classes = config.model.num_classes
+    if num_classes is None:
+        num_classes = label_map.num_classes
+    elif num_classes < label_map.num_classes:
+        raise ConfigError(
+            f"model.num_classes is {num_classes} but {config.data.train_ann} has "
+            f"{label_map.num_classes} categories; leave it null to use theirs"
+        )
+    return dataclasses.replace(
+        config, model=dataclasses.replace(config.model, num_classes=num_classes)
+    )
+
+
+def resolved_config(config: ExperimentConfig) -> ExperimentConfig:
+    """What ``train`` would run, for ``detr-ray config show``: paths resolved,
+    ``model.num_classes`` from the training categories (those of the synthetic
+    dataset when it is yet to be generated). Checks nothing else, writes nothing."""
+    config = resolve_paths(config)
+    if Path(config.data.train_ann).is_file():
+        categories = load_coco_json(config.data.train_ann)["categories"]
+    elif config.data.synthetic is not None:
+        from detr_ray.data.synthetic import CATEGORIES
+
+        categories = list(CATEGORIES)
+    else:
+        raise DataError(f"data.train_ann {config.data.train_ann} does not exist")
+    return with_num_classes(config, LabelMap.from_categories(categories))
+
+
+# ---------------------------------------------------------------------- the checks
+def check_checkpoints(config: ExperimentConfig) -> None:
+    """``run.resume_from`` holds training state; ``model.init_from`` holds weights."""
+    if config.run.resume_from:
+        checkpoint = _load(config.run.resume_from, "run.resume_from")
+        if checkpoint_kind(checkpoint) != "detr-ray" or "train_state" not in checkpoint:
+            raise CheckpointError(
+                f"run.resume_from {config.run.resume_from} is a {checkpoint_kind(checkpoint)} "
+                "checkpoint without training state (optimizer, epoch): it cannot be resumed; "
+                "to start from its weights, use model.init_from"
+            )
+    if config.init.init_from:
+        checkpoint = _load(config.init.init_from, "model.init_from")
+        if checkpoint_kind(checkpoint) == "unknown":
+            raise CheckpointError(
+                f"model.init_from {config.init.init_from} is not a detr-ray checkpoint, an "
+                "official DETR checkpoint or a torchvision ResNet state_dict "
+                f"(top-level keys: {sorted(map(str, checkpoint))[:8]})"
+            )
+
+
+def check_storage(storage_path: str) -> None:
+    """``run.storage_path`` exists as a writable folder, or can be created (nothing is)."""
+    path = Path(storage_path)
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ConfigError(
+            f"run.storage_path {storage_path}: {existing} is a file, not a folder; "
+            "pick another run.storage_path"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "cannot be written" if existing == path else f"cannot be created in {existing}"
+        raise ConfigError(
+            f"run.storage_path {storage_path} {what} (permission denied); pick a folder you "
+            "can write, e.g. --set run.storage_path=~/detr-ray/runs"
+        )
+
+
+def check_local_gpus(num_workers: int) -> None:
+    """A local run with ``scaling.use_gpu`` needs a GPU per worker on this machine."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < num_workers:
+        raise ConfigError(
+            f"scaling.use_gpu (--gpu) asks for {num_workers} GPU(s), one per worker, but this "
+            f"machine has {count} (and {os.cpu_count()} CPUs): drop --gpu to train on the CPU, "
+            "or pass --address of a cluster with GPUs"
+        )
+
+
+def check_cluster_gpus(num_workers: int, resources: dict[str, float]) -> None:
+    """The same check against a running cluster's ``ray.cluster_resources()``."""
+    gpus = resources.get("GPU", 0.0)
+    if gpus < num_workers:
+        raise ConfigError(
+            f"scaling.use_gpu (--gpu) asks for {num_workers} GPU(s), one per worker, but the "
+            f"cluster has {gpus:g} GPU(s) and {resources.get('CPU', 0.0):g} CPU(s): add GPU "
+            "nodes, lower scaling.num_workers, or drop --gpu"
+        )
+
+
+def check_datasets(config: ExperimentConfig) -> list[DatasetReport]:
+    """Both datasets as training will read them; a problem that would stop it is raised."""
+    data = config.data
+    reports = []
+    skip = data.on_bad_image == "skip"
+    for ann, images in ((data.train_ann, data.train_images), (data.val_ann, data.val_images)):
+        report = check_dataset(ann, images)
+        problems = report.problems(
+            skip_bad_images=skip, hint="fix them, or set data.on_bad_image: skip"
+        )
+        if problems:
+            raise DataError(problems[0])
+        reports.append(report)
+    return reports
+
+
+def generate_synthetic_data_if_missing(config: ExperimentConfig) -> None:
+    data = config.data
+    if data.synthetic is None or Path(data.train_ann).is_file():
+        return
+    from detr_ray.data.synthetic import generate
+
+    s = data.synthetic
+    print(f"[detr-ray] generating the synthetic dataset in {s.root} (missing)", flush=True)
+    generate(Path(s.root), s.num_train, s.num_val, size=s.size, seed=s.seed)
+
+
+def _load(path: str, key: str) -> dict:
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{key}: {e}") from None
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _absolute_or_none(path: str | None) -> str | None:
+    return None if path is None else _absolute(path)

@@ -1,0 +1,66 @@
+"""Where runs are tracked: the MLflow tracking URI, resolved and checked. No MLflow import.
+
+Default store: ``sqlite:///<storage_path>/mlflow.db`` with artifacts under
+``<storage_path>/mlartifacts``; on a cluster, ``tracking.uri`` (or MLflow's
+``MLFLOW_TRACKING_URI``) names an ``http://`` server.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from detr_ray.errors import ConfigError
+
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+PROBE_TIMEOUT_S = 5.0
+
+
+def tracking_uri(configured: str | None, storage_path: str | os.PathLike) -> str:
+    """``configured``, or the default sqlite file in ``storage_path``."""
+    if configured:
+        return configured
+    return f"sqlite:///{Path(storage_path).expanduser().resolve() / 'mlflow.db'}"
+
+
+def artifact_root(uri: str, storage_path: str | os.PathLike) -> str | None:
+    """Where a new experiment keeps artifacts: beside a sqlite file, else the server's choice."""
+    if not uri.startswith("sqlite:"):
+        return None
+    return str(Path(storage_path).expanduser().resolve() / "mlartifacts")
+
+
+def check_tracking(uri: str | None) -> None:
+    """A supported tracking URI; an ``http(s)`` server must answer ``/health``."""
+    if uri is None:
+        return  # the default sqlite store in run.storage_path
+    scheme = urlsplit(uri).scheme.split("+")[0]
+    if scheme == "file" or scheme == "":
+        raise ConfigError(
+            f"tracking.uri {uri!r}: MLflow 3's file store is off by default and cannot hold "
+            "detr-ray's metric names; use sqlite:///PATH/mlflow.db or an http:// server "
+            "(or leave tracking.uri null for a sqlite store in run.storage_path)"
+        )
+    if scheme not in TRACKING_SCHEMES:
+        raise ConfigError(
+            f"tracking.uri {uri!r} has the unsupported scheme {scheme!r}; use sqlite:///PATH, "
+            "http(s)://HOST:PORT or a database URI (postgresql://...)"
+        )
+    if scheme in ("http", "https"):
+        health = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(health, timeout=PROBE_TIMEOUT_S) as response:
+                response.read()
+        except urllib.error.HTTPError as e:
+            raise ConfigError(
+                f"tracking.uri {uri} answered {e.code} on /health: is it an MLflow server?"
+            ) from None
+        except (TimeoutError, urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ConfigError(
+                f"the MLflow server tracking.uri {uri} does not answer ({reason}); start it, "
+                "forward its port, or set tracking.uri (MLFLOW_TRACKING_URI) to a server that runs"
+            ) from None

@@ -149,10 +149,14 @@ class TrainConfig:
     log_every: int = 10  # steps
     report_every: int | None = None  # steps; None: once per epoch
     max_nan_steps: int = 10  # consecutive skipped steps before the run stops
+    # Group DETR: train K groups of queries, each matched one-to-one (1: off, the
+    # reference DETR). Evaluation, checkpoints and export use the first group only.
+    query_groups: int = 1
 
     def __post_init__(self):
         check_choices(self)
         require(self.epochs >= 1, "epochs", self.epochs, ">= 1")
+        require(self.query_groups >= 1, "query_groups", self.query_groups, ">= 1 (1: off)")
         require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         require(0 < self.lr_gamma <= 1, "lr_gamma", self.lr_gamma, "in (0, 1]")
         require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0")

@@ -44,6 +44,43 @@ def loss_names(num_layers: int) -> list[str]:
     return names + ["loss"]
 
 
+def named_losses(weighted: Tensor) -> dict[str, Tensor]:
+    """``(L, 3)`` weighted terms per decoder layer -> the dict :func:`loss_names`
+    describes (0-dim tensors), ``loss`` their sum."""
+    names = loss_names(weighted.shape[0])
+    per_layer = torch.cat((weighted[-1], weighted[:-1].reshape(-1)))  # last layer first
+    losses = dict(zip(names[:-1], per_layer.unbind()))
+    losses["loss"] = weighted.sum()
+    return losses
+
+
+def group_loss_names(num_layers: int, num_groups: int) -> list[str]:
+    """:func:`loss_names`, then with query groups the extra groups' mean under ``groups/``."""
+    names = loss_names(num_layers)
+    return names + ([f"groups/{n}" for n in names] if num_groups > 1 else [])
+
+
+def grouped_losses(weighted: Tensor, num_groups: int) -> tuple[dict[str, Tensor], Tensor]:
+    """Losses to log and the objective to minimise, from ``(L * K, 3)`` weighted
+    terms of ``K`` query groups (index ``l * K + g``, see
+    :func:`detr_ray.model.query_groups.groups_as_layers`).
+
+    Group 0 is the reference DETR: its terms keep the reference names
+    (``loss_cls``, ``d0.loss_bbox``, ``loss``...). The other groups' mean is
+    logged as ``groups/<name>``. The objective is the sum over every layer
+    and group (Group DETR sums the groups' losses). With ``K = 1`` this is
+    exactly :meth:`SetCriterion.losses` and its ``loss``.
+    """
+    if num_groups == 1:
+        losses = named_losses(weighted)
+        return losses, losses["loss"]
+    per_group = weighted.view(-1, num_groups, 3)  # (L, K, 3)
+    losses = named_losses(per_group[:, 0])
+    extra = named_losses(per_group[:, 1:].mean(1))
+    losses.update({f"groups/{name}": value for name, value in extra.items()})
+    return losses, weighted.sum()
+
+
 def loss_names_by_term(num_layers: int) -> dict[str, list[str]]:
     """Each term's key in every decoder layer, layer 0 first (the last is the bare term)."""
     return {
@@ -127,6 +164,13 @@ class SetCriterion(nn.Module):
         self, cls_scores: Tensor, bbox_preds: Tensor, targets: FlatTargets, matching: Matching
     ) -> dict[str, Tensor]:
         """The weighted losses for a given matching (see :meth:`forward`)."""
+        return named_losses(self.layer_losses(cls_scores, bbox_preds, targets, matching))
+
+    def layer_losses(
+        self, cls_scores: Tensor, bbox_preds: Tensor, targets: FlatTargets, matching: Matching
+    ) -> Tensor:
+        """``(L, 3)``: each decoder layer's weighted ``loss_cls``, ``loss_bbox``,
+        ``loss_iou`` for a given matching (:meth:`losses` names them)."""
         self._check_labels(targets)
         num_layers, num_images, num_queries, num_logits = cls_scores.shape
         if num_logits != self.num_classes + 1:
@@ -167,15 +211,10 @@ class SetCriterion(nn.Module):
         giou_pairs = giou(cxcywh_to_xyxy(matched_pred), cxcywh_to_xyxy(matched_target))  # (L, P)
         loss_iou = (1 - giou_pairs).sum(1) / num_total_pos  # (L,)
 
-        weighted = torch.stack(
+        return torch.stack(
             (self.cls_weight * loss_cls, self.bbox_weight * loss_bbox, self.iou_weight * loss_iou),
             dim=1,
         )  # (L, 3)
-        names = loss_names(num_layers)
-        per_layer = torch.cat((weighted[-1], weighted[:-1].reshape(-1)))  # last layer first
-        losses = dict(zip(names[:-1], per_layer.unbind()))
-        losses["loss"] = weighted.sum()
-        return losses
 
     def _normalisers(
         self, matching: Matching, num_predictions: int, dtype: torch.dtype

@@ -98,6 +98,11 @@ class Matching:
     def num_pairs(self) -> int:
         return self.query_idx.shape[1]
 
+    def layers(self, which: slice) -> Matching:
+        """The matching of some layers only (``slice(None, None, K)``: group 0 of
+        each layer when ``K`` query groups are matched as layers)."""
+        return Matching(self.image_idx, self.query_idx[which], self.target_idx[which], self.counts)
+
     def for_image(self, layer: int, image: int) -> tuple[Tensor, Tensor]:
         """``(query_idx, target_idx)`` of one layer and image; targets local to the image."""
         in_image = self.image_idx == image

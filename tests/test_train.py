@@ -44,9 +44,11 @@ def final_weights(outcome):
     return load_checkpoint(outcome["latest_checkpoint"])["model"]
 
 
-def test_two_workers_train_exactly_like_one_with_the_whole_batch(shapes, tmp_path):
+@pytest.mark.parametrize("query_groups", [1, 3])
+def test_two_workers_train_exactly_like_one_with_the_whole_batch(shapes, tmp_path, query_groups):
     # Deterministic data (no flip/crop, one scale), no dropout: one optimiser step
-    # with 2 workers x batch 2 must equal 1 worker x batch 4 on the same 4 images.
+    # with 2 workers x batch 2 must equal 1 worker x batch 4 on the same 4 images,
+    # with and without query groups (whose positives are averaged over workers too).
     # Every image resized to a long side of 64 and padded to 64 x 64, whatever
     # its batch: the backbone's group norm sees the same padding in both runs.
     fixed = {
@@ -67,7 +69,7 @@ def test_two_workers_train_exactly_like_one_with_the_whole_batch(shapes, tmp_pat
             "two",
             **common,
             scaling={"num_workers": 2},
-            train={"max_steps_per_epoch": 1, "batch_size": 2},
+            train={"max_steps_per_epoch": 1, "batch_size": 2, "query_groups": query_groups},
         )
     )
     one = run_training(
@@ -77,7 +79,7 @@ def test_two_workers_train_exactly_like_one_with_the_whole_batch(shapes, tmp_pat
             "one",
             **common,
             scaling={"num_workers": 1},
-            train={"max_steps_per_epoch": 1, "batch_size": 4},
+            train={"max_steps_per_epoch": 1, "batch_size": 4, "query_groups": query_groups},
         )
     )
     a, b = final_weights(two), final_weights(one)
@@ -87,7 +89,10 @@ def test_two_workers_train_exactly_like_one_with_the_whole_batch(shapes, tmp_pat
     # The losses (averaged over workers) and the gradient norm agree too: the
     # Adam step alone is insensitive to a uniform gradient scale, these are not.
     (_, run_two), (_, run_one) = mlflow_run(two), mlflow_run(one)
-    for key in ["loss", "loss_cls", "d0.loss_bbox", "loss_iou", "grad_norm"]:
+    keys = ["loss", "loss_cls", "d0.loss_bbox", "loss_iou", "grad_norm"]
+    if query_groups > 1:  # the extra groups' mean, under their own names
+        keys += ["groups/loss", "groups/loss_cls", "groups/d0.loss_iou"]
+    for key in keys:
         assert run_two.data.metrics[key] == pytest.approx(run_one.data.metrics[key], rel=1e-5)
     # the two workers' shares: positives per worker add up to the single worker's
     assert 2 * run_two.data.metrics["positives/mean"] == run_one.data.metrics["positives/mean"]

@@ -59,11 +59,19 @@ class DETR(nn.Module):
         self.num_queries = num_queries
 
     def forward(self, images: Tensor, padding_mask: Tensor) -> tuple[Tensor, Tensor]:
+        return self.forward_queries(images, padding_mask, self.query_embed.weight)
+
+    def forward_queries(
+        self, images: Tensor, padding_mask: Tensor, query_embed: Tensor, num_groups: int = 1
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` with other queries: ``query_embed (G * Q', C)`` in
+        ``num_groups`` groups whose self-attention stays within the group
+        (training with query groups); the outputs have ``G * Q'`` queries."""
         features = self.backbone(images)  # (B, C_backbone, h, w)
         # nearest resize of the pixel mask to the feature map, as the reference
         mask = F.interpolate(padding_mask[None].float(), size=features.shape[-2:])[0].bool()
         pos = self.position_encoding(mask).to(features.dtype)  # (B, C, h, w)
-        hidden = self.transformer(self.input_proj(features), mask, self.query_embed.weight, pos)
+        hidden = self.transformer(self.input_proj(features), mask, query_embed, pos, num_groups)
         cls_scores = self.class_head(hidden)  # (L, B, Q, K+1)
         bbox_preds = self.box_head(hidden).sigmoid()  # (L, B, Q, 4) cxcywh
         return cls_scores, bbox_preds

@@ -74,19 +74,35 @@ class DecoderLayer(nn.Module):
         pos: Tensor,
         query_pos: Tensor,
         memory_padding_mask: Tensor,
+        num_groups: int = 1,
     ) -> Tensor:
-        """``tgt``, ``query_pos`` ``(B, Q, C)``; ``memory``, ``pos`` ``(B, S, C)``."""
+        """``tgt``, ``query_pos`` ``(B, Q, C)``; ``memory``, ``pos`` ``(B, S, C)``.
+
+        ``num_groups`` > 1: the ``Q`` queries are that many equal groups (one
+        after the other), and self-attention stays within each group.
+        """
         cross = dict(memory=memory, pos=pos, query_pos=query_pos, mask=memory_padding_mask)
         if self.pre_norm:
             x = self.norm1(tgt)
-            q = k = x + query_pos
-            tgt = tgt + self.dropout1(self.self_attn(q, k, x, need_weights=False)[0])
+            tgt = tgt + self.dropout1(self._self(x, query_pos, num_groups))
             tgt = tgt + self.dropout2(self._cross(self.norm2(tgt), **cross))
             return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
-        q = k = tgt + query_pos
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, need_weights=False)[0]))
+        tgt = self.norm1(tgt + self.dropout1(self._self(tgt, query_pos, num_groups)))
         tgt = self.norm2(tgt + self.dropout2(self._cross(tgt, **cross)))
         return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
+
+    def _self(self, x: Tensor, query_pos: Tensor, num_groups: int) -> Tensor:
+        """Queries attend to the queries of their own group (keys with positions)."""
+        q = k = x + query_pos
+        if num_groups == 1:
+            return self.self_attn(q, k, x, need_weights=False)[0]
+        batch, num_queries, channels = x.shape
+        # (B, G*Q, C) -> (B*G, Q, C): attention within a group is attention within a row
+        grouped = (batch * num_groups, num_queries // num_groups, channels)
+        out = self.self_attn(
+            q.reshape(grouped), k.reshape(grouped), x.reshape(grouped), need_weights=False
+        )[0]
+        return out.reshape(batch, num_queries, channels)
 
     def _cross(self, x: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor, mask: Tensor):
         """Queries (with their positions) attend to the image (keys with positions)."""
@@ -123,11 +139,11 @@ class Decoder(nn.Module):
         )
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, tgt, memory, pos, query_pos, memory_padding_mask) -> Tensor:
+    def forward(self, tgt, memory, pos, query_pos, memory_padding_mask, num_groups=1) -> Tensor:
         """Returns every layer's normalised output, ``(L, B, Q, C)``."""
         outputs = []
         for layer in self.layers:
-            tgt = layer(tgt, memory, pos, query_pos, memory_padding_mask)
+            tgt = layer(tgt, memory, pos, query_pos, memory_padding_mask, num_groups)
             outputs.append(self.norm(tgt))
         return torch.stack(outputs)
 
@@ -157,7 +173,12 @@ class Transformer(nn.Module):
                 nn.init.xavier_uniform_(p)
 
     def forward(
-        self, src: Tensor, padding_mask: Tensor, query_embed: Tensor, pos: Tensor
+        self,
+        src: Tensor,
+        padding_mask: Tensor,
+        query_embed: Tensor,
+        pos: Tensor,
+        num_groups: int = 1,
     ) -> Tensor:
         """Run the encoder and decoder.
 
@@ -166,6 +187,9 @@ class Transformer(nn.Module):
             padding_mask: ``(B, H, W)`` bool, True = padding.
             query_embed: ``(Q, C)`` learned query positional embeddings.
             pos: ``(B, C, H, W)`` positional encoding of the feature map.
+            num_groups: the queries are this many equal groups whose
+                self-attention stays within the group (training with query
+                groups, see :mod:`detr_ray.model.query_groups`); 1 for DETR.
 
         Returns:
             ``(L, B, Q, C)``: every decoder layer's output after the final norm.
@@ -177,4 +201,4 @@ class Transformer(nn.Module):
         query_pos = query_embed[None].expand(batch, -1, -1)  # (B, Q, C)
         memory = self.encoder(src, pos, key_padding_mask)
         tgt = torch.zeros_like(query_pos)
-        return self.decoder(tgt, memory, pos, query_pos, key_padding_mask)
+        return self.decoder(tgt, memory, pos, query_pos, key_padding_mask, num_groups)

@@ -32,8 +32,10 @@ from detr_ray.data.labels import LabelMap
 from detr_ray.errors import TrainingStopped
 from detr_ray.evaluation import GatheredResults, gather_image_results, to_coco_results
 from detr_ray.inference import detect_batch
-from detr_ray.losses import SetCriterion, loss_names
+from detr_ray.losses import SetCriterion, group_loss_names, grouped_losses
 from detr_ray.matching import FlatTargets, HungarianMatcher
+from detr_ray.model.detr import DETR
+from detr_ray.model.query_groups import GroupedDETR, groups_as_layers
 from detr_ray.train.step_stats import StepLog, StepResult, average_over_workers, worker_row
 
 log = logging.getLogger(__name__)
@@ -78,13 +80,30 @@ def build_criterion(matcher: MatcherConfig, loss: LossConfig, num_classes: int) 
     )
 
 
+def trained_module(detr: DETR, config: ExperimentConfig) -> nn.Module:
+    """What the optimiser trains: ``detr``, or with ``train.query_groups`` > 1 a
+    :class:`GroupedDETR` around it (the extra query groups exist only here)."""
+    groups = config.train.query_groups
+    return GroupedDETR(detr, groups) if groups > 1 else detr
+
+
+def reference_detr(module: nn.Module) -> DETR:
+    """The reference DETR inside what :func:`trained_module` made."""
+    inner = module.detr if isinstance(module, GroupedDETR) else module
+    if not isinstance(inner, DETR):
+        raise TypeError(f"expected a DETR or GroupedDETR, got {type(module).__name__}")
+    return inner
+
+
 def build_optimizer(model: nn.Module, config: ExperimentConfig) -> torch.optim.AdamW:
     """AdamW with two groups, ``backbone`` (backbone_lr) and ``other`` (lr)."""
+    module = dist.unwrap(model)
+    in_backbone = {id(p) for p in reference_detr(module).backbone.parameters()}
     backbone: list[nn.Parameter] = []
     other: list[nn.Parameter] = []
-    for name, param in dist.unwrap(model).named_parameters():
+    for param in module.parameters():
         if param.requires_grad:
-            (backbone if name.startswith("backbone.") else other).append(param)
+            (backbone if id(param) in in_backbone else other).append(param)
     groups: list[dict] = [{"params": other, "lr": config.optim.lr, "name": "other"}]
     if backbone:
         groups.append({"params": backbone, "lr": config.optim.backbone_lr, "name": "backbone"})
@@ -123,7 +142,7 @@ class Engine:
     """Train one DETR with one :class:`ExperimentConfig` in this process.
 
     Args:
-        model: the (possibly DDP-wrapped) model, already on ``device``.
+        model: the (possibly DDP-wrapped) :func:`trained_module`, already on ``device``.
         train_set, val_set: datasets yielding ``(image, target)`` after transforms.
         label_map: the label map of ``train_set``.
         device: where the model lives.
@@ -141,6 +160,8 @@ class Engine:
         self.config = config
         self.model = model
         self.module = dist.unwrap(model)
+        self.detr = reference_detr(self.module)  # evaluated, checkpointed, exported
+        self.num_groups = config.train.query_groups
         self.device = torch.device(device)
         self.label_map = label_map
         self.criterion = build_criterion(config.matcher, config.loss, self.num_classes)
@@ -168,16 +189,23 @@ class Engine:
     # ------------------------------------------------------------------ state
     def training_state(self) -> dict:
         """Everything but the model weights that a resume needs."""
-        return {
+        state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "train_state": vars(self.state).copy(),
         }
+        if isinstance(self.module, GroupedDETR):  # training-only weights, not the model's
+            state["query_groups"] = self.module.extra_queries.state_dict()
+        return state
 
     def load_checkpoint(self, checkpoint: dict) -> None:
         """Model weights and training state from a detr-ray checkpoint."""
-        self.module.load_state_dict(checkpoint["model"])
+        self.detr.load_state_dict(checkpoint["model"])
+        extra = checkpoint.get("query_groups")
+        if isinstance(self.module, GroupedDETR) and extra is not None:
+            if extra["weight"].shape == self.module.extra_queries.weight.shape:
+                self.module.extra_queries.load_state_dict(extra)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if checkpoint.get("scaler"):
@@ -254,11 +282,15 @@ class Engine:
         # Every worker must agree before the criterion's all-reduce and DDP's.
         if dist.any_across(empty or not outputs_ok, self.device) or batch is None:
             return self._skip("non-finite model outputs" if not outputs_ok else "an empty batch")
+        if self.num_groups > 1:  # each (layer, group) is one "layer" of the batched math
+            cls_scores = groups_as_layers(cls_scores, self.num_groups)
+            bbox_preds = groups_as_layers(bbox_preds, self.num_groups)
         flat = FlatTargets.from_list(batch.targets, device=self.device)
         matching = self.criterion.matcher(cls_scores.detach(), bbox_preds.detach(), flat)
-        losses = self.criterion.losses(cls_scores, bbox_preds, flat, matching)
+        weighted = self.criterion.layer_losses(cls_scores, bbox_preds, flat, matching)
+        losses, objective = grouped_losses(weighted, self.num_groups)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.scale(objective).backward()
         self.scaler.unscale_(self.optimizer)
         max_norm = config.optim.grad_clip if config.optim.grad_clip else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
@@ -269,7 +301,8 @@ class Engine:
         self.scaler.update()
         self.scheduler.step()
         self.state.nan_streak = 0
-        return StepResult(skipped=False, losses=losses, matching=matching, grad_norm=grad_norm)
+        reference = matching.layers(slice(None, None, self.num_groups))  # group 0 of each layer
+        return StepResult(skipped=False, losses=losses, matching=reference, grad_norm=grad_norm)
 
     def _skip(self, why: str) -> StepResult:
         state = self.state
@@ -304,7 +337,7 @@ class Engine:
     def _step_log(self, result: StepResult, window: _Window) -> StepLog:
         """Combine the step's numbers over workers (one all-gather; every rank calls it)."""
         num_layers = self.num_decoder_layers
-        names = loss_names(num_layers)
+        names = group_loss_names(num_layers, self.num_groups)
         row = worker_row(result, names, num_layers, window.images)
         table = dist.all_gather_tensor(row.to(self.device)).cpu()  # (world, columns)
         metrics = average_over_workers(table, names, num_layers)
@@ -331,7 +364,7 @@ class Engine:
 
     @property
     def num_classes(self) -> int:
-        return int(self.module.num_classes)  # type: ignore[arg-type]  # DETR.num_classes
+        return self.detr.num_classes
 
     @property
     def num_decoder_layers(self) -> int:
@@ -353,16 +386,16 @@ class Engine:
             num_workers=self.config.data.num_workers,
             collate_fn=self.collate,
         )
-        self.module.eval()
+        self.detr.eval()
         local = []
         for batch in loader:
             if batch is None:
                 continue
             with self._autocast():
-                detections = detect_batch(self.module, batch)
+                detections = detect_batch(self.detr, batch)
             for det in detections:
                 local.append((det["image_id"], to_coco_results([det], self.label_map)))
-        self.module.train()
+        self.detr.train()
         return gather_image_results(local)
 
 

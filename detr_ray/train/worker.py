@@ -39,7 +39,7 @@ from detr_ray.evaluation import GatheredResults, evaluate
 from detr_ray.inference import describe_detections, detect_batch, draw_detections
 from detr_ray.losses import loss_names_by_term
 from detr_ray.model.build import build_model
-from detr_ray.train.engine import Engine, seed_everything
+from detr_ray.train.engine import Engine, seed_everything, trained_module
 from detr_ray.train.fatal import read_fatal_error, write_fatal_error
 from detr_ray.train.step_stats import StepLog
 
@@ -82,7 +82,7 @@ def train_loop_per_worker(loop_config: dict) -> dict:
         return _ended_by(first, config, run_dir, rank)  # type: ignore[arg-type]
     detr, train_set, val_set, start = inputs
 
-    model: torch.nn.Module = detr.to(device)
+    model: torch.nn.Module = trained_module(detr, config).to(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     # Frozen batch-norm buffers never change: no need to broadcast them every step.
@@ -326,7 +326,7 @@ class Checkpoints:
         if new_best:
             self.best = (score, str(self.run_dir / name))
         checkpoint = checkpoint_dict(
-            self.engine.module,
+            self.engine.detr,  # the reference DETR: extra query groups are training state
             self.config.model,
             self.label_map,
             self.config.data.augmentation,
@@ -414,7 +414,7 @@ class Progress:
         count = min(self.config.tracking.log_images, len(self.val_set))
         if not count:
             return
-        model = self.engine.module
+        model = self.engine.detr
         model.eval()
         for index in range(count):
             sample = self.val_set[index]

@@ -31,15 +31,17 @@ from detr_ray.schema import build, check_choices, plain_data, require
 
 @dataclass(frozen=True)
 class SyntheticDataConfig:
-    """Generate the synthetic shapes dataset at ``root`` when its files are missing."""
+    """Generate a synthetic dataset at ``root`` when its files are missing."""
 
     root: str = "data/shapes"
     num_train: int = 512
     num_val: int = 64
     size: int = 128
     seed: int = 0
+    kind: Literal["shapes", "glyphs"] = "shapes"  # see detr_ray.data.synthetic
 
     def __post_init__(self):
+        check_choices(self)
         require(self.num_train >= 1, "num_train", self.num_train, ">= 1")
         require(self.num_val >= 1, "num_val", self.num_val, ">= 1")
         require(16 <= self.size <= 4096, "size", self.size, "in [16, 4096] (pixels)")

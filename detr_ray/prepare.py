@@ -121,9 +121,9 @@ def resolved_config(config: ExperimentConfig) -> ExperimentConfig:
     if Path(config.data.train_ann).is_file():
         categories = load_coco_json(config.data.train_ann)["categories"]
     elif config.data.synthetic is not None:
-        from detr_ray.data.synthetic import CATEGORIES
+        from detr_ray.data.synthetic import KINDS
 
-        categories = list(CATEGORIES)
+        categories = list(KINDS[config.data.synthetic.kind])
     else:
         raise DataError(f"data.train_ann {config.data.train_ann} does not exist")
     return with_num_classes(config, LabelMap.from_categories(categories))
@@ -219,7 +219,7 @@ def generate_synthetic_data_if_missing(config: ExperimentConfig) -> None:
 
     s = data.synthetic
     print(f"[detr-ray] generating the synthetic dataset in {s.root} (missing)", flush=True)
-    generate(Path(s.root), s.num_train, s.num_val, size=s.size, seed=s.seed)
+    generate(Path(s.root), s.num_train, s.num_val, size=s.size, seed=s.seed, kind=s.kind)
 
 
 def _load(path: str, key: str) -> dict:

@@ -87,3 +87,22 @@ def test_boxes_round_trip_through_the_validation_transform(tmp_path):
         torch.testing.assert_close(back, expected_xyxy, atol=1e-3, rtol=0)
         labels = [dataset.label_map.category_id(int(l)) for l in target["labels"]]
         assert labels == [a["category_id"] for a in expected]
+
+
+def test_glyphs_are_a_second_kind_of_dataset(tmp_path):
+    from detr_ray.data.glyphs import GLYPH_CATEGORIES, MAX_HEIGHT, MAX_OBJECTS, MIN_HEIGHT
+
+    data = generate(tmp_path / "g", num_train=30, num_val=2, size=128, seed=5, kind="glyphs")
+    again = generate(tmp_path / "h", num_train=30, num_val=2, size=128, seed=5, kind="glyphs")
+    assert data.train_ann.read_text() == again.train_ann.read_text()  # deterministic
+    coco = json.loads(data.train_ann.read_text())
+    assert len(coco["categories"]) == len(GLYPH_CATEGORIES) == 12
+    per_image = {}
+    for ann in coco["annotations"]:
+        x, y, w, h = ann["bbox"]
+        assert MIN_HEIGHT <= h <= MAX_HEIGHT and w > 0
+        per_image[ann["image_id"]] = per_image.get(ann["image_id"], 0) + 1
+        image = np.asarray(Image.open(data.train_images / f"{ann['image_id']:06d}.png"))
+        assert x + w <= image.shape[1] and y + h <= image.shape[0]
+    assert max(per_image.values()) <= MAX_OBJECTS
+    assert len({a["category_id"] for a in coco["annotations"]}) >= 10  # most classes appear

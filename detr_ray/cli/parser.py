@@ -142,9 +142,7 @@ def _training(commands: Any, command: Any) -> None:
 
 def _data_and_model(commands: Any, command: Any) -> None:
     data = commands.add_parser("data", help="dataset tools").add_subparsers(title="data commands")
-    synth = command(
-        data, "synth", "generate the synthetic COCO-format shapes dataset", tools.run_synth
-    )
+    synth = command(data, "synth", "generate a synthetic COCO-format dataset", tools.run_synth)
     synth.add_argument("--out", required=True, help="output folder")
     synthetic = SyntheticDataConfig()
     synth.add_argument(
@@ -157,6 +155,12 @@ def _data_and_model(commands: Any, command: Any) -> None:
         "--size", type=int, default=synthetic.size, help="long side of each image, pixels"
     )
     synth.add_argument("--seed", type=int, default=synthetic.seed, help="random seed")
+    synth.add_argument(
+        "--kind",
+        choices=["shapes", "glyphs"],
+        default=synthetic.kind,
+        help="shapes: 3 large outlines (the demo); glyphs: 12 small glyph classes on clutter",
+    )
 
     check = command(
         data,

@@ -20,10 +20,20 @@ def run_synth(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out} is a file; give a folder (it is created if missing)")
     # The same checks as the config's data.synthetic section (sizes, counts).
     settings = SyntheticDataConfig(
-        root=str(out), num_train=args.train, num_val=args.val, size=args.size, seed=args.seed
+        root=str(out),
+        num_train=args.train,
+        num_val=args.val,
+        size=args.size,
+        seed=args.seed,
+        kind=args.kind,
     )
     dataset = generate(
-        out, settings.num_train, settings.num_val, size=settings.size, seed=settings.seed
+        out,
+        settings.num_train,
+        settings.num_val,
+        size=settings.size,
+        seed=settings.seed,
+        kind=settings.kind,
     )
     print(f"train: {dataset.train_ann}  images: {dataset.train_images}")
     print(f"val:   {dataset.val_ann}  images: {dataset.val_images}")

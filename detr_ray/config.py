@@ -154,11 +154,17 @@ class TrainConfig:
     # Group DETR: train K groups of queries, each matched one-to-one (1: off, the
     # reference DETR). Evaluation, checkpoints and export use the first group only.
     query_groups: int = 1
+    # Co-DETR-style dense auxiliary head on the encoder, trained one-to-many; the
+    # weight of its losses (0: off). Dropped from evaluation, checkpoints and export.
+    dense_aux_weight: float = 0.0
 
     def __post_init__(self):
         check_choices(self)
         require(self.epochs >= 1, "epochs", self.epochs, ">= 1")
         require(self.query_groups >= 1, "query_groups", self.query_groups, ">= 1 (1: off)")
+        require(
+            self.dense_aux_weight >= 0, "dense_aux_weight", self.dense_aux_weight, ">= 0 (0: off)"
+        )
         require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         require(0 < self.lr_gamma <= 1, "lr_gamma", self.lr_gamma, "in (0, 1]")
         require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, ">= 0")

@@ -13,7 +13,7 @@ from detr_ray.data.synthetic import generate
 from detr_ray.losses import grouped_losses, loss_names
 from detr_ray.matching import FlatTargets
 from detr_ray.model.build import build_preset
-from detr_ray.model.query_groups import GroupedDETR, groups_as_layers
+from detr_ray.model.training_detr import TrainingDETR, groups_as_layers
 from detr_ray.train.engine import Engine, seed_everything, trained_module
 from detr_ray.train.worker import _datasets
 
@@ -31,7 +31,7 @@ def _images(batch=2, size=64, seed=0):
 def test_group_zero_is_the_reference_detr_and_groups_do_not_see_each_other():
     torch.manual_seed(0)
     detr = build_preset("detr_r18_tiny", num_classes=3).eval()  # dropout 0, eval: deterministic
-    grouped = GroupedDETR(detr, num_groups=3).eval()
+    grouped = TrainingDETR(detr, num_groups=3).eval()
     images, mask = _images()
     with torch.no_grad():
         cls_ref, box_ref = detr(images, mask)  # (L, B, Q, .)
@@ -137,7 +137,10 @@ def test_a_grouped_engine_checkpoints_the_reference_model_and_keeps_the_groups(s
     assert {f"groups/{n}" for n in loss_names(2)} <= set(result.losses)
     assert result.matching.num_layers == 2  # group 0 of each layer, for the logs
     state = engine.training_state()
-    assert state["query_groups"]["weight"].shape == (2 * 10, 64)  # 2 extra groups x 10 queries
+    assert state["training_parts"]["extra_queries.weight"].shape == (
+        2 * 10,
+        64,
+    )  # 2 extra groups x 10 queries
     assert set(engine.detr.state_dict()) == set(build_preset("detr_r18_tiny", 3).state_dict())
     # resume: the extra groups come back with the training state
     again = _engine(shapes, query_groups=3)

@@ -116,6 +116,8 @@ def run_dashboard(args: argparse.Namespace) -> int:
 def dashboard_command(config: ExperimentConfig) -> str:
     """The command that shows this config's MLflow store, as this shell can run it."""
     program = sys.argv[0] if os.sep in sys.argv[0] else "detr-ray"
+    if Path(program).name == "__main__.py":  # python -m detr_ray.cli
+        program = f"{Path(sys.executable).name} -m detr_ray.cli"
     uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")  # as prepare_run
     if uri and uri.startswith(("http://", "https://")):
         return f"it is the MLflow server {uri} (on a cluster: through its SSH forward)"

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detr_ray.model.backbone import ResNetBackbone
-from detr_ray.model.transformer import Transformer
+from detr_ray.model.transformer import Encoded, Transformer
 
 
 class MLP(nn.Module):
@@ -59,19 +59,23 @@ class DETR(nn.Module):
         self.num_queries = num_queries
 
     def forward(self, images: Tensor, padding_mask: Tensor) -> tuple[Tensor, Tensor]:
-        return self.forward_queries(images, padding_mask, self.query_embed.weight)
+        return self.decode(self.encode(images, padding_mask), self.query_embed.weight)
 
-    def forward_queries(
-        self, images: Tensor, padding_mask: Tensor, query_embed: Tensor, num_groups: int = 1
-    ) -> tuple[Tensor, Tensor]:
-        """:meth:`forward` with other queries: ``query_embed (G * Q', C)`` in
-        ``num_groups`` groups whose self-attention stays within the group
-        (training with query groups); the outputs have ``G * Q'`` queries."""
+    def encode(self, images: Tensor, padding_mask: Tensor) -> Encoded:
+        """Backbone, projection and encoder: the image as ``S = h * w`` tokens."""
         features = self.backbone(images)  # (B, C_backbone, h, w)
         # nearest resize of the pixel mask to the feature map, as the reference
         mask = F.interpolate(padding_mask[None].float(), size=features.shape[-2:])[0].bool()
         pos = self.position_encoding(mask).to(features.dtype)  # (B, C, h, w)
-        hidden = self.transformer(self.input_proj(features), mask, query_embed, pos, num_groups)
+        return self.transformer.encode(self.input_proj(features), mask, pos)
+
+    def decode(
+        self, encoded: Encoded, query_embed: Tensor, num_groups: int = 1
+    ) -> tuple[Tensor, Tensor]:
+        """Decoder and heads for ``query_embed (Q', C)``: ``(L, B, Q', K + 1)``
+        logits and ``(L, B, Q', 4)`` boxes. With ``num_groups`` > 1 the queries
+        are groups that do not attend to each other (training with query groups)."""
+        hidden = self.transformer.decode(encoded, query_embed, num_groups)
         cls_scores = self.class_head(hidden)  # (L, B, Q, K+1)
         bbox_preds = self.box_head(hidden).sigmoid()  # (L, B, Q, 4) cxcywh
         return cls_scores, bbox_preds

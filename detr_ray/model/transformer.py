@@ -17,6 +17,8 @@ fused scaled-dot-product kernel (the same math, no attention matrix kept).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -173,12 +175,7 @@ class Transformer(nn.Module):
                 nn.init.xavier_uniform_(p)
 
     def forward(
-        self,
-        src: Tensor,
-        padding_mask: Tensor,
-        query_embed: Tensor,
-        pos: Tensor,
-        num_groups: int = 1,
+        self, src: Tensor, padding_mask: Tensor, query_embed: Tensor, pos: Tensor
     ) -> Tensor:
         """Run the encoder and decoder.
 
@@ -187,18 +184,41 @@ class Transformer(nn.Module):
             padding_mask: ``(B, H, W)`` bool, True = padding.
             query_embed: ``(Q, C)`` learned query positional embeddings.
             pos: ``(B, C, H, W)`` positional encoding of the feature map.
-            num_groups: the queries are this many equal groups whose
-                self-attention stays within the group (training with query
-                groups, see :mod:`detr_ray.model.query_groups`); 1 for DETR.
 
         Returns:
             ``(L, B, Q, C)``: every decoder layer's output after the final norm.
         """
-        batch = src.shape[0]
+        return self.decode(self.encode(src, padding_mask, pos), query_embed)
+
+    def encode(self, src: Tensor, padding_mask: Tensor, pos: Tensor) -> Encoded:
+        """The encoder over the flattened feature map (arguments as :meth:`forward`)."""
         src = src.flatten(2).transpose(1, 2)  # (B, S, C)
         pos = pos.flatten(2).transpose(1, 2)  # (B, S, C)
         key_padding_mask = padding_mask.flatten(1)  # (B, S)
-        query_pos = query_embed[None].expand(batch, -1, -1)  # (B, Q, C)
         memory = self.encoder(src, pos, key_padding_mask)
+        rows, cols = padding_mask.shape[-2:]
+        return Encoded(memory, pos, key_padding_mask, (rows, cols))
+
+    def decode(self, encoded: Encoded, query_embed: Tensor, num_groups: int = 1) -> Tensor:
+        """The decoder's every layer, ``(L, B, Q, C)``, for ``query_embed (Q, C)``.
+
+        ``num_groups`` > 1: the queries are that many equal groups whose
+        self-attention stays within the group (training with query groups,
+        see :mod:`detr_ray.model.query_groups`); 1 for DETR.
+        """
+        batch = encoded.memory.shape[0]
+        query_pos = query_embed[None].expand(batch, -1, -1)  # (B, Q, C)
         tgt = torch.zeros_like(query_pos)
-        return self.decoder(tgt, memory, pos, query_pos, key_padding_mask, num_groups)
+        return self.decoder(
+            tgt, encoded.memory, encoded.pos, query_pos, encoded.padding_mask, num_groups
+        )
+
+
+class Encoded(NamedTuple):
+    """The encoder's output: ``memory``, ``pos`` ``(B, S, C)``; ``padding_mask``
+    ``(B, S)``; ``size`` the feature map's ``(h, w)``, ``S = h * w``."""
+
+    memory: Tensor
+    pos: Tensor
+    padding_mask: Tensor
+    size: tuple[int, int]

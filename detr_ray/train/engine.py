@@ -29,13 +29,14 @@ from detr_ray import dist
 from detr_ray.config import ExperimentConfig, LossConfig, MatcherConfig
 from detr_ray.data.collate import Batch, PadCollate
 from detr_ray.data.labels import LabelMap
+from detr_ray.dense_loss import DENSE_TERMS, dense_losses
 from detr_ray.errors import TrainingStopped
 from detr_ray.evaluation import GatheredResults, gather_image_results, to_coco_results
 from detr_ray.inference import detect_batch
 from detr_ray.losses import SetCriterion, group_loss_names, grouped_losses
 from detr_ray.matching import FlatTargets, HungarianMatcher
 from detr_ray.model.detr import DETR
-from detr_ray.model.query_groups import GroupedDETR, groups_as_layers
+from detr_ray.model.training_detr import TrainingDETR, groups_as_layers
 from detr_ray.train.step_stats import StepLog, StepResult, average_over_workers, worker_row
 
 log = logging.getLogger(__name__)
@@ -81,17 +82,20 @@ def build_criterion(matcher: MatcherConfig, loss: LossConfig, num_classes: int) 
 
 
 def trained_module(detr: DETR, config: ExperimentConfig) -> nn.Module:
-    """What the optimiser trains: ``detr``, or with ``train.query_groups`` > 1 a
-    :class:`GroupedDETR` around it (the extra query groups exist only here)."""
-    groups = config.train.query_groups
-    return GroupedDETR(detr, groups) if groups > 1 else detr
+    """What the optimiser trains: ``detr``, or with a training-time accelerator on
+    (``train.query_groups`` > 1, ``train.dense_aux_weight`` > 0) a
+    :class:`TrainingDETR` around it (the extra parts exist only there)."""
+    train = config.train
+    if train.query_groups == 1 and train.dense_aux_weight == 0:
+        return detr
+    return TrainingDETR(detr, train.query_groups, dense_head=train.dense_aux_weight > 0)
 
 
 def reference_detr(module: nn.Module) -> DETR:
     """The reference DETR inside what :func:`trained_module` made."""
-    inner = module.detr if isinstance(module, GroupedDETR) else module
+    inner = module.detr if isinstance(module, TrainingDETR) else module
     if not isinstance(inner, DETR):
-        raise TypeError(f"expected a DETR or GroupedDETR, got {type(module).__name__}")
+        raise TypeError(f"expected a DETR or TrainingDETR, got {type(module).__name__}")
     return inner
 
 
@@ -195,17 +199,21 @@ class Engine:
             "scaler": self.scaler.state_dict(),
             "train_state": vars(self.state).copy(),
         }
-        if isinstance(self.module, GroupedDETR):  # training-only weights, not the model's
-            state["query_groups"] = self.module.extra_queries.state_dict()
+        if isinstance(self.module, TrainingDETR):  # training-only weights, not the model's
+            extra = self.module.state_dict()
+            state["training_parts"] = {k: v for k, v in extra.items() if not k.startswith("detr.")}
         return state
 
     def load_checkpoint(self, checkpoint: dict) -> None:
         """Model weights and training state from a detr-ray checkpoint."""
         self.detr.load_state_dict(checkpoint["model"])
-        extra = checkpoint.get("query_groups")
-        if isinstance(self.module, GroupedDETR) and extra is not None:
-            if extra["weight"].shape == self.module.extra_queries.weight.shape:
-                self.module.extra_queries.load_state_dict(extra)
+        parts = checkpoint.get("training_parts")
+        if isinstance(self.module, TrainingDETR) and parts:
+            # The parts this run still has, of the same shapes (the accelerator's
+            # settings may have changed between runs: the others start afresh).
+            own = self.module.state_dict()
+            kept = {k: v for k, v in parts.items() if k in own and own[k].shape == v.shape}
+            self.module.load_state_dict({**own, **kept})
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if checkpoint.get("scaler"):
@@ -274,7 +282,7 @@ class Engine:
             images, padding_mask = batch.inputs()
             images = images.contiguous(memory_format=self.memory_format)
             with self._autocast():
-                cls_scores, bbox_preds = self.model(images, padding_mask)
+                cls_scores, bbox_preds, *dense = self.model(images, padding_mask)
             step_number = self.state.global_step + 1  # 1-based, as logged
             if step_number in config.debug.nan_at_steps and self.rank == 0:
                 cls_scores = cls_scores * float("nan")  # fault injection for tests
@@ -289,6 +297,12 @@ class Engine:
         matching = self.criterion.matcher(cls_scores.detach(), bbox_preds.detach(), flat)
         weighted = self.criterion.layer_losses(cls_scores, bbox_preds, flat, matching)
         losses, objective = grouped_losses(weighted, self.num_groups)
+        if dense:  # the dense auxiliary head's one-to-many losses
+            dense_cls, dense_boxes, centers, valid = dense
+            terms = dense_losses(self.criterion, dense_cls, dense_boxes, centers, valid, flat)
+            terms = terms * self.config.train.dense_aux_weight
+            losses.update(zip(DENSE_TERMS, terms.unbind()))
+            objective = objective + terms.sum()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(objective).backward()
         self.scaler.unscale_(self.optimizer)
@@ -338,6 +352,8 @@ class Engine:
         """Combine the step's numbers over workers (one all-gather; every rank calls it)."""
         num_layers = self.num_decoder_layers
         names = group_loss_names(num_layers, self.num_groups)
+        if self.config.train.dense_aux_weight > 0:
+            names = names + list(DENSE_TERMS)
         row = worker_row(result, names, num_layers, window.images)
         table = dist.all_gather_tensor(row.to(self.device)).cpu()  # (world, columns)
         metrics = average_over_workers(table, names, num_layers)

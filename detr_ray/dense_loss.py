@@ -1,0 +1,99 @@
+"""The dense auxiliary head's one-to-many assignment and losses (training only).
+
+Every encoder token (feature cell) inside a target box is a positive for
+that target (the smallest box, when boxes overlap); each target also claims
+the valid cell nearest to its centre, so a box smaller than a cell still has
+one. The other valid cells are background. All images at once: the cost is
+``(B, T, S)`` booleans for ``T`` targets and ``S`` cells, no per-image loop.
+
+The losses mirror the set loss (:class:`~detr_ray.losses.SetCriterion`): the
+cross-entropy over every valid cell with background weighted by
+``bg_cls_weight`` and normalised by ``num_pos + bg_cls_weight * num_neg``; L1
+and 1 - GIoU over the positive cells, normalised by the number of positive
+cells; both counts averaged over workers (``reduce_mean``) so that N workers
+equal one with the whole batch; weighted by the set loss's term weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from detr_ray.boxes import cxcywh_to_xyxy, giou
+from detr_ray.dist import reduce_mean
+from detr_ray.losses import SetCriterion
+from detr_ray.matching import FlatTargets
+
+DENSE_TERMS = ("dense/loss_cls", "dense/loss_bbox", "dense/loss_iou")
+
+
+def assign_cells(centers: Tensor, valid: Tensor, targets: FlatTargets) -> Tensor:
+    """``(B, S)`` int64: the target (an index into ``targets``) of each cell, -1 for background.
+
+    Args:
+        centers: ``(B, S, 2)`` cell centres ``(x, y)`` relative to each image's size.
+        valid: ``(B, S)`` False over padding.
+        targets: the batch's targets, normalised cxcywh.
+    """
+    batch, cells = valid.shape
+    assigned = torch.full((batch, cells), -1, dtype=torch.int64, device=valid.device)
+    if targets.labels.numel() == 0:
+        return assigned
+    boxes = targets.boxes_cxcywh.to(centers.dtype)  # (T, 4)
+    own = centers[targets.image_idx]  # (T, S, 2): each target against its image's cells
+    own_valid = valid[targets.image_idx]  # (T, S)
+    offset = (own - boxes[:, None, :2]).abs()  # (T, S, 2)
+    inside = (offset < boxes[:, None, 2:] / 2).all(-1) & own_valid
+    distance = offset.sum(-1).masked_fill(~own_valid, float("inf"))  # (T, S)
+    inside[torch.arange(len(boxes), device=valid.device), distance.argmin(1)] = True
+    area = boxes[:, 2] * boxes[:, 3]  # (T,): the smallest box wins a shared cell
+    cost = torch.where(inside, area[:, None], torch.full_like(area[:, None], float("inf")))
+    same_image = targets.image_idx[None, :] == torch.arange(batch, device=valid.device)[:, None]
+    per_image = cost[None].expand(batch, -1, -1).masked_fill(~same_image[:, :, None], float("inf"))
+    best, winner = per_image.min(1)  # (B, S)
+    return torch.where(torch.isfinite(best) & valid, winner, assigned)
+
+
+def dense_losses(
+    criterion: SetCriterion,
+    cls_logits: Tensor,
+    boxes_cxcywh: Tensor,
+    centers: Tensor,
+    valid: Tensor,
+    targets: FlatTargets,
+) -> Tensor:
+    """``(3,)``: the weighted ``loss_cls``, ``loss_bbox``, ``loss_iou`` of the dense head.
+
+    Args:
+        criterion: the set loss, for its class and term weights.
+        cls_logits: ``(B, S, K + 1)``, background last.
+        boxes_cxcywh: ``(B, S, 4)`` normalised.
+        centers, valid: as :func:`assign_cells`.
+    """
+    dtype = torch.promote_types(cls_logits.dtype, torch.float32)
+    cls_logits, boxes_cxcywh = cls_logits.to(dtype), boxes_cxcywh.to(dtype)
+    assigned = assign_cells(centers.to(dtype), valid, targets)  # (B, S)
+    positive = assigned >= 0
+    num_pos, num_valid = positive.sum(), valid.sum()
+    counts = reduce_mean(torch.stack((num_pos, num_valid - num_pos)).to(dtype))
+    num_total_pos = counts[0].clamp(min=1)
+    cls_avg_factor = (counts[0] + criterion.bg_cls_weight * counts[1]).clamp(min=1)
+
+    labels = torch.full_like(assigned, criterion.num_classes)
+    labels[positive] = targets.labels[assigned[positive]]
+    cross_entropy = F.cross_entropy(
+        cls_logits[valid], labels[valid], weight=criterion.class_weight.to(dtype), reduction="sum"
+    )
+    loss_cls = cross_entropy / cls_avg_factor
+    predicted = boxes_cxcywh[positive]  # (P, 4)
+    wanted = targets.boxes_cxcywh.to(dtype)[assigned[positive]]
+    loss_bbox = (predicted - wanted).abs().sum() / num_total_pos
+    loss_iou = (1 - giou(cxcywh_to_xyxy(predicted), cxcywh_to_xyxy(wanted))).sum() / num_total_pos
+    return torch.stack(
+        (
+            criterion.cls_weight * loss_cls,
+            criterion.bbox_weight * loss_bbox,
+            criterion.iou_weight * loss_iou,
+        )
+    )

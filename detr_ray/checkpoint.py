@@ -21,6 +21,7 @@ The model package knows state dicts only; reading files is done here.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import pickle
 import re
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from detr_ray import storage
 from detr_ray.data.augmentation import AugmentationConfig
 from detr_ray.data.labels import LabelMap
 from detr_ray.dist import unwrap
@@ -48,6 +50,7 @@ from detr_ray.model.official import (
 )
 from detr_ray.model.pretrained import is_torchvision_resnet, load_pretrained_state_dict
 from detr_ray.schema import build, plain_data
+from detr_ray.storage import DEFAULT_OPTIONS, StorageOptions, is_uri, without_query
 
 FORMAT = "detr-ray/1"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -82,36 +85,49 @@ def save_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
-    """A file, or a checkpoint directory holding ``checkpoint.pt``."""
-    path = Path(path)
-    if path.is_dir():
-        inner = path / CHECKPOINT_FILE
-        if not inner.is_file():
-            raise CheckpointError(f"checkpoint directory {path} has no {CHECKPOINT_FILE}")
+def resolve_checkpoint_path(
+    path: str | os.PathLike, options: StorageOptions = DEFAULT_OPTIONS
+) -> str:
+    """A file, or a checkpoint directory holding ``checkpoint.pt``: local, or in
+    object storage (``s3://...``, see :mod:`detr_ray.storage`)."""
+    location = str(path)
+    shown = without_query(location)
+    try:
+        found = storage.kind(location, options)
+    except (OSError, ValueError) as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"cannot reach checkpoint {shown}: {first_line[:300]}") from None
+    if found == "folder":
+        inner = storage.join(location, CHECKPOINT_FILE)
+        if storage.kind(inner, options) != "file":
+            raise CheckpointError(f"checkpoint directory {shown} has no {CHECKPOINT_FILE}")
         return inner
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    return path
+    if found == "missing":
+        raise CheckpointError(f"checkpoint {shown} does not exist")
+    return location
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint file or directory safely: tensors, plain containers,
-    and the ``argparse.Namespace`` official checkpoints keep their ``args`` in.
-    Nothing else is unpickled.
+def load_checkpoint(path: str | os.PathLike, options: StorageOptions = DEFAULT_OPTIONS) -> dict:
+    """Read a checkpoint file or directory safely (local or object storage):
+    tensors, plain containers, and the ``argparse.Namespace`` official
+    checkpoints keep their ``args`` in. Nothing else is unpickled.
 
     Raises:
         CheckpointError: the file is missing, empty, truncated, not a PyTorch
             file, or holds other Python objects (refused: unpickling them could
             run code); the message says which and what to do.
     """
-    file = resolve_checkpoint_path(path)
-    problem = _file_problem(file)
+    location = resolve_checkpoint_path(path, options)
+    file = without_query(location)
+    source: str | io.BytesIO = location
+    if is_uri(location):  # torch reads a file object; one download, into memory
+        source = io.BytesIO(storage.read_bytes(location, options))
+    problem = _file_problem(source)
     if problem:
         raise CheckpointError(f"checkpoint {file} {problem}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+            checkpoint = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = _UNSAFE_GLOBAL.search(str(e))
         if found is None:  # the weights-only unpickler met bytes that are no pickle
@@ -148,19 +164,24 @@ def checkpoint_kind(checkpoint: Mapping) -> str:
 _UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
-def _file_problem(file: Path) -> str | None:
-    """What is wrong with the bytes of ``file`` before torch sees them, if anything."""
-    size = file.stat().st_size
+def _file_problem(source: str | io.BytesIO) -> str | None:
+    """What is wrong with the bytes of a checkpoint before torch sees them, if anything."""
+    if isinstance(source, io.BytesIO):
+        size, head = len(source.getbuffer()), source.getvalue()[:4]
+    else:
+        size = Path(source).stat().st_size
+        with open(source, "rb") as f:
+            head = f.read(4)
     if size == 0:
         return "is empty (0 bytes): it was never written completely; use an earlier checkpoint"
-    with file.open("rb") as f:
-        head = f.read(4)
     if head == b"PK\x03\x04":  # torch.save's zip container
-        if not zipfile.is_zipfile(file):
+        if not zipfile.is_zipfile(source):
             return (
                 f"is truncated or damaged ({size} bytes, its zip directory is missing): it was "
                 "not written or copied completely; use an earlier checkpoint"
             )
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
         return None
     if head[:1] != b"\x80":  # torch's legacy format is a pickle (protocol 2+)
         return "is not a PyTorch file (torch.save writes a zip archive or a pickle)"
@@ -175,9 +196,13 @@ class LoadedModel:
     augmentation: AugmentationConfig
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    options: StorageOptions = DEFAULT_OPTIONS,
+) -> LoadedModel:
     """A model ready for inference (eval mode) from a detr-ray or official checkpoint."""
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, options)
     kind = checkpoint_kind(checkpoint)
     if kind == "official":
         config = official_config(checkpoint["model"], checkpoint.get("args"))
@@ -212,7 +237,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
 
 
 def initialise_from(
-    model: DETR, path: str | os.PathLike, label_map: LabelMap, class_head: str = "keep"
+    model: DETR,
+    path: str | os.PathLike,
+    label_map: LabelMap,
+    class_head: str = "keep",
+    options: StorageOptions = DEFAULT_OPTIONS,
 ) -> str:
     """Load pretrained weights from a file into ``model`` in place; returns what was loaded.
 
@@ -221,7 +250,7 @@ def initialise_from(
         class_head: ``"keep"`` the checkpoint's rows of ``label_map``'s
             categories, or ``"reinit"`` them (the no-object row is kept).
     """
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, options)
     found = checkpoint_kind(checkpoint)
     if found == "torchvision":
         load_torchvision_state_dict(model.backbone, checkpoint)

@@ -27,6 +27,7 @@ from detr_ray.data.augmentation import AugmentationConfig
 from detr_ray.errors import ConfigError
 from detr_ray.model.config import ModelConfig, preset_config
 from detr_ray.schema import build, check_choices, plain_data, require
+from detr_ray.storage import StorageOptions, is_uri, read_bytes, without_query
 
 
 @dataclass(frozen=True)
@@ -204,13 +205,25 @@ class ScalingConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Where the run lives; the same name and storage path resume it."""
+    """Where the run lives; the same name and storage path resume it.
+
+    ``storage_path`` is a local or shared folder, or object storage
+    (``s3://bucket/prefix``, ``gs://...``); an S3-compatible endpoint and its
+    region may be set here (see :mod:`detr_ray.storage`); credentials come from
+    the usual AWS variables or files, never from the config.
+    """
 
     name: str = "detr"
     storage_path: str = "runs"
+    storage_endpoint: str | None = None  # e.g. http://minio.internal:9000
+    storage_region: str | None = None
     max_failures: int = 2
     keep_checkpoints: int = 3
     resume_from: str | None = None
+
+    @property
+    def storage(self) -> StorageOptions:
+        return StorageOptions(self.storage_endpoint, self.storage_region)
 
     def __post_init__(self):
         require(
@@ -310,11 +323,18 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
 
 def read_yaml_file(path: str | os.PathLike, what: str) -> Any:
     """The YAML document in ``path`` (``{}`` if empty); errors name ``what`` and the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} {path} does not exist")
+    if is_uri(path):  # e.g. a sweep's best_config.yaml in object storage
+        try:
+            text = read_bytes(str(path)).decode()
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{what} {without_query(str(path))} cannot be read: {e}") from None
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{what} {path} does not exist")
+        text = path.read_text()
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
 

@@ -33,6 +33,7 @@ from detr_ray.data.annotations import load_coco_json
 from detr_ray.data.check import DatasetReport, check_dataset
 from detr_ray.data.labels import LabelMap
 from detr_ray.errors import CheckpointError, ConfigError, DataError
+from detr_ray.storage import DEFAULT_OPTIONS, StorageOptions, is_uri, open_location, without_query
 from detr_ray.tracking_store import check_tracking
 
 
@@ -59,7 +60,14 @@ def prepare_run(
     config = resolve_paths(config)
     check_checkpoints(config)
     check_tracking(config.tracking.uri)
-    check_storage(config.run.storage_path)
+    check_storage(config.run.storage_path, config.run.storage)
+    if is_uri(config.run.storage_path) and config.tracking.uri is None:
+        raise ConfigError(
+            f"run.storage_path {without_query(config.run.storage_path)} is object storage, "
+            "where MLflow's default sqlite file cannot live: set tracking.uri to an http:// "
+            "MLflow server (its artifacts can go to the same store) or to "
+            "sqlite:////ABSOLUTE/LOCAL/PATH/mlflow.db"
+        )
     if config.scaling.use_gpu and local_cluster:
         check_local_gpus(config.scaling.num_workers)
     generate_synthetic_data_if_missing(config)
@@ -76,6 +84,13 @@ def resolve_paths(config: ExperimentConfig) -> ExperimentConfig:
     ``MLFLOW_TRACKING_URI`` from the environment, if set, pinned here so that
     workers on other nodes need not share the driver's environment."""
     data = config.data
+    for key in ("train_ann", "train_images", "val_ann", "val_images"):
+        if is_uri(getattr(data, key)):
+            raise ConfigError(
+                f"data.{key} {getattr(data, key)} is object storage: datasets are read from a "
+                "local or shared file system (copy it to every node, or to the cluster's "
+                "shared folder); checkpoints and runs may live in object storage"
+            )
     synthetic = data.synthetic
     if synthetic is not None:
         synthetic = dataclasses.replace(synthetic, root=_absolute(synthetic.root))
@@ -89,10 +104,10 @@ def resolve_paths(config: ExperimentConfig) -> ExperimentConfig:
     )
     run = dataclasses.replace(
         config.run,
-        storage_path=_absolute(config.run.storage_path),
-        resume_from=_absolute_or_none(config.run.resume_from),
+        storage_path=_location(config.run.storage_path),
+        resume_from=_location_or_none(config.run.resume_from),
     )
-    init = dataclasses.replace(config.init, init_from=_absolute_or_none(config.init.init_from))
+    init = dataclasses.replace(config.init, init_from=_location_or_none(config.init.init_from))
     uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or None
     tracking = dataclasses.replace(config.tracking, uri=uri)
     return dataclasses.replace(config, data=data, run=run, init=init, tracking=tracking)
@@ -133,7 +148,7 @@ def resolved_config(config: ExperimentConfig) -> ExperimentConfig:
 def check_checkpoints(config: ExperimentConfig) -> None:
     """``run.resume_from`` holds training state; ``model.init_from`` holds weights."""
     if config.run.resume_from:
-        checkpoint = _load(config.run.resume_from, "run.resume_from")
+        checkpoint = _load(config.run.resume_from, "run.resume_from", config.run.storage)
         if checkpoint_kind(checkpoint) != "detr-ray" or "train_state" not in checkpoint:
             raise CheckpointError(
                 f"run.resume_from {config.run.resume_from} is a {checkpoint_kind(checkpoint)} "
@@ -141,7 +156,7 @@ def check_checkpoints(config: ExperimentConfig) -> None:
                 "to start from its weights, use model.init_from"
             )
     if config.init.init_from:
-        checkpoint = _load(config.init.init_from, "model.init_from")
+        checkpoint = _load(config.init.init_from, "model.init_from", config.run.storage)
         if checkpoint_kind(checkpoint) == "unknown":
             raise CheckpointError(
                 f"model.init_from {config.init.init_from} is not a detr-ray checkpoint, an "
@@ -150,8 +165,12 @@ def check_checkpoints(config: ExperimentConfig) -> None:
             )
 
 
-def check_storage(storage_path: str) -> None:
-    """``run.storage_path`` exists as a writable folder, or can be created (nothing is)."""
+def check_storage(storage_path: str, options: StorageOptions = DEFAULT_OPTIONS) -> None:
+    """``run.storage_path`` exists as a writable folder, or can be created (nothing is);
+    in object storage, its bucket exists and answers."""
+    if is_uri(storage_path):
+        check_bucket(storage_path, options)
+        return
     path = Path(storage_path)
     existing = path
     while not existing.exists():
@@ -168,6 +187,28 @@ def check_storage(storage_path: str) -> None:
         raise ConfigError(
             f"run.storage_path {storage_path} {what} (permission denied); pick a folder you "
             "can write, e.g. --set run.storage_path=~/detr-ray/runs"
+        )
+
+
+def check_bucket(location: str, options: StorageOptions) -> None:
+    """The bucket of an object-store location exists and its endpoint answers."""
+    import pyarrow.fs as pafs
+
+    shown = without_query(location)
+    try:
+        filesystem, path = open_location(location, options)
+        bucket = path.split("/", 1)[0]
+        found = filesystem.get_file_info(bucket).type
+    except (OSError, ValueError) as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"run.storage_path {shown}: cannot reach the object store ({first_line[:300]}); "
+            "check run.storage_endpoint (or AWS_ENDPOINT_URL), the network and the credentials"
+        ) from None
+    if found == pafs.FileType.NotFound:
+        raise ConfigError(
+            f"run.storage_path {shown}: the bucket {bucket!r} does not exist; create it first "
+            f"(e.g. aws s3 mb s3://{bucket})"
         )
 
 
@@ -222,9 +263,9 @@ def generate_synthetic_data_if_missing(config: ExperimentConfig) -> None:
     generate(Path(s.root), s.num_train, s.num_val, size=s.size, seed=s.seed, kind=s.kind)
 
 
-def _load(path: str, key: str) -> dict:
+def _load(path: str, key: str, options: StorageOptions) -> dict:
     try:
-        return load_checkpoint(path)
+        return load_checkpoint(path, options)
     except CheckpointError as e:
         raise CheckpointError(f"{key}: {e}") from None
 
@@ -233,5 +274,10 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def _absolute_or_none(path: str | None) -> str | None:
-    return None if path is None else _absolute(path)
+def _location(path: str) -> str:
+    """An object-store URI as it is; a local path made absolute."""
+    return path if is_uri(path) else _absolute(path)
+
+
+def _location_or_none(path: str | None) -> str | None:
+    return None if path is None else _location(path)

@@ -20,9 +20,14 @@ PROBE_TIMEOUT_S = 5.0
 
 
 def tracking_uri(configured: str | None, storage_path: str | os.PathLike) -> str:
-    """``configured``, or the default sqlite file in ``storage_path``."""
+    """``configured``, or the default sqlite file in ``storage_path`` (a local folder)."""
     if configured:
         return configured
+    if "://" in str(storage_path):
+        raise ConfigError(
+            f"run.storage_path {storage_path} is not a local folder, so the default sqlite "
+            "tracking store cannot live there: set tracking.uri"
+        )
     return f"sqlite:///{Path(storage_path).expanduser().resolve() / 'mlflow.db'}"
 
 

@@ -92,6 +92,10 @@ def ray_session():
         RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2",
         MLFLOW_DISABLE_TELEMETRY="true",
     )
+    # Dummy credentials for the S3 API the storage tests start on loopback (moto);
+    # set before Ray starts, so that its workers have them too.
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(key, "testing")
     import ray
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from detr_ray import storage
 from detr_ray.config import ExperimentConfig, RunConfig, load_config
 from detr_ray.schema import default_of
 
@@ -87,7 +88,9 @@ def run_tune(args: argparse.Namespace) -> int:
             f"  {row['trial']}  {row['status']:<13} epochs {row['epochs']:<3} {values}  "
             f"{options.metric} {_short(row[options.metric])}"
         )
-    print(f"[detr-ray] table: {outcome.sweep_dir / 'results.csv'}")
+    print(
+        f"[detr-ray] table: {storage.without_query(storage.join(outcome.sweep_dir, 'results.csv'))}"
+    )
     print(f"[detr-ray] MLflow parent run {outcome.parent_run_id} in {outcome.tracking_uri}")
     if outcome.interrupted:
         print(
@@ -100,7 +103,7 @@ def run_tune(args: argparse.Namespace) -> int:
     best = outcome.best
     print(f"[detr-ray] best trial {best['trial']}: {options.metric} {_short(best[options.metric])}")
     print(
-        f"[detr-ray] its config: {outcome.best_config_path}  "
+        f"[detr-ray] its config: {storage.without_query(outcome.best_config_path or '')}  "
         f"(detr-ray train {outcome.best_config_path})"
     )
     print(f"[detr-ray] its checkpoint: {best.get('checkpoint') or best['train_dir']}")

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 
+from detr_ray import storage
 from detr_ray.cluster import check_cluster_address
 from detr_ray.config import ExperimentConfig
 from detr_ray.errors import TrainingStopped, error_kind
 from detr_ray.prepare import PreparedRun, check_cluster_gpus, prepare_run
+from detr_ray.storage import StorageOptions
 from detr_ray.train.fatal import clear_fatal_error, read_fatal_error
 
 # Quiet, single-copy worker output; no usage reporting. Users may override.
@@ -68,14 +69,16 @@ def launch(
     scaling = config.scaling
     if scaling.use_gpu:
         check_cluster_gpus(scaling.num_workers, ray.cluster_resources())
-    run_dir = Path(config.run.storage_path) / config.run.name
-    clear_fatal_error(run_dir)  # an earlier run's, whose cause the user has fixed
+    options = config.run.storage
+    run_dir = storage.join(config.run.storage_path, config.run.name)
+    clear_fatal_error(run_dir, options)  # an earlier run's, whose cause the user has fixed
+    filesystem, storage_path = storage.open_location(config.run.storage_path, options)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "experiment": config.to_dict(),
             "label_map": label_map.to_dict(),
-            "run_dir": str(run_dir),
+            "run_dir": run_dir,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers,
@@ -85,7 +88,8 @@ def launch(
         ),
         run_config=ray.train.RunConfig(
             name=config.run.name,
-            storage_path=config.run.storage_path,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=config.run.keep_checkpoints,
@@ -100,31 +104,34 @@ def launch(
     print(
         f"[detr-ray] run {config.run.name!r}: {scaling.num_workers} worker(s) x batch "
         f"{config.train.batch_size}, {config.train.epochs} epochs, {label_map.num_classes} "
-        f"classes; checkpoints in {run_dir}",
+        f"classes; checkpoints in {storage.without_query(run_dir)}",
         flush=True,
     )
     try:
         result = trainer.fit()
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
-            f"interrupted; {_kept(run_dir)}. Run the same command again (same run.name and "
-            "run.storage_path) to resume from the latest one."
+            f"interrupted; {_kept(run_dir, options)}. Run the same command again (same "
+            "run.name and run.storage_path) to resume from the latest one."
         ) from None
     except ray.train.TrainingFailedError as e:
-        fatal = read_fatal_error(run_dir)
+        fatal = read_fatal_error(run_dir, options)
         if fatal is not None:  # the attempt that read it ended too: say it once
             raise fatal from None
         raise TrainingStopped(
-            f"training failed after {config.run.max_failures} restart(s): {e}. {_kept(run_dir)};"
-            " fix the cause and run again to resume."
+            f"training failed after {config.run.max_failures} restart(s): {e}. "
+            f"{_kept(run_dir, options)}; fix the cause and run again to resume."
         ) from None
     outcome = dict(result.return_value or {})
-    outcome["latest_checkpoint"] = result.checkpoint.path if result.checkpoint else None
-    outcome["run_dir"] = str(run_dir)
+    latest = result.checkpoint.path if result.checkpoint else None
+    if latest is not None and storage.is_uri(config.run.storage_path):  # a bucket path
+        latest = f"{config.run.storage_path.split('://')[0]}://{latest}"
+    outcome["latest_checkpoint"] = latest
+    outcome["run_dir"] = storage.without_query(run_dir)
     if outcome.get("status") == "error":
         raise error_kind(outcome.get("kind", ""))(outcome["message"])
     if outcome.get("status") == "stopped":
-        raise TrainingStopped(f"{outcome['message']} {_kept(run_dir)}")
+        raise TrainingStopped(f"{outcome['message']} {_kept(run_dir, options)}")
     return outcome
 
 
@@ -156,9 +163,10 @@ def init_ray(address: str | None) -> None:
     )
 
 
-def _kept(run_dir: Path) -> str:
+def _kept(run_dir: str, options: StorageOptions) -> str:
     """Where the run's checkpoints are, or that there are none yet."""
-    kept = sorted(p.name for p in run_dir.glob("epoch*_step*") if p.is_dir())
+    kept = [n for n in storage.list_folder(run_dir, options) if n.startswith("epoch")]
+    shown = storage.without_query(run_dir)
     if not kept:
-        return f"no checkpoint was written (run folder {run_dir})"
-    return f"checkpoints are kept in {run_dir} (latest {kept[-1]})"
+        return f"no checkpoint was written (run folder {shown})"
+    return f"checkpoints are kept in {shown} (latest {kept[-1]})"

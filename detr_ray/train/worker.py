@@ -22,6 +22,7 @@ import ray.train.torch
 import torch
 from PIL import Image
 
+from detr_ray import storage
 from detr_ray.checkpoint import (
     CHECKPOINT_FILE,
     checkpoint_dict,
@@ -39,6 +40,7 @@ from detr_ray.evaluation import GatheredResults, evaluate
 from detr_ray.inference import describe_detections, detect_batch, draw_detections
 from detr_ray.losses import loss_names_by_term
 from detr_ray.model.build import build_model
+from detr_ray.storage import without_query
 from detr_ray.train.engine import Engine, seed_everything, trained_module
 from detr_ray.train.fatal import read_fatal_error, write_fatal_error
 from detr_ray.train.step_stats import StepLog
@@ -59,10 +61,12 @@ def train_loop_per_worker(loop_config: dict) -> dict:
     _log_detr_ray_info()
     config = ExperimentConfig.from_dict(loop_config["experiment"])
     label_map = LabelMap.from_dict(loop_config["label_map"])
-    run_dir = Path(loop_config["run_dir"])
+    run_dir = loop_config["run_dir"]  # a local folder or an object-store URI
     rank = ray.train.get_context().get_world_rank()  # [Ray]
     device = ray.train.torch.get_device()  # [Ray]
-    fatal = read_fatal_error(run_dir)  # an earlier attempt met an error a restart cannot fix
+    fatal = read_fatal_error(
+        run_dir, config.run.storage
+    )  # an earlier attempt met an error a restart cannot fix
     if fatal is not None:
         return _ended_by(fatal, config, run_dir, rank)
 
@@ -153,7 +157,7 @@ def train_loop_per_worker(loop_config: dict) -> dict:
     except DetrRayError as e:
         # One rank's error (its collectives are left waiting): Ray stops the
         # group; the next attempt reads this record and ends at once.
-        write_fatal_error(run_dir, e)
+        write_fatal_error(run_dir, e, config.run.storage)
         if progress:
             progress.tracker.set_tags({"detr_ray.error": str(e)})
             progress.tracker.finish("FAILED")
@@ -187,13 +191,15 @@ def _read_inputs(config: ExperimentConfig, label_map: LabelMap, rank: int):
     train_set, val_set = _datasets(config, label_map)
     start = _starting_checkpoint(config)
     if start is None and config.init.init_from:
-        loaded = initialise_from(detr, config.init.init_from, label_map, config.init.class_head)
+        loaded = initialise_from(
+            detr, config.init.init_from, label_map, config.init.class_head, config.run.storage
+        )
         if rank == 0:
             print(f"[detr-ray] fine-tuning: {loaded}", flush=True)
     return detr, train_set, val_set, start
 
 
-def _ended_by(error: DetrRayError, config: ExperimentConfig, run_dir: Path, rank: int) -> dict:
+def _ended_by(error: DetrRayError, config: ExperimentConfig, run_dir: str, rank: int) -> dict:
     """Every rank returns (Ray Train does not retry a returned run); rank 0 marks
     the run's MLflow run, if there is one, FAILED."""
     if rank == 0:
@@ -201,7 +207,7 @@ def _ended_by(error: DetrRayError, config: ExperimentConfig, run_dir: Path, rank
         from detr_ray.tracking_store import tracking_uri
 
         uri = tracking_uri(config.tracking.uri, config.run.storage_path)
-        fail_run(uri, config.tracking.experiment, run_dir, str(error))
+        fail_run(uri, config.tracking.experiment, without_query(run_dir), str(error))
     return {"status": "error", "kind": type(error).__name__, "message": str(error)}
 
 
@@ -233,7 +239,7 @@ def _starting_checkpoint(config: ExperimentConfig) -> dict | None:
         with checkpoint.as_directory() as directory:
             return load_checkpoint(Path(directory) / CHECKPOINT_FILE)
     if config.run.resume_from:
-        loaded = load_checkpoint(config.run.resume_from)
+        loaded = load_checkpoint(config.run.resume_from, config.run.storage)
         if "train_state" not in loaded:
             raise CheckpointError(
                 f"run.resume_from {config.run.resume_from} has no training state (optimizer, "
@@ -243,7 +249,7 @@ def _starting_checkpoint(config: ExperimentConfig) -> dict | None:
     return None
 
 
-def _tracker(config: ExperimentConfig, run_dir: Path, start: dict | None):
+def _tracker(config: ExperimentConfig, run_dir: str, start: dict | None):
     from detr_ray.tracking import PARENT_TAG, RunTracker
     from detr_ray.tracking_store import tracking_uri
 
@@ -252,7 +258,7 @@ def _tracker(config: ExperimentConfig, run_dir: Path, start: dict | None):
         uri,
         config.tracking.experiment,
         config.run.name,
-        run_dir,
+        without_query(run_dir),
         config.run.storage_path,
         run_id=(start or {}).get("mlflow_run_id"),
         params=config.flat(),
@@ -265,16 +271,15 @@ def _tracker(config: ExperimentConfig, run_dir: Path, start: dict | None):
     return tracker
 
 
-def _inject_failure_once(config: ExperimentConfig, run_dir: Path, rank: int, step: int) -> None:
+def _inject_failure_once(config: ExperimentConfig, run_dir: str, rank: int, step: int) -> None:
     """``debug.fail_once_at_step``: rank 0 raises once before that step (tests of restarts)."""
     target = config.debug.fail_once_at_step
     if target is None or step != target or rank != 0:
         return
-    marker = run_dir / f".injected_failure_{target}"
-    if marker.exists():
+    marker = storage.join(run_dir, f".injected_failure_{target}")
+    if storage.kind(marker, config.run.storage) == "file":
         return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
+    storage.write_bytes(marker, b"", config.run.storage)
     raise RuntimeError(f"injected failure at step {step} (debug.fail_once_at_step)")
 
 
@@ -290,7 +295,7 @@ class Checkpoints:
         config: ExperimentConfig,
         engine: Engine,
         label_map: LabelMap,
-        run_dir: Path,
+        run_dir: str,
         start: dict | None,
     ):
         self.config, self.engine, self.label_map, self.run_dir = config, engine, label_map, run_dir
@@ -324,7 +329,7 @@ class Checkpoints:
         if evaluated:
             self.last_metrics = evaluated
         if new_best:
-            self.best = (score, str(self.run_dir / name))
+            self.best = (score, without_query(storage.join(self.run_dir, name)))
         checkpoint = checkpoint_dict(
             self.engine.detr,  # the reference DETR: extra query groups are training state
             self.config.model,

@@ -26,15 +26,18 @@ import io
 import json
 import math
 import os
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from detr_ray import storage
 from detr_ray.cluster import check_cluster_address
 from detr_ray.config import ExperimentConfig, ScalingConfig
 from detr_ray.data.labels import LabelMap
 from detr_ray.errors import ConfigError
+from detr_ray.storage import StorageOptions
 from detr_ray.tune.space import SearchSpace
 
 if TYPE_CHECKING:
@@ -94,11 +97,11 @@ class SweepOptions:
 
 @dataclass
 class SweepOutcome:
-    sweep_dir: Path
+    sweep_dir: str  # a local folder or an object-store URI
     interrupted: bool
     rows: list[dict]  # one per trial, as in results.csv
     best: dict | None  # the best row
-    best_config_path: Path | None
+    best_config_path: str | None
     parent_run_id: str
     tracking_uri: str
     concurrency: str = ""  # how many trials ran at once, and why
@@ -123,8 +126,9 @@ def run_sweep(
     check_search(options, space)
     prepared = prepare_run(base, local_cluster=address in (None, "auto", "local"))
     base = prepared.config
-    sweep_dir = Path(base.run.storage_path) / "sweeps" / options.name
-    _check_resume(sweep_dir, options.resume)
+    options_storage = base.run.storage
+    sweep_dir = storage.join(base.run.storage_path, "sweeps", options.name)
+    _check_resume(sweep_dir, options.resume, options_storage)
 
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -133,19 +137,20 @@ def run_sweep(
     from ray import tune
 
     init_ray(address)
+    filesystem, fs_sweep_dir = storage.open_location(sweep_dir, options_storage)
     resources = ray.cluster_resources()
     if base.scaling.use_gpu:
         check_cluster_gpus(base.scaling.num_workers, resources)
     base = fit_trial_to_cluster(base, resources.get("CPU", 0.0))
     at_once, why = trials_at_once(base.scaling, resources, options.max_concurrent)
-    _check_resumed_concurrency(sweep_dir, options.resume, at_once)
+    _check_resumed_concurrency(sweep_dir, options.resume, at_once, options_storage)
 
     uri = tracking_uri(base.tracking.uri, base.run.storage_path)
     parent = SweepTracker(
         uri,
         base.tracking.experiment,
         f"sweep {options.name}",
-        sweep_dir,
+        storage.without_query(sweep_dir),
         base.run.storage_path,
         params=_sweep_params(space, options),
     )
@@ -164,7 +169,7 @@ def run_sweep(
             base=base.to_dict(),
             label_map=prepared.label_map.to_dict(),
             space=space,
-            train_dir=str(sweep_dir / "train"),
+            train_dir=storage.join(sweep_dir, "train"),
             tracking_uri=uri,
             parent_run_id=parent.run_id,
         ),
@@ -172,13 +177,18 @@ def run_sweep(
     )
     print(
         f"[detr-ray] sweep {options.name!r} over {space.keys} ({space.source}); "
-        f"folder {sweep_dir}; MLflow parent run {parent.run_id}\n[detr-ray] {why}",
+        f"folder {storage.without_query(sweep_dir)}; MLflow parent run {parent.run_id}\n"
+        f"[detr-ray] {why}",
         flush=True,
     )
     if options.resume:
         print("[detr-ray] resuming: finished trials are kept, the others run", flush=True)
         tuner = tune.Tuner.restore(
-            str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True
+            fs_sweep_dir,
+            trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=filesystem,
         )
     else:
         searcher = _searcher(options, space, at_once)
@@ -195,22 +205,24 @@ def run_sweep(
                 max_concurrent_trials=None if seeded else at_once,
                 scheduler=_scheduler(options, base.train.epochs),
                 search_alg=searcher,
+                trial_dirname_creator=_trial_folder,  # the trial's id, as in results.csv
             ),
             run_config=tune.RunConfig(
                 name=options.name,
-                storage_path=str(sweep_dir.parent),
+                storage_path=posixpath.dirname(fs_sweep_dir),
+                storage_filesystem=filesystem,
                 progress_reporter=_reporter(space, options),
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / CONCURRENCY_FILE).write_text(json.dumps({"trials_at_once": at_once}))
+        record = json.dumps({"trials_at_once": at_once}).encode()
+        storage.write_bytes(storage.join(sweep_dir, CONCURRENCY_FILE), record, options_storage)
     try:
-        tuner.fit()
+        grid = tuner.fit()
     except BaseException:
         parent.finish("FAILED")
         raise
-    return _finish(base, space, options, sweep_dir, parent, why)
+    return _finish(grid, base, space, options, sweep_dir, parent, why)
 
 
 def fit_trial_to_cluster(base: ExperimentConfig, cluster_cpus: float) -> ExperimentConfig:
@@ -388,28 +400,36 @@ def _reporter(space: SearchSpace, options: SweepOptions) -> Any:  # ray.tune.CLI
     )
 
 
-def _check_resumed_concurrency(sweep_dir: Path, resume: bool, at_once: int) -> None:
+def _trial_folder(trial: Any) -> str:
+    return str(trial.trial_id)
+
+
+def _check_resumed_concurrency(
+    sweep_dir: str, resume: bool, at_once: int, options: StorageOptions
+) -> None:
     """A resumed sweep keeps the number of trials at once it was started with
     (Tune restores it): refuse to resume it on a cluster that holds fewer."""
-    record = sweep_dir / CONCURRENCY_FILE
-    if not resume or not record.is_file():
+    record = storage.join(sweep_dir, CONCURRENCY_FILE)
+    if not resume or storage.kind(record, options) != "file":
         return
-    started_with = int(json.loads(record.read_text())["trials_at_once"])
+    started_with = int(json.loads(storage.read_bytes(record, options))["trials_at_once"])
     if started_with > at_once:
         raise ConfigError(
-            f"the sweep in {sweep_dir} was started running {started_with} trials at once and "
-            f"Tune resumes it so; this cluster holds {at_once}: resume it on a cluster as large "
-            "as the first, or start a new sweep (another --name)"
+            f"the sweep in {storage.without_query(sweep_dir)} was started running "
+            f"{started_with} trials at once and Tune resumes it so; this cluster holds "
+            f"{at_once}: resume it on a cluster as large as the first, or start a new sweep "
+            "(another --name)"
         )
 
 
-def _check_resume(sweep_dir: Path, resume: bool) -> None:
-    state_exists = (sweep_dir / "tuner.pkl").exists()
+def _check_resume(sweep_dir: str, resume: bool, options: StorageOptions) -> None:
+    state_exists = storage.kind(storage.join(sweep_dir, "tuner.pkl"), options) == "file"
+    shown = storage.without_query(sweep_dir)
     if resume and not state_exists:
-        raise ConfigError(f"--resume: no sweep to resume in {sweep_dir}; drop --resume to start")
-    if not resume and sweep_dir.exists():
+        raise ConfigError(f"--resume: no sweep to resume in {shown}; drop --resume to start")
+    if not resume and storage.kind(sweep_dir, options) != "missing":
         raise ConfigError(
-            f"a sweep already exists in {sweep_dir}: add --resume to continue it, or pick "
+            f"a sweep already exists in {shown}: add --resume to continue it, or pick "
             "another --name"
         )
 
@@ -424,45 +444,46 @@ def _sweep_params(space: SearchSpace, options: SweepOptions) -> dict:
 
 # ---------------------------------------------------------------------- the end
 def _finish(
+    grid: Any,  # ray.tune.ResultGrid
     base: ExperimentConfig,
     space: SearchSpace,
     options: SweepOptions,
-    sweep_dir: Path,
+    sweep_dir: str,
     parent: SweepTracker,
     concurrency: str,
 ) -> SweepOutcome:
     """Results table, best config, plots; early-stopped children marked KILLED."""
-    from ray.tune import ExperimentAnalysis
-
     children = parent.child_runs()  # trial id (the child's run name) -> (run id, status)
-    rows, interrupted = [], False
-    # Tune's public record of the sweep, read back from its folder: every trial
-    # with its status, sampled config, last result and metric history.
-    analysis = ExperimentAnalysis(str(sweep_dir))
-    for trial in analysis.trials:
-        metrics = trial.last_result or {}
+    rows: list[dict[str, Any]] = []
+    interrupted = False
+    # Tune's public record of the sweep: one Result per trial (its folder is
+    # named by its trial id), with its sampled config, last result, error and
+    # metric history.
+    for result in grid:
+        metrics = result.metrics or {}
+        trial_id = posixpath.basename(str(result.path).rstrip("/"))
         epochs = int(metrics.get("epoch", 0) or 0)
         done = bool(metrics.get("done"))
-        status = _status(trial.status, done, epochs, base.train.epochs)
+        status = _status(result.error is not None, done, epochs, base.train.epochs)
         interrupted |= status == "unfinished"
-        run_id, run_status = children.get(trial.trial_id, (None, None))
+        run_id, run_status = children.get(trial_id, (None, None))
         # Tune stops a trial right after the report that ends it (ASHA at max_t
         # too), often before its Train run closes its MLflow run: close it here.
         if run_id is not None and run_status == "RUNNING" and status == "stopped early":
             parent.end_child(run_id, "KILLED", {"detr_ray.stopped_early": "true"})
         elif run_id is not None and run_status == "RUNNING" and status == "finished":
             parent.end_child(run_id, "FINISHED", {})
-        sampled = {key: trial.config.get(key) for key in space.keys}
+        sampled = {key: (result.config or {}).get(key) for key in space.keys}
         rows.append(
             {
-                "trial": trial.trial_id,
+                "trial": trial_id,
                 "status": status,
                 "epochs": epochs,
                 **sampled,
-                options.metric: _best_value(analysis.trial_dataframes.get(trial.trial_id), options),
+                options.metric: _best_value(result.metrics_dataframe, options),
                 "last_loss": metrics.get("loss"),
                 "mlflow_run_id": run_id,
-                "train_dir": str(sweep_dir / "train" / trial.trial_id),
+                "train_dir": storage.without_query(storage.join(sweep_dir, "train", trial_id)),
             }
         )
     ranked = [r for r in rows if r[options.metric] is not None]
@@ -470,12 +491,12 @@ def _finish(
     best = max(ranked, key=lambda r: sign * r[options.metric]) if ranked else None
     best_config_path = None
     table = _csv(rows)
-    (sweep_dir / "results.csv").write_text(table)
+    storage.write_bytes(storage.join(sweep_dir, "results.csv"), table.encode(), base.run.storage)
     parent.log_text(table, "results.csv")
     if best is not None:
         best_config = _best_config(base, space, best, options)
-        best_config_path = sweep_dir / "best_config.yaml"
-        best_config_path.write_text(best_config.to_yaml())
+        best_config_path = storage.join(sweep_dir, "best_config.yaml")
+        storage.write_bytes(best_config_path, best_config.to_yaml().encode(), base.run.storage)
         parent.log_text(best_config.to_yaml(), "best_config.yaml")
         best["checkpoint"] = parent.child_tag(best["mlflow_run_id"], "best_checkpoint")
         parent.set_tags(
@@ -498,11 +519,11 @@ def _finish(
     )
 
 
-def _status(tune_status: str, done: bool, epochs_done: int, epochs: int) -> str:
+def _status(errored: bool, done: bool, epochs_done: int, epochs: int) -> str:
     """A trial's outcome. Tune marks ``done`` the last result of a trial that
     returned or that its scheduler stopped; a sweep interrupted by Ctrl-C
     leaves its running trials without it (and pending ones without results)."""
-    if tune_status == "ERROR":
+    if errored:
         return "error"
     if not done:
         return "unfinished"

@@ -68,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         storage = Path(tmp)
         tracker = RunTracker(
-            tracking_uri(None, storage), "bench", "plot", storage / "r", storage, loss_series=series
+            tracking_uri(None, storage), "bench", "plot", storage / "r", loss_series=series
         )
         logged = 0
         for target in [int(p) for p in args.points.split(",")]:

@@ -70,14 +70,13 @@ def _no_ray_worker(rank, workers, config_path, steps, storage, queue) -> float:
 
     from detr_ray.config import load_config
     from detr_ray.model.build import build_model
+    from detr_ray.prepare import prepare_run
     from detr_ray.train.engine import Engine, seed_everything
-    from detr_ray.train.launcher import prepare_config
     from detr_ray.train.worker import _datasets
 
     torch.set_num_threads(2 // workers)
-    config, label_map = prepare_config(
-        load_config(config_path, overrides(steps, storage, "no_ray"))
-    )
+    prepared = prepare_run(load_config(config_path, overrides(steps, storage, "no_ray")))
+    config, label_map = prepared.config, prepared.label_map
     seed_everything(config.train.seed)
     model = build_model(config.model)
     if workers > 1:  # what Ray Train's prepare_model does on CPU, without Ray

@@ -243,10 +243,27 @@ class TrackingConfig:
     uri: str | None = None
     experiment: str = "detr-ray"
     log_images: int = 4
+    # Register the best checkpoint as a version of this MLflow model (null: do not);
+    # the alias "champion" moves to the version with the best validation AP.
+    register_model: str | None = None
+    system_metrics_every: float = 10.0  # seconds between system samples per node (0: off)
+    async_logging: bool = True  # metric points through a background queue
     parent_run_id: str | None = None  # set by sweeps: the run is a trial of this one
 
     def __post_init__(self):
         require(self.log_images >= 0, "log_images", self.log_images, ">= 0")
+        require(
+            self.system_metrics_every >= 0,
+            "system_metrics_every",
+            self.system_metrics_every,
+            ">= 0 (0: off)",
+        )
+        require(
+            self.register_model is None or bool(self.register_model.strip()),
+            "register_model",
+            self.register_model,
+            "a model name or null",
+        )
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 from detr_ray.errors import ConfigError
-from detr_ray.tracking_store import check_tracking, tracking_uri
+from detr_ray.tracking_store import check_tracking, require_existing_store, tracking_uri
 
 READY_TIMEOUT_S = 60
 
@@ -25,13 +24,7 @@ def start_dashboard(uri: str | None, storage_path: str, port: int) -> subprocess
     if uri.startswith(("http://", "https://")):
         raise ConfigError(f"{uri} is an MLflow server already: open it in a browser")
     check_tracking(uri)  # a scheme MLflow's server can open
-    if uri.startswith("sqlite:///"):
-        database = Path(uri[len("sqlite:///") :])
-        if not database.is_file():
-            raise ConfigError(
-                f"no MLflow store at {database}: train first (detr-ray train ...), or pass "
-                "--tracking-uri / --storage-path"
-            )
+    require_existing_store(uri, "the dashboard")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     command = [

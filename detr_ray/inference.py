@@ -131,16 +131,7 @@ def predict_images(
     records = []
     for index, path in enumerate(paths):
         image = _open_image(path)
-        target = {
-            "image_id": index,
-            "boxes_xyxy": torch.zeros(0, 4),
-            "labels": torch.zeros(0, dtype=torch.int64),
-            "orig_size": (image.height, image.width),
-        }
-        batch = PadCollate()([transform(image, target)])
-        assert batch is not None  # one readable image makes a batch
-        detections = detect_batch(loaded.model, batch, top_k=None, score_threshold=score_threshold)
-        entries = describe_detections(detections[0], loaded.label_map)
+        entries = detections_of(loaded, image, score_threshold, transform)
         drawing = out_dir / names[index]
         drawing.parent.mkdir(parents=True, exist_ok=True)
         draw_detections(image, entries).save(drawing)
@@ -157,6 +148,24 @@ def predict_images(
     json_path = out_dir / "detections.json"
     json_path.write_text(json.dumps(records, indent=2))
     return json_path, len(records)
+
+
+def detections_of(
+    loaded: LoadedModel, image: Image.Image, score_threshold: float, transform=None
+) -> list[dict]:
+    """One RGB image's detections above ``score_threshold``, as :func:`describe_detections`
+    writes them (what ``predict`` and the served MLflow model both return)."""
+    transform = transform or build_transforms(loaded.augmentation, train=False)
+    target = {
+        "image_id": 0,
+        "boxes_xyxy": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "orig_size": (image.height, image.width),
+    }
+    batch = PadCollate()([transform(image, target)])
+    assert batch is not None  # one readable image makes a batch
+    detections = detect_batch(loaded.model, batch, top_k=None, score_threshold=score_threshold)
+    return describe_detections(detections[0], loaded.label_map)
 
 
 def expand_image_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:

@@ -8,29 +8,48 @@ repeats.
 
 Default store: ``sqlite:///<storage_path>/mlflow.db`` with artifacts under
 ``<storage_path>/mlartifacts``; on a cluster, ``tracking.uri`` (or MLflow's
-``MLFLOW_TRACKING_URI``, see ``prepare_config``) names an ``http://`` server.
+``MLFLOW_TRACKING_URI``, see :mod:`detr_ray.prepare`) names an ``http://`` server.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
 import time
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
+from detr_ray.metric_queue import MetricQueue
 from detr_ray.tracking_store import artifact_root
+
+log = logging.getLogger(__name__)
 
 RUN_DIR_TAG = "detr_ray.run_dir"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests children under it
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_PARAM_LENGTH = 6000
+
+
+def metrics_logger(uri: str, run_id: str) -> Callable[[dict[str, float], int], None]:
+    """``log(values, step)`` into run ``run_id``: for processes without a tracker
+    (each node's system-metrics sampler)."""
+    client = MlflowClient(tracking_uri=uri)
+
+    def log_values(values: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        points = [Metric(k, float(v), now, step) for k, v in values.items() if math.isfinite(v)]
+        client.log_batch(run_id, metrics=points)
+
+    return log_values
 
 
 def fail_run(uri: str, experiment: str, run_dir: str | os.PathLike, message: str) -> None:
@@ -56,7 +75,6 @@ class _TrackedRun:
         experiment: MLflow experiment name (created if missing).
         run_name: shown in the UI.
         run_dir: the run's directory, the key that finds the run again.
-        storage_path: ``run.storage_path`` (where a sqlite store keeps artifacts).
         run_id: the run to continue (from a checkpoint), if known.
         params: flattened config, logged when the run is created.
     """
@@ -67,7 +85,6 @@ class _TrackedRun:
         experiment: str,
         run_name: str,
         run_dir: str | os.PathLike,
-        storage_path: str | os.PathLike,
         run_id: str | None = None,
         params: Mapping[str, Any] | None = None,
     ):
@@ -76,10 +93,13 @@ class _TrackedRun:
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=_as_uri(artifact_root(uri, storage_path))
+                experiment, artifact_location=_as_uri(artifact_root(uri))
             )
         else:
             self.experiment_id = found.experiment_id
+        # MLflow 3's UI opens an experiment in its GenAI view unless told it is
+        # model development; detr-ray's experiments are.
+        self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         existing = run_id or self._find_run(str(run_dir))
         self.resumed = existing is not None
         if existing is None:
@@ -152,9 +172,17 @@ class RunTracker(_TrackedRun):
         self,
         *args: Any,
         loss_series: Mapping[str, Sequence[str]] | None = None,
+        asynchronous: bool = True,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        # Metric points go through a background queue (see detr_ray.metric_queue)
+        # unless ``asynchronous`` is False: then each log_metrics waits for the store.
+        self._queue = (
+            MetricQueue(lambda batch: self.client.log_batch(self.run_id, metrics=batch))
+            if asynchronous
+            else None
+        )
         self.loss_series = dict(loss_series or {})
         plotted = [key for keys in self.loss_series.values() for key in keys]
         self._history: dict[str, tuple[array, array]] = {
@@ -185,13 +213,47 @@ class RunTracker(_TrackedRun):
             for key, value in metrics.items()
             if value is not None and math.isfinite(value)
         ]
-        for start in range(0, len(batch), 1000):
-            self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
+        if self._queue is not None:
+            self._queue.put(batch)
+        else:
+            for start in range(0, len(batch), 1000):
+                self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
         for metric in batch:
             series = self._history.get(metric.key)
             if series is not None:
                 series[0].append(step)
                 series[1].append(metric.value)
+
+    def flush(self, timeout_s: float | None = 120.0) -> None:
+        """Wait until the queued metric points are stored (or dropped after retries)."""
+        if self._queue is not None and not self._queue.flush(timeout_s):
+            log.warning("tracking: metric points still queued after %s s", timeout_s)
+
+    @property
+    def dropped_points(self) -> int:
+        return self._queue.dropped if self._queue is not None else 0
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.flush()
+        if self.dropped_points:
+            self.set_tags({"detr_ray.dropped_metric_points": str(self.dropped_points)})
+        super().finish(status)
+
+    def log_dataset(
+        self, context: str, ann_file: str, image_dir: str, counts: Mapping[str, int]
+    ) -> None:
+        """Record a dataset as an input of the run: its annotation file's content
+        digest (two versions of a dataset are two digests), where it is, its counts."""
+        digest = hashlib.sha256(Path(ann_file).read_bytes()).hexdigest()[:16]
+        dataset = Dataset(
+            name=f"{Path(ann_file).stem} ({context})",
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": ann_file, "images": image_dir}),
+            profile=json.dumps(dict(counts)),
+        )
+        tags = [InputTag(key="mlflow.data.context", value=context)]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset=dataset, tags=tags)])
 
     def log_loss_plot(self) -> None:
         """``plots/decoder_layer_losses.png``: every decoder layer's loss terms."""

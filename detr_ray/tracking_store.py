@@ -31,11 +31,25 @@ def tracking_uri(configured: str | None, storage_path: str | os.PathLike) -> str
     return f"sqlite:///{Path(storage_path).expanduser().resolve() / 'mlflow.db'}"
 
 
-def artifact_root(uri: str, storage_path: str | os.PathLike) -> str | None:
-    """Where a new experiment keeps artifacts: beside a sqlite file, else the server's choice."""
-    if not uri.startswith("sqlite:"):
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: ``mlartifacts`` beside a sqlite
+    file (``run.storage_path/mlartifacts`` for the default store), else the
+    server's choice."""
+    if not uri.startswith("sqlite:///"):
         return None
-    return str(Path(storage_path).expanduser().resolve() / "mlartifacts")
+    return str(Path(uri[len("sqlite:///") :]).parent / "mlartifacts")
+
+
+def require_existing_store(uri: str, what: str) -> None:
+    """A ``sqlite:///`` store must exist already (MLflow would create an empty one)
+    for ``what`` (a command that reads it)."""
+    if uri.startswith("sqlite:///"):
+        database = Path(uri[len("sqlite:///") :])
+        if not database.is_file():
+            raise ConfigError(
+                f"no MLflow store at {database} for {what}: train first (detr-ray train ...), "
+                "or pass --tracking-uri / --storage-path"
+            )
 
 
 def check_tracking(uri: str | None) -> None:

@@ -101,6 +101,11 @@ def test_data_check_exits_1_when_training_would_stop(tmp_path, capsys):
             r"--threshold must be in \[0, 1\]",
         ),
         (["eval", "--ann", "a.json", "--checkpoint", "x.pt"], "--checkpoint needs --images"),
+        (
+            ["predict", "--model", "models:/m@champion", "--storage-path", "{dir}", "{file}"]
+            + ["--out", "{dir}"],
+            "no MLflow store at .*mlflow.db for --model models:/m@champion: train first",
+        ),
     ],
 )
 def test_small_mistakes_are_one_line_errors(tmp_path, capsys, argv, message):
@@ -124,3 +129,17 @@ def test_the_earlier_metric_spellings_mean_the_mlflow_names():
         "val_AP": "max",
         "val_AP50": "max",
     }
+
+
+def test_predict_names_a_registered_model_that_is_not_there(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()  # an existing store, without that model
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    argv = ["predict", "--model", "models:/nope@champion", "--tracking-uri", uri, str(image)]
+    assert main(argv + ["--out", str(tmp_path / "out")]) == 2
+    ours = [e for e in capsys.readouterr().err.splitlines() if e.startswith("detr-ray")]
+    assert len(ours) == 1 and ours[0].startswith("detr-ray: error: --model models:/nope@champion")
+    assert uri in ours[0], ours[0]

@@ -26,7 +26,6 @@ def test_dashboard_serves_the_default_store_on_loopback(tmp_path, monkeypatch):
         "detr-ray",
         "demo",
         storage / "demo",
-        storage,
         params={"train.epochs": 2},
     )
     tracker.log_metrics(1, {"loss": 3.5, "d0.loss_cls": 1.25})
@@ -50,5 +49,7 @@ def test_dashboard_serves_the_default_store_on_loopback(tmp_path, monkeypatch):
 
 
 def test_dashboard_without_a_store_says_what_to_do(tmp_path):
-    with pytest.raises(ConfigError, match="no MLflow store at .*mlflow.db: train first"):
+    with pytest.raises(
+        ConfigError, match="no MLflow store at .*mlflow.db for the dashboard: train first"
+    ):
         start_dashboard(None, str(tmp_path / "nothing"), _free_port())

@@ -54,6 +54,8 @@ WITHOUT_TORCH = [
     "detr_ray.jobs.spec",
     "detr_ray.cluster",
     "detr_ray.cli",
+    "detr_ray.metric_queue",  # the tracking queue and the system sampler know no MLflow
+    "detr_ray.system_metrics",
 ]
 
 

@@ -95,10 +95,11 @@ def _s3_config(shapes, s3, tmp_path, name, **sections) -> ExperimentConfig:
 def test_training_checkpoints_to_s3_resumes_from_it_and_serves_predict_and_eval(
     shapes, s3, tmp_path, monkeypatch
 ):
+    monkeypatch.chdir(tmp_path)  # a relative "s3:" folder would appear here
     first = run_training(_s3_config(shapes, s3, tmp_path, "s3run", train={"epochs": 1}))
     assert first["latest_checkpoint"] == f"s3://{BUCKET}/runs/s3run/epoch0001_step0000002"
     assert "runs/s3run/epoch0001_step0000002/checkpoint.pt" in _objects(s3, "runs/s3run/")
-    assert not any(p.name.startswith("s3") for p in Path.cwd().iterdir())  # no local "s3:" dir
+    assert not any(p.name.startswith("s3") for p in tmp_path.iterdir())  # no local "s3:" dir
     # the same command with more epochs continues from the bucket's checkpoint
     more = run_training(_s3_config(shapes, s3, tmp_path, "s3run", train={"epochs": 2}))
     assert (more["epoch"], more["global_step"]) == (2, 4)
@@ -141,12 +142,13 @@ def test_training_checkpoints_to_s3_resumes_from_it_and_serves_predict_and_eval(
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_a_sweep_stores_its_trials_in_s3(shapes, s3, tmp_path):
+def test_a_sweep_stores_its_trials_in_s3(shapes, s3, tmp_path, monkeypatch):
     import ray
 
     from detr_ray.tune.space import parse_space
     from detr_ray.tune.sweep import SweepOptions, run_sweep
 
+    monkeypatch.chdir(tmp_path)  # a relative "s3:" folder would appear here
     base = _s3_config(shapes, s3, tmp_path, "base", scaling={"num_workers": 1})
     space = parse_space({"params": {"loss.bg_cls_weight": {"grid": [0.05, 0.2]}}}, "grid")
     options = SweepOptions(name="s3sweep", num_samples=1, scheduler="fifo", metric="loss")
@@ -159,6 +161,10 @@ def test_a_sweep_stores_its_trials_in_s3(shapes, s3, tmp_path):
         assert row["train_dir"].startswith(f"s3://{BUCKET}/runs/sweeps/s3sweep/train/")
         trial = row["train_dir"].removeprefix(f"s3://{BUCKET}/")
         assert any(k.startswith(f"{trial}/epoch0001") for k in keys), trial
+    # the sweep's own artifacts sit beside its sqlite store, not in a local "s3:" folder
+    parent = MlflowClient(outcome.tracking_uri).get_run(outcome.parent_run_id)
+    assert parent.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+    assert not any(p.name.startswith("s3") for p in tmp_path.iterdir())
 
 
 RUN = (

@@ -116,8 +116,14 @@ def test_sweep_stops_bad_trials_tracks_children_and_resumes_only_what_was_left(t
     # --resume: the two finished trials stay as they are; the others run.
     base = load_config(config_path)
     space = load_space(space_path, base.to_dict())
+    # and the best trial's best checkpoint becomes a registered model
     options = SweepOptions(
-        name="costs", num_samples=1, max_concurrent=1, metric="loss", resume=True
+        name="costs",
+        num_samples=1,
+        max_concurrent=1,
+        metric="loss",
+        resume=True,
+        register_model="costs-best",
     )
     outcome = run_sweep(base, space, options)
     assert not outcome.interrupted
@@ -152,6 +158,12 @@ def test_sweep_stops_bad_trials_tracks_children_and_resumes_only_what_was_left(t
             assert steps and len(steps) == len(set(steps)), key
         expected = "KILLED" if row["status"] == "stopped early" else "FINISHED"
         assert child.info.status == expected, row
+    # registered into the best trial's run, whose status stayed as it was (checked above)
+    version = client.get_model_version_by_alias("costs-best", "champion")
+    assert outcome.best["registered_model"] == f"models:/costs-best/{version.version}"
+    assert version.run_id == outcome.best["mlflow_run_id"]
+    assert version.tags["checkpoint"] == outcome.best["checkpoint"]
+    assert len(client.search_model_versions("name = 'costs-best'")) == 1
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"results.csv", "best_config.yaml", "plots"} <= artifacts
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "plots")] == [

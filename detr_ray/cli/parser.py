@@ -128,6 +128,11 @@ def _training(commands: Any, command: Any) -> None:
     )
     sweep.add_argument("--seed", type=int, help="seed of the random search")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    sweep.add_argument(
+        "--register-model",
+        metavar="NAME",
+        help="register the best trial's best checkpoint as a version of this MLflow model",
+    )
     sweep.add_argument("--address", help=CLUSTER_HELP)
 
     dashboard = command(
@@ -203,7 +208,22 @@ def _evaluation(commands: Any, command: Any) -> None:
         commands, "predict", "draw a checkpoint's detections on images", tools.run_predict
     )
     predict.add_argument("images", nargs="+", help="image files, folders or globs ('a/*.jpg')")
-    predict.add_argument("--checkpoint", required=True, help="detr-ray or official DETR checkpoint")
+    weights = predict.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", help="detr-ray or official DETR checkpoint")
+    weights.add_argument(
+        "--model",
+        help="a registered MLflow model, models:/NAME@ALIAS or models:/NAME/VERSION",
+    )
+    predict.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI holding --model (default: MLFLOW_TRACKING_URI, "
+        "else the sqlite store in --storage-path)",
+    )
+    predict.add_argument(
+        "--storage-path",
+        default="runs",
+        help="run.storage_path whose sqlite store holds --model (default: runs)",
+    )
     predict.add_argument("--out", required=True, help="folder for the drawings and detections.json")
     predict.add_argument(
         "--threshold", type=float, default=0.5, help="minimum score to keep, in [0, 1]"

@@ -77,6 +77,7 @@ def run_tune(args: argparse.Namespace) -> int:
         reduction_factor=args.reduction_factor,
         resume=args.resume,
         seed=args.seed,
+        register_model=args.register_model,
     )
     outcome = run_sweep(base, space, options, address=args.address)
     print(
@@ -107,6 +108,8 @@ def run_tune(args: argparse.Namespace) -> int:
         f"(detr-ray train {outcome.best_config_path})"
     )
     print(f"[detr-ray] its checkpoint: {best.get('checkpoint') or best['train_dir']}")
+    if best.get("registered_model"):
+        print(f"[detr-ray] registered as {best['registered_model']}")
     return 0
 
 

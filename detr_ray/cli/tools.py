@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 
 from detr_ray.config import SyntheticDataConfig
@@ -115,12 +117,23 @@ def run_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file; give a folder (it is created if missing)")
-    json_path, count = predict_images(
-        args.checkpoint,
-        args.images,
-        out,
-        score_threshold=args.threshold,
-        device=resolve_device(args.device),
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint
+        if args.model:
+            from detr_ray.model_registry import download_registered_checkpoint
+            from detr_ray.tracking_store import require_existing_store, tracking_uri
+
+            uri = tracking_uri(
+                args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), args.storage_path
+            )
+            require_existing_store(uri, f"--model {args.model}")
+            checkpoint = str(download_registered_checkpoint(args.model, uri, tmp))
+        json_path, count = predict_images(
+            checkpoint,
+            args.images,
+            out,
+            score_threshold=args.threshold,
+            device=resolve_device(args.device),
+        )
     print(f"wrote {count} drawing(s) and {json_path}")
     return 0

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 from collections import defaultdict
@@ -85,6 +86,16 @@ def open_rgb(path: Path) -> Image.Image:
             return to_rgb(opened)
     except FileNotFoundError:
         raise
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise ImageReadError(f"{type(e).__name__}: {e}") from None
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """Encoded image bytes (PNG, JPEG...) as 8-bit RGB; ImageReadError if they are no image."""
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            return to_rgb(opened)
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise ImageReadError(f"{type(e).__name__}: {e}") from None
 

@@ -41,6 +41,7 @@ from detr_ray.inference import describe_detections, detect_batch, draw_detection
 from detr_ray.losses import loss_names_by_term
 from detr_ray.model.build import build_model
 from detr_ray.storage import without_query
+from detr_ray.system_metrics import SystemSampler
 from detr_ray.train.engine import Engine, seed_everything, trained_module
 from detr_ray.train.fatal import read_fatal_error, write_fatal_error
 from detr_ray.train.step_stats import StepLog
@@ -104,6 +105,8 @@ def train_loop_per_worker(loop_config: dict) -> dict:
     if rank == 0:
         progress = Progress(config, engine, _tracker(config, run_dir, start), label_map, val_set)
         progress.tracker.set_tags({"detr_ray.worker_nodes": ",".join(worker_nodes)})
+        if not progress.tracker.resumed:
+            _log_datasets(progress.tracker, config, train_set, val_set, label_map)
         print(
             f"[detr-ray] {len(worker_nodes)} worker(s) on {len(set(worker_nodes))} node(s)",
             flush=True,
@@ -132,6 +135,9 @@ def train_loop_per_worker(loop_config: dict) -> dict:
             raise
         report(evaluated)
 
+    # One system-metrics sampler per node, into rank 0's MLflow run.
+    run_id = all_gather_objects(progress.tracker.run_id if progress else None)[0]
+    sampler = _system_sampler(config, str(run_id), worker_nodes[rank])
     summary: dict = {"worker_nodes": worker_nodes}
     try:
         while not engine.finished:
@@ -152,6 +158,8 @@ def train_loop_per_worker(loop_config: dict) -> dict:
         if progress:
             progress.tracker.set_tags({"detr_ray.stopped": str(stopped)})
             progress.tracker.finish("FAILED")
+        if sampler:
+            sampler.stop()
         summary.update(status="stopped", message=str(stopped))
         return summary | _summary(engine, checkpoints, progress)
     except DetrRayError as e:
@@ -162,8 +170,15 @@ def train_loop_per_worker(loop_config: dict) -> dict:
             progress.tracker.set_tags({"detr_ray.error": str(e)})
             progress.tracker.finish("FAILED")
         raise
+    finally:
+        if progress:
+            progress.tracker.flush()  # also when a worker failed: nothing logged is lost
+    if sampler:
+        sampler.stop()
     if progress:
         progress.tracker.log_loss_plot()
+        if config.tracking.register_model and checkpoints.best:
+            progress.register(checkpoints.best, config.tracking.register_model)
         progress.tracker.finish("FINISHED")
     summary.update(status="completed", message="")
     return summary | _summary(engine, checkpoints, progress)
@@ -259,16 +274,49 @@ def _tracker(config: ExperimentConfig, run_dir: str, start: dict | None):
         config.tracking.experiment,
         config.run.name,
         without_query(run_dir),
-        config.run.storage_path,
         run_id=(start or {}).get("mlflow_run_id"),
         params=config.flat(),
         loss_series=loss_names_by_term(config.model.num_decoder_layers),
+        asynchronous=config.tracking.async_logging,
     )
     if not tracker.resumed:
         tracker.log_text(config.to_yaml(), "config.yaml")
         if config.tracking.parent_run_id:  # a sweep's trial: nest it under the sweep's run
             tracker.set_tags({PARENT_TAG: config.tracking.parent_run_id})
     return tracker
+
+
+def _log_datasets(
+    tracker: RunTracker,
+    config: ExperimentConfig,
+    train_set: CocoDetection,
+    val_set: CocoDetection,
+    label_map: LabelMap,
+) -> None:
+    """The training and validation sets as the run's dataset inputs (digest, counts)."""
+    for context, dataset, images in (
+        ("training", train_set, config.data.train_images),
+        ("validation", val_set, config.data.val_images),
+    ):
+        counts = {
+            "images": len(dataset.records),
+            "annotations": sum(len(r.labels) for r in dataset.records),
+            "categories": label_map.num_classes,
+        }
+        tracker.log_dataset(context, str(dataset.ann_file), images, counts)
+
+
+def _system_sampler(config: ExperimentConfig, run_id: str, node_id: str) -> SystemSampler | None:
+    """This node's sampler, on the worker with local rank 0 (None elsewhere or when off)."""
+    every = config.tracking.system_metrics_every
+    if every <= 0 or ray.train.get_context().get_local_rank() != 0:  # [Ray]
+        return None
+    from detr_ray.tracking import metrics_logger
+    from detr_ray.tracking_store import tracking_uri
+
+    uri = tracking_uri(config.tracking.uri, config.run.storage_path)
+    node = f"node-{node_id[:8]}"
+    return SystemSampler(node, metrics_logger(uri, run_id), every_s=every)
 
 
 def _inject_failure_once(config: ExperimentConfig, run_dir: str, rank: int, step: int) -> None:
@@ -409,11 +457,28 @@ class Progress:
         return metrics
 
     def on_report(self, best: tuple[float, str] | None, new_best: bool) -> None:
+        self.tracker.flush()  # what was queued since the last report reaches the store
         self.tracker.log_loss_plot()
         if new_best and best is not None:
             score, path = best
             self.tracker.set_tags({"best_checkpoint": path, "best_val_AP": f"{score:.4f}"})
             self.tracker.log_text(f"{path}\nval AP {score:.4f}\n", "best_checkpoint.txt")
+
+    def register(self, best: tuple[float, str], name: str) -> None:
+        """The best checkpoint as a new version of registered model ``name``."""
+        from detr_ray.model_registry import register_checkpoint
+
+        score, location = best
+        version = register_checkpoint(
+            self.tracker.uri,
+            self.tracker.run_id,
+            location,
+            name,
+            score,
+            self.config.run.storage,
+        )
+        self.tracker.set_tags({"detr_ray.registered_model": f"models:/{name}/{version}"})
+        print(f"[detr-ray] registered {location} as models:/{name}/{version}", flush=True)
 
     def _log_sample_images(self) -> None:
         count = min(self.config.tracking.log_images, len(self.val_set))

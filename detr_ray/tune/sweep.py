@@ -68,6 +68,7 @@ class SweepOptions:
     reduction_factor: float = 2.0
     resume: bool = False
     seed: int | None = None  # of the random search
+    register_model: str | None = None  # register the best trial's best checkpoint as this
 
     def __post_init__(self):
         def bad(key, value, what):
@@ -89,6 +90,8 @@ class SweepOptions:
             bad("grace_period", self.grace_period, ">= 1")
         if self.reduction_factor <= 1:
             bad("reduction_factor", self.reduction_factor, "> 1")
+        if self.register_model is not None and not self.register_model.strip():
+            bad("register_model", self.register_model, "a model name")
 
     @property
     def mode(self) -> str:
@@ -151,7 +154,6 @@ def run_sweep(
         base.tracking.experiment,
         f"sweep {options.name}",
         storage.without_query(sweep_dir),
-        base.run.storage_path,
         params=_sweep_params(space, options),
     )
     if not parent.resumed:
@@ -332,8 +334,9 @@ def _trial(
     config = dataclasses.replace(
         config,
         run=dataclasses.replace(config.run, name=trial_id, storage_path=train_dir),
+        # Only the sweep's best trial is registered (tune --register-model), by the driver.
         tracking=dataclasses.replace(
-            config.tracking, uri=tracking_uri, parent_run_id=parent_run_id
+            config.tracking, uri=tracking_uri, parent_run_id=parent_run_id, register_model=None
         ),
         # ASHA compares trials at every epoch: evaluate every epoch, report once.
         train=dataclasses.replace(config.train, eval_every=1, report_every=None),
@@ -505,6 +508,8 @@ def _finish(
                 f"best_{options.metric}": f"{best[options.metric]:.4f}",
             }
         )
+        if options.register_model and best["checkpoint"]:
+            best["registered_model"] = _register_best(parent, best, options.register_model, base)
     parent.log_sweep_plot(rows, space.keys, options.metric)
     parent.finish("KILLED" if interrupted else "FINISHED")
     return SweepOutcome(
@@ -517,6 +522,19 @@ def _finish(
         tracking_uri=parent.uri,
         concurrency=concurrency,
     )
+
+
+def _register_best(parent: SweepTracker, best: dict, name: str, base: ExperimentConfig) -> str:
+    """The best trial's best checkpoint as a new version of ``name`` (in the trial's run)."""
+    from detr_ray.model_registry import register_checkpoint
+
+    val_ap = float(parent.child_tag(best["mlflow_run_id"], "best_val_AP") or "-1")
+    version = register_checkpoint(
+        parent.uri, best["mlflow_run_id"], best["checkpoint"], name, val_ap, base.run.storage
+    )
+    model = f"models:/{name}/{version}"
+    parent.set_tags({"detr_ray.registered_model": model})
+    return model
 
 
 def _status(errored: bool, done: bool, epochs_done: int, epochs: int) -> str:

@@ -1,0 +1,80 @@
+"""Tracking against a real MLflow server on loopback that goes down mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from mlflow.tracking import MlflowClient
+
+from detr_ray.tracking import RunTracker
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(tmp_path, port: int) -> subprocess.Popen:
+    """``mlflow server`` on 127.0.0.1:port over a sqlite store in tmp_path, in its own
+    process group (it has worker processes): ours to kill, and only ours."""
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
+    command += ["--artifacts-destination", str(tmp_path / "artifacts")]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = (tmp_path / f"server-{time.monotonic_ns()}.log").open("w")
+    server = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"mlflow server exited with {server.returncode}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return server
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError("mlflow server did not start")
+
+
+def kill(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGKILL)  # the group the test started, by its id
+        server.wait(30)
+
+
+def test_a_server_down_for_a_while_delays_no_step_and_loses_no_point(tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_server(tmp_path, port)
+    try:
+        tracker = RunTracker(uri, "outage", "run", tmp_path / "run")
+        for step in range(5):
+            tracker.log_metrics(step, {"loss": 10.0 - step, "lr": 1e-4})
+        tracker.flush(60)
+
+        kill(server)
+        started = time.monotonic()
+        for step in range(5, 15):
+            tracker.log_metrics(step, {"loss": 10.0 - step, "lr": 1e-4})
+        assert time.monotonic() - started < 2.0  # no step waited for the dead server
+
+        server = start_server(tmp_path, port)  # back, same store, same address
+        tracker.flush(300)
+        assert tracker.dropped_points == 0
+        tracker.finish()
+        client = MlflowClient(uri)
+        history = sorted(
+            (m.step, m.value) for m in client.get_metric_history(tracker.run_id, "loss")
+        )
+        assert history == [(step, 10.0 - step) for step in range(15)]
+        assert client.get_run(tracker.run_id).info.status == "FINISHED"
+    finally:
+        kill(server)

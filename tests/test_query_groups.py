@@ -120,9 +120,10 @@ def _one_step(engine: Engine):
     return result, grads
 
 
-def test_query_groups_off_is_bit_for_bit_the_step_without_the_option(shapes):
+@pytest.mark.parametrize("option", [{"query_groups": 1}, {"dense_aux_weight": 0.0}])
+def test_an_accelerator_off_is_bit_for_bit_the_step_without_the_option(shapes, option):
     absent, grads_absent = _one_step(_engine(shapes))
-    off, grads_off = _one_step(_engine(shapes, query_groups=1))
+    off, grads_off = _one_step(_engine(shapes, **option))
     assert set(absent.losses) == set(off.losses) == set(loss_names(2))
     for name in absent.losses:
         assert torch.equal(absent.losses[name], off.losses[name]), name
@@ -146,3 +147,24 @@ def test_a_grouped_engine_checkpoints_the_reference_model_and_keeps_the_groups(s
     again = _engine(shapes, query_groups=3)
     again.load_checkpoint({"model": engine.detr.state_dict(), **state})
     assert torch.equal(again.module.extra_queries.weight, engine.module.extra_queries.weight)
+
+
+def test_a_dense_engine_logs_its_terms_and_checkpoints_the_reference_model(shapes):
+    engine = _engine(shapes, dense_aux_weight=2.0)
+    result, grads = _one_step(engine)
+    assert set(result.losses) == set(loss_names(2)) | {
+        "dense/loss_cls",
+        "dense/loss_bbox",
+        "dense/loss_iou",
+    }
+    assert all(torch.isfinite(v) and v > 0 for v in result.losses.values())
+    # the dense head learns, and its loss reaches the backbone through the encoder
+    head = engine.module.dense_head
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    assert set(engine.detr.state_dict()) == set(build_preset("detr_r18_tiny", 3).state_dict())
+    parts = engine.training_state()["training_parts"]
+    assert parts and all(name.startswith("dense_head.") for name in parts)
+    again = _engine(shapes, dense_aux_weight=2.0)
+    again.load_checkpoint({"model": engine.detr.state_dict(), **engine.training_state()})
+    for name, value in again.module.dense_head.state_dict().items():
+        assert torch.equal(value, head.state_dict()[name]), name

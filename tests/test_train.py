@@ -44,11 +44,14 @@ def final_weights(outcome):
     return load_checkpoint(outcome["latest_checkpoint"])["model"]
 
 
-@pytest.mark.parametrize("query_groups", [1, 3])
-def test_two_workers_train_exactly_like_one_with_the_whole_batch(shapes, tmp_path, query_groups):
+@pytest.mark.parametrize("query_groups, dense", [(1, 0.0), (3, 0.0), (1, 2.0)])
+def test_two_workers_train_exactly_like_one_with_the_whole_batch(
+    shapes, tmp_path, query_groups, dense
+):
     # Deterministic data (no flip/crop, one scale), no dropout: one optimiser step
     # with 2 workers x batch 2 must equal 1 worker x batch 4 on the same 4 images,
-    # with and without query groups (whose positives are averaged over workers too).
+    # without accelerators, with query groups and with the dense head (whose
+    # positives are averaged over workers too).
     # Every image resized to a long side of 64 and padded to 64 x 64, whatever
     # its batch: the backbone's group norm sees the same padding in both runs.
     fixed = {
@@ -62,6 +65,7 @@ def test_two_workers_train_exactly_like_one_with_the_whole_batch(shapes, tmp_pat
         "size_divisor": 64,
     }
     common = dict(data=fixed, model={"dropout": 0.0})
+    accelerators = {"query_groups": query_groups, "dense_aux_weight": dense}
     two = run_training(
         tiny_config(
             shapes,
@@ -69,7 +73,7 @@ def test_two_workers_train_exactly_like_one_with_the_whole_batch(shapes, tmp_pat
             "two",
             **common,
             scaling={"num_workers": 2},
-            train={"max_steps_per_epoch": 1, "batch_size": 2, "query_groups": query_groups},
+            train={"max_steps_per_epoch": 1, "batch_size": 2, **accelerators},
         )
     )
     one = run_training(
@@ -79,7 +83,7 @@ def test_two_workers_train_exactly_like_one_with_the_whole_batch(shapes, tmp_pat
             "one",
             **common,
             scaling={"num_workers": 1},
-            train={"max_steps_per_epoch": 1, "batch_size": 4, "query_groups": query_groups},
+            train={"max_steps_per_epoch": 1, "batch_size": 4, **accelerators},
         )
     )
     a, b = final_weights(two), final_weights(one)
@@ -92,6 +96,8 @@ def test_two_workers_train_exactly_like_one_with_the_whole_batch(shapes, tmp_pat
     keys = ["loss", "loss_cls", "d0.loss_bbox", "loss_iou", "grad_norm"]
     if query_groups > 1:  # the extra groups' mean, under their own names
         keys += ["groups/loss", "groups/loss_cls", "groups/d0.loss_iou"]
+    if dense:  # the dense head's terms, normalised by positives over all workers
+        keys += ["dense/loss_cls", "dense/loss_bbox", "dense/loss_iou"]
     for key in keys:
         assert run_two.data.metrics[key] == pytest.approx(run_one.data.metrics[key], rel=1e-5)
     # the two workers' shares: positives per worker add up to the single worker's

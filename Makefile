@@ -15,7 +15,7 @@ export RAY_TRAIN_ENABLE_PRINT_PATCH := 0
 export RAY_TRAIN_ENABLE_PREEMPTION_WATCHER := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup test check demo lint bench clean
+.PHONY: setup test check demo lint bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,10 @@ lint: check
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_loss.py
+
+# On a GPU machine: the readiness table (bench/gpu_check.py; --device cpu --tiny in CI).
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -141,7 +141,7 @@ def main() -> None:
     from detr_ray.model.build import build_model
     from detr_ray.prepare import prepare_run
     from detr_ray.tracking import RunTracker
-    from detr_ray.train.engine import Engine, seed_everything
+    from detr_ray.train.engine import Engine, seed_everything, trained_module
     from detr_ray.train.worker import _datasets
 
     torch.set_num_threads(2)
@@ -173,7 +173,7 @@ def main() -> None:
                     )
                     run_config = dataclasses.replace(config, train=train)
                     seed_everything(run_config.train.seed)
-                    model = build_model(run_config.model)
+                    model = trained_module(build_model(run_config.model), run_config)
                     engine = Engine(run_config, model, train_set, val_set, label_map, "cpu")
                     tracker = None
                     if kind != "none":

@@ -19,6 +19,12 @@ Printed ratios: ``ray_1 / no_ray`` and ``ray_2 / no_ray_2`` (Ray Train's
 overhead on the same loop and threads) and ``ray_2 / ray_1`` (data-parallel
 scaling on this machine). The runs alternate, ``--rounds`` times, so machine
 noise hits all of them.
+
+``--spare-core`` measures the setting of a GPU node instead, where the
+training process leaves cores free for Ray's own processes: ``no_ray_1t``
+(the loop in this process, torch on 1 thread) against ``ray_1t``
+(``detr-ray train`` with 1 worker x 1 CPU, which Ray runs on 1 thread), on
+this 2-core machine: one core is left to everything else.
 """
 
 from __future__ import annotations
@@ -54,10 +60,12 @@ def median_rate(rates: list[float]) -> float:
     return statistics.median(rates[1:] if len(rates) > 1 else rates)
 
 
-def run_no_ray(config_path: str, steps: int, storage: str, workers: int = 1) -> float:
+def run_no_ray(
+    config_path: str, steps: int, storage: str, workers: int = 1, threads: int = 2
+) -> float:
     """The loop without Ray: in this process, or (2 workers) in plain processes over gloo."""
     if workers == 1:
-        return _no_ray_worker(0, 1, config_path, steps, storage, None)
+        return _no_ray_worker(0, 1, config_path, steps, storage, None, threads)
     import torch.multiprocessing as mp
 
     queue = mp.get_context("spawn").SimpleQueue()
@@ -65,20 +73,20 @@ def run_no_ray(config_path: str, steps: int, storage: str, workers: int = 1) -> 
     return queue.get()
 
 
-def _no_ray_worker(rank, workers, config_path, steps, storage, queue) -> float:
+def _no_ray_worker(rank, workers, config_path, steps, storage, queue, threads=2) -> float:
     import torch
 
     from detr_ray.config import load_config
     from detr_ray.model.build import build_model
     from detr_ray.prepare import prepare_run
-    from detr_ray.train.engine import Engine, seed_everything
+    from detr_ray.train.engine import Engine, seed_everything, trained_module
     from detr_ray.train.worker import _datasets
 
-    torch.set_num_threads(2 // workers)
+    torch.set_num_threads(threads // workers)
     prepared = prepare_run(load_config(config_path, overrides(steps, storage, "no_ray")))
     config, label_map = prepared.config, prepared.label_map
     seed_everything(config.train.seed)
-    model = build_model(config.model)
+    model = trained_module(build_model(config.model), config)  # as the Ray worker does
     if workers > 1:  # what Ray Train's prepare_model does on CPU, without Ray
         torch.distributed.init_process_group(
             "gloo", init_method=f"file://{storage}/pg", rank=rank, world_size=workers
@@ -95,14 +103,14 @@ def _no_ray_worker(rank, workers, config_path, steps, storage, queue) -> float:
     return median_rate(rates)
 
 
-def run_ray(config_path: str, steps: int, storage: str, workers: int) -> float:
+def run_ray(config_path: str, steps: int, storage: str, workers: int, cpus: int = 2) -> float:
     from mlflow.tracking import MlflowClient
 
     from detr_ray.config import load_config
     from detr_ray.train.launcher import run_training
 
     name = f"ray_{workers}_{time.time_ns()}"
-    extra = [f"scaling.num_workers={workers}", f"scaling.cpus_per_worker={2 // workers}"]
+    extra = [f"scaling.num_workers={workers}", f"scaling.cpus_per_worker={cpus // workers}"]
     outcome = run_training(load_config(config_path, overrides(steps, storage, name) + extra))
     client = MlflowClient(outcome["tracking_uri"])
     history = client.get_metric_history(outcome["mlflow_run_id"], "images_per_s")
@@ -111,7 +119,11 @@ def run_ray(config_path: str, steps: int, storage: str, workers: int) -> float:
 
 def child(args) -> None:
     with tempfile.TemporaryDirectory() as storage:
-        if args.child.startswith("no_ray"):
+        if args.child == "no_ray_1t":
+            rate = run_no_ray(args.config, args.steps, storage, threads=1)
+        elif args.child == "ray_1t":
+            rate = run_ray(args.config, args.steps, storage, 1, cpus=1)
+        elif args.child.startswith("no_ray"):
             workers = int(args.child.split("_")[2]) if args.child != "no_ray" else 1
             rate = run_no_ray(args.config, args.steps, storage, workers)
         else:
@@ -128,12 +140,15 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "shapes_tiny.yaml"))
     parser.add_argument("--steps", type=int, default=40, help="optimiser steps per run")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--spare-core", action="store_true", help="1 thread, one core left free")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
     os.chdir(ROOT)  # the config's relative data paths
     kinds = ["no_ray", "ray_1", "ray_1_nodash", "no_ray_2", "ray_2"]
+    if args.spare_core:
+        kinds = ["no_ray_1t", "ray_1t"]
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     for round_index in range(args.rounds):
         for kind in kinds:
@@ -160,6 +175,11 @@ def main() -> None:
             print(f"round {round_index + 1} {kind:<12} {rate:7.1f} images/s", flush=True)
     best = {k: statistics.median(v) for k, v in rates.items()}
     print("\nmedian images/s: " + "  ".join(f"{k} {v:.1f}" for k, v in best.items()))
+    if args.spare_core:
+        ratio = best["ray_1t"] / best["no_ray_1t"]
+        print(f"Ray overhead with a core to spare: {ratio:.3f}x throughput "
+              f"({(1 - ratio) * 100:+.1f}% slower)")  # fmt: skip
+        return
     print(
         f"Ray overhead, 1 worker vs the same loop without Ray: "
         f"{best['ray_1'] / best['no_ray']:.3f}x throughput "

@@ -149,6 +149,8 @@ class TrainConfig:
     channels_last: bool = False
     seed: int = 42
     eval_every: int = 1  # epochs
+    # COCOeval: pycocotools, faster-coco-eval (same metrics), or auto (faster when installed)
+    eval_backend: Literal["auto", "pycocotools", "faster-coco-eval"] = "auto"
     log_every: int = 10  # steps
     report_every: int | None = None  # steps; None: once per epoch
     max_nan_steps: int = 10  # consecutive skipped steps before the run stops

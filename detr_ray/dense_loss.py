@@ -80,16 +80,26 @@ def dense_losses(
     num_total_pos = counts[0].clamp(min=1)
     cls_avg_factor = (counts[0] + criterion.bg_cls_weight * counts[1]).clamp(min=1)
 
-    labels = torch.full_like(assigned, criterion.num_classes)
-    labels[positive] = targets.labels[assigned[positive]]
+    # Masks and gathers over every cell, no boolean indexing: the shapes never
+    # depend on the data, so nothing here waits for the device.
+    if targets.labels.numel():
+        owner = assigned.clamp(min=0)  # (B, S): background cells point at target 0, masked below
+        labels = torch.where(positive, targets.labels[owner], criterion.num_classes)
+        wanted = targets.boxes_cxcywh.to(dtype)[owner]  # (B, S, 4)
+    else:
+        labels = torch.full_like(assigned, criterion.num_classes)
+        wanted = boxes_cxcywh.detach()  # no positives: never used
     cross_entropy = F.cross_entropy(
-        cls_logits[valid], labels[valid], weight=criterion.class_weight.to(dtype), reduction="sum"
-    )
-    loss_cls = cross_entropy / cls_avg_factor
-    predicted = boxes_cxcywh[positive]  # (P, 4)
-    wanted = targets.boxes_cxcywh.to(dtype)[assigned[positive]]
-    loss_bbox = (predicted - wanted).abs().sum() / num_total_pos
-    loss_iou = (1 - giou(cxcywh_to_xyxy(predicted), cxcywh_to_xyxy(wanted))).sum() / num_total_pos
+        cls_logits.flatten(0, 1),
+        labels.flatten(),
+        weight=criterion.class_weight.to(dtype),
+        reduction="none",
+    )  # (B * S,)
+    loss_cls = (cross_entropy * valid.flatten()).sum() / cls_avg_factor
+    l1 = (boxes_cxcywh - wanted).abs().sum(-1)  # (B, S)
+    loss_bbox = torch.where(positive, l1, 0.0).sum() / num_total_pos
+    pair_giou = giou(cxcywh_to_xyxy(boxes_cxcywh), cxcywh_to_xyxy(wanted))  # (B, S)
+    loss_iou = torch.where(positive, 1 - pair_giou, 0.0).sum() / num_total_pos
     return torch.stack(
         (
             criterion.cls_weight * loss_cls,

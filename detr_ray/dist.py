@@ -80,10 +80,12 @@ def all_gather_tensor(tensor: Tensor) -> Tensor:
     return torch.stack(gathered)
 
 
-def any_across(flag: bool, device: torch.device | str = "cpu") -> bool:
-    """True if ``flag`` is true on any process (the same answer on every process)."""
+def max_across(tensor: Tensor) -> Tensor:
+    """Elementwise maximum of ``tensor`` over all processes, left on its device
+    (no host read): e.g. a "skip this step" flag that every worker must agree on.
+    Without a process group it returns ``tensor`` itself."""
     if get_world_size() == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
-    return bool(value.item())
+        return tensor
+    reduced = tensor.detach().clone()
+    torch_dist.all_reduce(reduced, op=torch_dist.ReduceOp.MAX)
+    return reduced

@@ -70,6 +70,7 @@ def evaluate_checkpoint(
     device: torch.device | str = "cpu",
     on_bad_image: str = "error",
     num_workers: int = 0,
+    eval_backend: str = "auto",
 ) -> tuple[dict[str, float], str]:
     """COCO box metrics of a checkpoint on a dataset (see :func:`detr_ray.evaluation.evaluate`).
 
@@ -95,7 +96,7 @@ def evaluate_checkpoint(
             results += to_coco_results(detect_batch(loaded.model, batch), loaded.label_map)
             image_ids += [meta.image_id for meta in batch.metas]
         progress.advance(batch_size)
-    metrics, summary = evaluate(dataset.coco, results, image_ids=image_ids)
+    metrics, summary = evaluate(dataset.coco, results, image_ids=image_ids, backend=eval_backend)
     skipped = len(dataset) - len(image_ids)
     note = dataset.ground_truth_note + (f"; {skipped} unreadable images skipped" if skipped else "")
     return metrics, f"Evaluation {note}\n{summary}"

@@ -101,6 +101,10 @@ class SetCriterion(nn.Module):
             (``eos_coef`` in the official DETR).
         sync_cls_avg_factor: average the classification normaliser over
             workers, as ``num_total_pos`` always is.
+        check_labels: check on every call that target labels are in ``[0, K)``
+            (a clear error instead of an index error, at the cost of one
+            device-to-host read). The training engine turns it off: its labels
+            come from a label map that it checks once.
 
     The weights have no defaults here: the experiment config
     (:class:`detr_ray.config.LossConfig`) holds the reference's values.
@@ -116,6 +120,7 @@ class SetCriterion(nn.Module):
         iou_weight: float,
         bg_cls_weight: float,
         sync_cls_avg_factor: bool,
+        check_labels: bool = True,
     ):
         super().__init__()
         self.class_weight: Tensor  # (K + 1,) buffer: 1 per object class, bg_cls_weight last
@@ -130,6 +135,7 @@ class SetCriterion(nn.Module):
         self.iou_weight = float(iou_weight)
         self.bg_cls_weight = float(bg_cls_weight)
         self.sync_cls_avg_factor = sync_cls_avg_factor
+        self.check_labels = check_labels
         class_weight = torch.ones(num_classes + 1)  # (K + 1,)
         class_weight[num_classes] = bg_cls_weight
         self.register_buffer("class_weight", class_weight, persistent=False)
@@ -171,7 +177,8 @@ class SetCriterion(nn.Module):
     ) -> Tensor:
         """``(L, 3)``: each decoder layer's weighted ``loss_cls``, ``loss_bbox``,
         ``loss_iou`` for a given matching (:meth:`losses` names them)."""
-        self._check_labels(targets)
+        if self.check_labels:
+            self._check_labels(targets)
         num_layers, num_images, num_queries, num_logits = cls_scores.shape
         if num_logits != self.num_classes + 1:
             raise ValueError(

@@ -178,23 +178,56 @@ class HungarianMatcher:
             if isinstance(targets, FlatTargets)
             else FlatTargets.from_list(targets, device=cls_scores.device)
         )
-        num_layers, _, num_queries = _check_shapes(cls_scores, bbox_preds, flat)
-        if sum(flat.counts) == 0:
-            cost_host = np.zeros((num_layers, 0, num_queries))
-        else:
-            cost = self.cost(cls_scores, bbox_preds, flat)  # (L, T, Q)
-            # The single device-to-host copy; scipy is fastest on contiguous float64.
-            cost_host = cost.detach().to("cpu", torch.float64).numpy()
-        query_idx, target_idx, image_idx = solve_assignments(cost_host, flat.counts)
+        cost_host, _ = self.costs_to_host(cls_scores, bbox_preds, flat)
+        return self.solve(cost_host, flat, cls_scores.device)
+
+    def costs_to_host(
+        self,
+        cls_scores: Tensor,
+        bbox_preds: Tensor,
+        targets: FlatTargets,
+        rider: Tensor | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The costs of every layer, float64 on the host, in one device-to-host copy.
+
+        Args:
+            cls_scores, bbox_preds, targets: as :meth:`__call__`.
+            rider: a few more numbers (any shape, same device) that travel in the
+                same copy, e.g. the training step's agreed "skip this step" flag.
+
+        Returns:
+            ``(L, T, Q)`` costs (see :meth:`cost`; NaN/inf are not checked here)
+            and the rider's values, flattened, as float64.
+        """
+        num_layers, _, num_queries = _check_shapes(cls_scores, bbox_preds, targets)
+        num_targets = sum(targets.counts)
+        parts = [self.cost(cls_scores, bbox_preds, targets).reshape(-1)] if num_targets else []
+        if rider is not None:
+            parts.append(rider.detach().reshape(-1).to(parts[0].dtype if parts else torch.float32))
+        if not parts:
+            return np.zeros((num_layers, 0, num_queries)), np.zeros(0)
+        # The single device-to-host copy; scipy is fastest on contiguous float64.
+        host = torch.cat(parts).to("cpu", torch.float64).numpy()
+        size = num_layers * num_targets * num_queries
+        return host[:size].reshape(num_layers, num_targets, num_queries), host[size:]
+
+    def solve(self, cost_host: np.ndarray, targets: FlatTargets, device: torch.device) -> Matching:
+        """The optimal :class:`Matching` for host costs from :meth:`costs_to_host`.
+
+        Raises:
+            NonFiniteCostError: a cost is NaN or inf; names the layer and image.
+        """
+        num_layers = cost_host.shape[0]
+        query_idx, target_idx, image_idx = solve_assignments(cost_host, targets.counts)
         # One host-to-device copy for all indices.
         packed = torch.from_numpy(np.concatenate((query_idx, target_idx, image_idx[None]))).to(
-            cls_scores.device
+            device
         )
         return Matching(
             image_idx=packed[-1],
             query_idx=packed[:num_layers],
             target_idx=packed[num_layers:-1],
-            counts=flat.counts,
+            counts=targets.counts,
         )
 
     @torch.no_grad()

@@ -84,6 +84,11 @@ def default_of(cls: type, name: str) -> Any:
     raise KeyError(f"{cls.__name__} has no field {name!r} with a default")
 
 
+def choices_of(cls: type, name: str) -> tuple:
+    """The words of ``Literal[...]`` field ``name`` of dataclass ``cls`` (e.g. for a CLI flag)."""
+    return _literal_fields(cls)[name]
+
+
 # ---------------------------------------------------------------------- internals
 _HINTS: dict[type, dict[str, Any]] = {}  # resolved once per class
 

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from detr_ray.dist import get_rank, get_world_size, is_distributed, reduce_mean
+from detr_ray.dist import get_rank, get_world_size, is_distributed, max_across, reduce_mean
 
 from reference_setup import reference_criterion
 
@@ -76,8 +76,10 @@ def _worker(rank, world_size, init_file, counts, seed, out_dir):
         mine = slice(rank * half, (rank + 1) * half)
         model = nn.parallel.DistributedDataParallel(ToyHead())
         result = step(model, features[mine], targets[mine])
+        flag = torch.tensor([float(rank == 1), 0.0])  # only rank 1 raises the first flag
+        agreed = max_across(flag)
         torch.save(
-            {"rank": get_rank(), "world": get_world_size(), "result": result},
+            {"rank": get_rank(), "world": get_world_size(), "result": result, "agreed": agreed},
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
         # Both ranks meet before teardown: a rank that destroys its gloo group
@@ -108,6 +110,7 @@ def test_two_gloo_workers_equal_one_process(tmp_path, counts):
     for rank in range(2):
         saved = torch.load(tmp_path / f"rank{rank}.pt")
         assert (saved["rank"], saved["world"]) == (rank, 2)
+        assert saved["agreed"].tolist() == [1.0, 0.0]  # every rank sees rank 1's flag
         losses, grads = saved["result"]
         for name, value in single_losses.items():
             torch.testing.assert_close(losses[name], value, atol=1e-6, rtol=0, msg=name)
@@ -138,7 +141,7 @@ def test_a_one_process_group_answers_without_collectives(tmp_path, monkeypatch):
         assert is_distributed() and get_world_size() == 1
         t = torch.tensor([1.5, -2.0])
         assert torch.equal(detr_dist.all_gather_tensor(t), t[None])
-        assert detr_dist.any_across(True) is True and detr_dist.any_across(False) is False
+        assert torch.equal(detr_dist.max_across(t), t)
         assert torch.equal(reduce_mean(t), t)
         assert detr_dist.all_gather_objects("node") == ["node"]
     finally:

@@ -83,11 +83,13 @@ def test_wrong_labels_score_zero(shapes):
     assert metrics["AP"] == 0.0 and metrics["AP50"] == 0.0
 
 
-def test_metrics_equal_cocoeval_run_directly(shapes):
+@pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
+def test_metrics_equal_cocoeval_run_directly(shapes, backend):
     _, coco = shapes
     results = _noisy_results(coco)
-    metrics, summary = evaluate(coco, results)
-    with contextlib.redirect_stdout(io.StringIO()):
+    metrics, summary = evaluate(coco, results, backend=backend)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
         direct = COCOeval(coco, coco.loadRes(results), "bbox")
         direct.evaluate()
         direct.accumulate()
@@ -97,7 +99,10 @@ def test_metrics_equal_cocoeval_run_directly(shapes):
         expected = math.nan if value < 0 else value
         assert metrics[name] == pytest.approx(expected, nan_ok=True), name
     assert 0.05 < metrics["AP"] < 0.95  # the noise makes it a non-trivial case
-    assert "Average Precision" in summary
+    # the summary table reads as COCOeval prints it
+    assert summary.splitlines() == [
+        line for line in printed.getvalue().splitlines() if line.startswith(" Average")
+    ]
     # per-class AP equals COCOeval restricted to that category
     for category in coco.dataset["categories"]:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -107,6 +112,83 @@ def test_metrics_equal_cocoeval_run_directly(shapes):
             one.accumulate()
             one.summarize()
         assert metrics[f"AP/{category['id']}_{category['name']}"] == pytest.approx(one.stats[0])
+
+
+def _crowded_set(num_images=120, max_objects=30, detections=120, num_classes=7, seed=0):
+    """Ground truth with every COCOeval case (crowd regions, empty images, the
+    three area ranges, a class with no objects) and more detections per image
+    than maxDets keeps, some near the objects and some anywhere."""
+    rng = np.random.default_rng(seed)
+    images = [{"id": i + 1, "width": 320, "height": 240} for i in range(num_images)]
+    categories = [{"id": 3 * c + 1, "name": f"class{c}"} for c in range(num_classes)]
+    annotations, results = [], []
+    for image in images:
+        objects = 0 if image["id"] % 10 == 0 else int(rng.integers(1, max_objects))
+        for _ in range(objects):
+            w, h = rng.uniform(3, 150, 2)
+            x, y = rng.uniform(0, 320 - w), rng.uniform(0, 240 - h)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image["id"],
+                    "category_id": 3 * int(rng.integers(0, num_classes - 1)) + 1,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": int(rng.random() < 0.05),
+                }
+            )
+        own = [a for a in annotations if a["image_id"] == image["id"]]
+        for _ in range(detections):
+            if own and rng.random() < 0.6:
+                a = own[int(rng.integers(len(own)))]
+                x, y, w, h = np.asarray(a["bbox"]) + rng.normal(0, 4, 4)
+                category = a["category_id"] if rng.random() < 0.8 else 1
+            else:
+                w, h = rng.uniform(3, 150, 2)
+                x, y, category = rng.uniform(0, 300), rng.uniform(0, 220), 1
+            box = [float(x), float(y), max(float(w), 1.0), max(float(h), 1.0)]
+            results.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": category,
+                    "bbox": box,
+                    "score": float(rng.random()),
+                }  # fmt: skip
+            )
+    ground_truth = {"images": images, "categories": categories, "annotations": annotations}
+    return coco_from_dict(ground_truth), results
+
+
+def test_the_faster_backend_gives_every_metric_of_pycocotools():
+    coco, results = _crowded_set()
+    subset = list(range(1, 121, 2))
+    for image_ids in (None, subset):
+        reference, table = evaluate(coco, results, image_ids, backend="pycocotools")
+        faster, faster_table = evaluate(coco, results, image_ids, backend="faster-coco-eval")
+        assert faster.keys() == reference.keys()
+        assert len([k for k in reference if k.startswith("AP/")]) == 7  # one without objects
+        for name, value in reference.items():
+            if math.isnan(value):
+                assert math.isnan(faster[name]), name
+            else:
+                assert abs(faster[name] - value) <= 1e-9, (name, faster[name], value)
+        assert 0.05 < reference["AP"] < 0.9 and not math.isnan(reference["APs"])
+        assert faster_table == table
+
+
+def test_an_unknown_or_missing_backend_is_named(shapes, monkeypatch):
+    import sys
+
+    from detr_ray.errors import ConfigError
+
+    _, coco = shapes
+    with pytest.raises(ConfigError, match="'fastest'"):
+        evaluate(coco, _gt_as_results(coco), backend="fastest")
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"pip install 'detr-ray\[fast-eval\]'"):
+        evaluate(coco, _gt_as_results(coco), backend="faster-coco-eval")
+    metrics, _ = evaluate(coco, _gt_as_results(coco), backend="auto")  # pycocotools then
+    assert metrics["AP"] == pytest.approx(1.0)
 
 
 def test_a_subset_of_images(shapes):
@@ -136,6 +218,18 @@ def test_detections_map_back_to_category_ids_and_xywh():
         label_map,
     )
     assert results == [{"image_id": 4, "category_id": 7, "bbox": [10, 20, 20, 40], "score": 0.9}]
+
+
+def test_labels_the_dataset_does_not_have_are_left_out():
+    # a model with more classes than the dataset's 2 categories (model.num_classes
+    # set higher) predicts label 4: no category maps to it, and it is not scored
+    label_map = LabelMap((7, 9), ("cat", "dog"))
+    detections = [
+        {"image_id": 1, "boxes_xyxy": [[0, 0, 2, 2], [1, 1, 3, 4]], "scores": [0.9, 0.8],
+         "labels": [4, 1]}
+    ]  # fmt: skip
+    (only,) = to_coco_results(detections, label_map)
+    assert only["category_id"] == 9 and only["bbox"] == [1, 1, 2, 3]
 
 
 def test_results_file_problems_are_named(shapes, tmp_path):

@@ -87,7 +87,7 @@ def shapes(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("shapes"), num_train=8, num_val=2, size=64, seed=4)
 
 
-def _engine(shapes, **train) -> Engine:
+def _engine(shapes, module_for=None, **train) -> Engine:
     config = ExperimentConfig.from_dict(
         {
             "model": {"preset": "detr_r18_tiny", "num_classes": 3, "dropout": 0.0},
@@ -110,7 +110,8 @@ def _engine(shapes, **train) -> Engine:
     seed_everything(0)
     detr = build_model(config.model)
     train_set, val_set = _datasets(config, label_map)
-    return Engine(config, trained_module(detr, config), train_set, val_set, label_map, "cpu")
+    module = trained_module(detr, module_for or config)
+    return Engine(config, module, train_set, val_set, label_map, "cpu")
 
 
 def _one_step(engine: Engine):
@@ -168,3 +169,14 @@ def test_a_dense_engine_logs_its_terms_and_checkpoints_the_reference_model(shape
     again.load_checkpoint({"model": engine.detr.state_dict(), **engine.training_state()})
     for name, value in again.module.dense_head.state_dict().items():
         assert torch.equal(value, head.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("train", [{"dense_aux_weight": 2.0}, {"query_groups": 3}])
+def test_an_engine_refuses_a_model_built_for_other_accelerator_settings(shapes, train):
+    from detr_ray.errors import ConfigError
+
+    plain = ExperimentConfig.from_dict(
+        {"data": {"train_ann": "a", "train_images": "b", "val_ann": "c", "val_images": "d"}}
+    )
+    with pytest.raises(ConfigError, match="trained_module"):
+        _engine(shapes, module_for=plain, **train)  # the config wants it, the model lacks it

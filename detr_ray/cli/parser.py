@@ -14,8 +14,8 @@ from typing import Any
 
 from detr_ray import __version__
 from detr_ray.cli import jobs, run, tools
-from detr_ray.config import RunConfig, SyntheticDataConfig
-from detr_ray.schema import default_of
+from detr_ray.config import RunConfig, SyntheticDataConfig, TrainConfig
+from detr_ray.schema import choices_of, default_of
 from detr_ray.tune.sweep import METRIC_ALIASES, METRICS, SCHEDULERS, SEARCHERS, SweepOptions
 
 CLUSTER_HELP = "Ray cluster address, e.g. 10.0.0.5:6379 (default: RAY_ADDRESS, else a local Ray)"
@@ -201,6 +201,12 @@ def _evaluation(commands: Any, command: Any) -> None:
         choices=["error", "skip"],
         default="error",
         help="a missing or unreadable image stops the evaluation, or is left out of it",
+    )
+    evaluate.add_argument(
+        "--eval-backend",
+        choices=choices_of(TrainConfig, "eval_backend"),
+        default=default_of(TrainConfig, "eval_backend"),
+        help="COCOeval implementation; auto: faster-coco-eval when installed (same metrics)",
     )
     evaluate.add_argument("--json", action="store_true", help="print the metric dict as JSON")
 

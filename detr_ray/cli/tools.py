@@ -85,7 +85,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from detr_ray.evaluation import evaluate_results_file, format_metrics
 
     if args.results:
-        metrics, summary = evaluate_results_file(args.ann, args.results)
+        metrics, summary = evaluate_results_file(args.ann, args.results, args.eval_backend)
     else:
         if not args.images:
             raise ConfigError(
@@ -102,6 +102,7 @@ def run_eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=resolve_device(args.device),
             on_bad_image=args.on_bad_image,
+            eval_backend=args.eval_backend,
         )
     if args.json:
         print(json.dumps({k: None if math.isnan(v) else v for k, v in metrics.items()}, indent=2))

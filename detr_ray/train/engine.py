@@ -30,7 +30,7 @@ from detr_ray.config import ExperimentConfig, LossConfig, MatcherConfig
 from detr_ray.data.collate import Batch, PadCollate
 from detr_ray.data.labels import LabelMap
 from detr_ray.dense_loss import DENSE_TERMS, dense_losses
-from detr_ray.errors import TrainingStopped
+from detr_ray.errors import ConfigError, TrainingStopped
 from detr_ray.evaluation import GatheredResults, gather_image_results, to_coco_results
 from detr_ray.inference import detect_batch
 from detr_ray.losses import SetCriterion, group_loss_names, grouped_losses
@@ -78,6 +78,7 @@ def build_criterion(matcher: MatcherConfig, loss: LossConfig, num_classes: int) 
         iou_weight=loss.iou_weight,
         bg_cls_weight=loss.bg_cls_weight,
         sync_cls_avg_factor=loss.sync_cls_avg_factor,
+        check_labels=False,  # the engine checks its label map once instead
     )
 
 
@@ -165,9 +166,21 @@ class Engine:
         self.model = model
         self.module = dist.unwrap(model)
         self.detr = reference_detr(self.module)  # evaluated, checkpointed, exported
+        wants_dense = config.train.dense_aux_weight > 0
+        has_dense = isinstance(self.module, TrainingDETR) and self.module.dense_head is not None
+        if wants_dense != has_dense or self.module_groups != config.train.query_groups:
+            raise ConfigError(
+                "the model does not match the config's train.query_groups / "
+                "train.dense_aux_weight: build it with trained_module(detr, config)"
+            )
         self.num_groups = config.train.query_groups
         self.device = torch.device(device)
         self.label_map = label_map
+        if label_map.num_classes > self.detr.num_classes:  # the loss does not check each batch
+            raise ConfigError(
+                f"the model has {self.detr.num_classes} classes but the training set "
+                f"{label_map.num_classes} categories; set model.num_classes (or leave it null)"
+            )
         self.criterion = build_criterion(config.matcher, config.loss, self.num_classes)
         self.criterion.to(self.device)
         self.optimizer = build_optimizer(model, config)
@@ -188,11 +201,14 @@ class Engine:
             torch.channels_last if config.train.channels_last else torch.contiguous_format
         )
         self.state = TrainState()
+        # (step, 1.0 if its update was skipped): read at the next logged step
+        self._unsettled: list[tuple[int, torch.Tensor]] = []
         self.collate = PadCollate(config.data.size_divisor)
 
     # ------------------------------------------------------------------ state
     def training_state(self) -> dict:
         """Everything but the model weights that a resume needs."""
+        self.settle_skips()
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -219,6 +235,7 @@ class Engine:
         if checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.state = TrainState(**checkpoint["train_state"])
+        self._unsettled = []
 
     @property
     def finished(self) -> bool:
@@ -263,38 +280,60 @@ class Engine:
             # Every log_every steps, and always at an epoch's end: a run shorter
             # than log_every still has its per-layer loss history.
             if state.global_step % config.train.log_every == 0 or last_of_epoch:
+                self.settle_skips()
                 on_log(self._step_log(result, window))
                 window = _Window()
             if config.train.report_every and state.global_step % config.train.report_every == 0:
                 if state.step_in_epoch < self.steps_per_epoch:
+                    self.settle_skips()
                     on_mid_epoch_report()
+        self.settle_skips()
         state.epoch += 1
         state.step_in_epoch = 0
 
     def train_step(self, batch: Batch | None) -> StepResult:
         """One optimiser step. Non-finite outputs, losses or gradients on any
-        worker skip the step on every worker."""
+        worker skip the step on every worker.
+
+        Host reads: one per step, the matching costs copied together with the
+        workers' agreed "skip" flag (``HungarianMatcher.costs_to_host``). A
+        non-finite gradient norm skips the update on the device (the fused
+        AdamW's ``found_inf``); the step learns that it was skipped at the
+        next logged step (:meth:`settle_skips`), so ``train.max_nan_steps``
+        counts such steps up to ``train.log_every`` steps late.
+        """
         config = self.config
-        empty = batch is None  # every image of this batch was unreadable (on_bad_image: skip)
-        outputs_ok = True
-        if batch is not None:
-            batch = batch.to(self.device, non_blocking=True)
-            images, padding_mask = batch.inputs()
-            images = images.contiguous(memory_format=self.memory_format)
-            with self._autocast():
-                cls_scores, bbox_preds, *dense = self.model(images, padding_mask)
-            step_number = self.state.global_step + 1  # 1-based, as logged
-            if step_number in config.debug.nan_at_steps and self.rank == 0:
-                cls_scores = cls_scores * float("nan")  # fault injection for tests
-            outputs_ok = bool(torch.isfinite(cls_scores).all() and torch.isfinite(bbox_preds).all())
-        # Every worker must agree before the criterion's all-reduce and DDP's.
-        if dist.any_across(empty or not outputs_ok, self.device) or batch is None:
-            return self._skip("non-finite model outputs" if not outputs_ok else "an empty batch")
+        step_number = self.state.global_step + 1  # 1-based, as logged
+        if batch is None:  # every image was unreadable (on_bad_image: skip); the others must know
+            dist.max_across(torch.ones((), device=self.device))
+            return self._skip("an empty batch")
+        batch = batch.to(self.device, non_blocking=True)
+        images, padding_mask = batch.inputs()
+        images = images.contiguous(memory_format=self.memory_format)
+        with self._autocast():
+            cls_scores, bbox_preds, *dense = self.model(images, padding_mask)
+        if step_number in config.debug.nan_at_steps and self.rank == 0:
+            cls_scores = cls_scores * float("nan")  # fault injection for tests
+        finite = torch.isfinite(cls_scores).all() & torch.isfinite(bbox_preds).all()
+        # (this worker's outputs are bad, any worker's are) agreed before the
+        # criterion's all-reduce and DDP's, read with the costs
+        bad_here = (~finite).float()
+        flags = torch.stack((bad_here, dist.max_across(bad_here)))
         if self.num_groups > 1:  # each (layer, group) is one "layer" of the batched math
             cls_scores = groups_as_layers(cls_scores, self.num_groups)
             bbox_preds = groups_as_layers(bbox_preds, self.num_groups)
         flat = FlatTargets.from_list(batch.targets, device=self.device)
-        matching = self.criterion.matcher(cls_scores.detach(), bbox_preds.detach(), flat)
+        matcher = self.criterion.matcher
+        cost_host, (bad_here_host, bad_anywhere) = matcher.costs_to_host(
+            cls_scores.detach(), bbox_preds.detach(), flat, rider=flags
+        )
+        if bad_anywhere:
+            return self._skip(
+                "non-finite model outputs"
+                if bad_here_host
+                else "non-finite model outputs or an empty batch on another worker"
+            )
+        matching = matcher.solve(cost_host, flat, self.device)
         weighted = self.criterion.layer_losses(cls_scores, bbox_preds, flat, matching)
         losses, objective = grouped_losses(weighted, self.num_groups)
         if dense:  # the dense auxiliary head's one-to-many losses
@@ -309,20 +348,55 @@ class Engine:
         max_norm = config.optim.grad_clip if config.optim.grad_clip else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
         # Gradients are all-reduced, so every worker sees the same norm.
-        if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():
-            return self._skip("a non-finite loss or gradient")
+        grad_bad = None
+        if not self.scaler.is_enabled():  # (fp16's scaler skips non-finite steps itself)
+            grad_bad = (~torch.isfinite(grad_norm)).float()  # 0-dim, like the optimiser steps
+            if self.skips_on_device:
+                self.optimizer.found_inf = grad_bad  # type: ignore[attr-defined]
+                self._unsettled.append((step_number, grad_bad))
+            elif grad_bad.item():  # an optimiser without found_inf: read it now
+                return self._skip("a non-finite loss or gradient")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        self.state.nan_streak = 0
         reference = matching.layers(slice(None, None, self.num_groups))  # group 0 of each layer
-        return StepResult(skipped=False, losses=losses, matching=reference, grad_norm=grad_norm)
+        return StepResult(
+            skipped=False, losses=losses, matching=reference, grad_norm=grad_norm, bad=grad_bad
+        )
+
+    @property
+    def module_groups(self) -> int:
+        """The query groups the trained module has (1: the reference DETR alone)."""
+        return self.module.num_groups if isinstance(self.module, TrainingDETR) else 1
+
+    @property
+    def skips_on_device(self) -> bool:
+        """Whether the optimiser skips a non-finite update without a host read."""
+        return bool(self.optimizer.defaults.get("fused"))
+
+    def settle_skips(self) -> None:
+        """Read the flags of the steps whose gradients were checked on the device
+        (one copy), count the skipped ones, and stop the run past
+        ``train.max_nan_steps`` in a row. Called at logged steps and reports."""
+        if not self._unsettled:
+            return
+        steps, flags = zip(*self._unsettled)
+        self._unsettled = []
+        for step_number, bad in zip(steps, torch.stack(flags).tolist()):
+            if bad:
+                self._count_skip(step_number, "a non-finite loss or gradient")
+            else:
+                self.state.nan_streak = 0
 
     def _skip(self, why: str) -> StepResult:
-        state = self.state
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()  # the schedule follows steps taken, skipped or not
-        step_number = state.global_step + 1  # 1-based, as logged
+        self.settle_skips()  # the earlier steps first, for the count of skips in a row
+        self._count_skip(self.state.global_step + 1, why)
+        return StepResult(skipped=True)
+
+    def _count_skip(self, step_number: int, why: str) -> None:
+        state = self.state
         state.nan_streak += 1
         state.skipped_steps.append(step_number)
         if self.rank == 0:
@@ -340,7 +414,6 @@ class Engine:
                 f"{self.config.train.max_nan_steps}). The model diverged; lower optim.lr, "
                 "check the data, or resume from the last checkpoint."
             )
-        return StepResult(skipped=True)
 
     def _autocast(self):
         if self.config.train.amp == "off":

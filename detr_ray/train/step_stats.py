@@ -30,13 +30,16 @@ class StepResult:
 
     ``losses`` (keyed as :func:`detr_ray.losses.loss_names`), ``matching`` and
     ``grad_norm`` (the same on every worker: gradients are all-reduced) are
-    ``None`` when the step was skipped on every worker.
+    ``None`` when the step was skipped on every worker. ``bad`` (0-dim) is
+    1.0 when the optimiser skipped the update on the device for non-finite
+    gradients (known on the host only when read, at a logged step).
     """
 
     skipped: bool
     losses: dict[str, Tensor] | None = None
     matching: Matching | None = None
     grad_norm: Tensor | None = None
+    bad: Tensor | None = None
 
 
 @dataclass
@@ -54,7 +57,8 @@ def worker_row(result: StepResult, names: list[str], num_layers: int, images: in
     """This worker's numbers, float64 on the CPU: ``len(names)`` loss terms
     (NaN if skipped), positives, targets matched in the last layer, images,
     then ``L - 1`` per-layer match changes."""
-    if result.skipped or result.losses is None or result.matching is None:
+    skipped = result.skipped or (result.bad is not None and bool(result.bad.item()))
+    if skipped or result.losses is None or result.matching is None:
         losses = torch.full((len(names),), float("nan"), dtype=torch.float64)
         positives, matched, changed = 0, 0, torch.zeros(num_layers - 1)
     else:

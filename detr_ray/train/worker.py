@@ -449,7 +449,12 @@ class Progress:
         if not self.noted_ground_truth:
             print(f"[detr-ray] validation is {self.val_set.ground_truth_note}", flush=True)
             self.noted_ground_truth = True
-        metrics, _ = evaluate(self.val_set.coco, gathered.results, image_ids=gathered.image_ids)
+        metrics, _ = evaluate(
+            self.val_set.coco,
+            gathered.results,
+            image_ids=gathered.image_ids,
+            backend=self.config.train.eval_backend,
+        )
         self.tracker.log_metrics(self.engine.state.global_step, metrics, prefix="val/")
         self._log_sample_images()
         shown = "  ".join(f"{k} {metrics[k]:.3f}" for k in ("AP", "AP50", "AP75", "AR100"))

@@ -33,6 +33,9 @@ def test_shipped_configs_load():
     assert (coco.matcher.cls_cost, coco.matcher.bbox_cost, coco.matcher.iou_cost) == (1, 5, 2)
     assert (coco.loss.cls_weight, coco.loss.bbox_weight, coco.loss.iou_weight) == (1, 5, 2)
     assert coco.loss.bg_cls_weight == 0.1 and coco.data.augmentation == AugmentationConfig()
+    # the convergence accelerators: off in the official recipe, the dense head in the demo
+    assert (coco.train.dense_aux_weight, coco.train.query_groups) == (0.0, 1)
+    assert (tiny.train.dense_aux_weight, tiny.train.query_groups) == (4.0, 1)
 
 
 def test_overrides_types_and_round_trip():

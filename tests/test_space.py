@@ -12,7 +12,7 @@ from detr_ray.tune.space import load_space, parse_space
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.mark.parametrize("name", ["matching_costs", "bg_cls_weight", "joint"])
+@pytest.mark.parametrize("name", ["matching_costs", "bg_cls_weight", "joint", "accelerator"])
 def test_shipped_spaces_load(name):
     space = load_space(ROOT / "tune_spaces" / f"{name}.yaml")
     assert space.params

@@ -1,7 +1,7 @@
 """One-command GPU readiness check: one table (and JSON) of what a GPU changes.
 
     make gpu-check                                   # = python bench/gpu_check.py
-    python bench/gpu_check.py --device cpu --tiny    # the seconds-long form CI runs
+    python bench/gpu_check.py --device cpu --tiny    # the CPU form CI runs (under a minute)
 
 On one GPU, at the official scale (``detr_r50``, 91 classes, validation-size
 images: short side 800, long side up to 1333, batch 2 and 4), it measures:
@@ -22,8 +22,8 @@ images: short side 800, long side up to 1333, batch 2 and 4), it measures:
 - ``loader``: the training data loader (decoding and DETR's augmentation) in
   images/s, against the fp32 step's.
 
-``--tiny`` shrinks the model and images so the whole check takes seconds on a
-CPU. Optional dependencies (``transformers``) are checked before anything
+``--tiny`` shrinks the model and images so the whole check takes under a
+minute on a CPU (most of it Ray's start). Optional dependencies (``transformers``) are checked before anything
 runs. Results go to ``--out`` (default ``gpu_check.json``).
 """
 
@@ -352,7 +352,7 @@ def measure_ray(scale: Scale, data, device: str, storage: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
-    parser.add_argument("--tiny", action="store_true", help="a small model and images (seconds)")
+    parser.add_argument("--tiny", action="store_true", help="a small model and images (the CPU form)")
     parser.add_argument("--out", default="gpu_check.json")
     parser.add_argument("--skip-ray", action="store_true", help="leave out the Ray comparison")
     args = parser.parse_args()

@@ -23,8 +23,9 @@ images: short side 800, long side up to 1333, batch 2 and 4), it measures:
   images/s, against the fp32 step's.
 
 ``--tiny`` shrinks the model and images so the whole check takes under a
-minute on a CPU (most of it Ray's start). Optional dependencies (``transformers``) are checked before anything
-runs. Results go to ``--out`` (default ``gpu_check.json``).
+minute on a CPU (most of it Ray's start). Optional dependencies
+(``transformers``) are checked before anything runs. Results go to
+``--out`` (default ``gpu_check.json``).
 """
 
 from __future__ import annotations
@@ -352,7 +353,7 @@ def measure_ray(scale: Scale, data, device: str, storage: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
-    parser.add_argument("--tiny", action="store_true", help="a small model and images (the CPU form)")
+    parser.add_argument("--tiny", action="store_true", help="a small model and images (CPU form)")
     parser.add_argument("--out", default="gpu_check.json")
     parser.add_argument("--skip-ray", action="store_true", help="leave out the Ray comparison")
     args = parser.parse_args()

@@ -1,8 +1,33 @@
-"""The tiny experiment the Ray tests train: ``detr_r18_tiny`` on generated shapes."""
+"""The tiny experiment the Ray tests train (``detr_r18_tiny`` on generated
+shapes), and the command line run in a fresh interpreter that says whether
+it imported Ray."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+
+# `detr-ray ARGS`, then a last line "RAY IMPORTED" or "NO RAY": the checks
+# before Ray must stop a bad run without importing it.
+_CLI_REPORTING_RAY = (
+    "import sys\n"
+    "from detr_ray.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print('RAY IMPORTED' if 'ray' in sys.modules else 'NO RAY', flush=True)\n"
+    "sys.exit(code)\n"
+)
+
+
+def run_cli_reporting_ray(cwd: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    """``detr-ray *argv`` in a new interpreter in ``cwd``; see ``_CLI_REPORTING_RAY``."""
+    return subprocess.run(
+        [sys.executable, "-c", _CLI_REPORTING_RAY, *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def tiny_experiment(shapes, storage: Path, name: str, **sections: dict) -> dict:

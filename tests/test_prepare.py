@@ -12,7 +12,6 @@ import json
 import re
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,10 @@ from PIL import Image
 
 from detr_ray.data.synthetic import generate
 
+from experiments import run_cli_reporting_ray
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "shapes_tiny.yaml"
-RUN = (
-    "import sys\n"
-    "from detr_ray.cli import main\n"
-    "code = main(sys.argv[1:])\n"
-    "print('RAY IMPORTED' if 'ray' in sys.modules else 'NO RAY', flush=True)\n"
-    "sys.exit(code)\n"
-)
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +45,7 @@ def data_flags(shapes, **paths) -> list[str]:
 
 def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     storage = tmp_path / "runs"
-    argv = [*args, "--set", f"run.storage_path={storage}"]
-    out = subprocess.run(
-        [sys.executable, "-c", RUN, *argv],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_cli_reporting_ray(tmp_path, [*args, "--set", f"run.storage_path={storage}"])
     assert out.stdout.strip().splitlines()[-1] == "NO RAY", out.stdout + out.stderr
     assert not storage.exists(), f"{storage} was created"
     return out
@@ -131,21 +118,9 @@ def test_bad_inputs_fail_before_ray_naming_what_to_fix(shapes, tmp_path):
         line = one_line_error(out)
         assert re.search(message, line), (message, line)
     # the storage path itself: under a file
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            RUN,
-            "train",
-            str(CONFIG),
-            *data_flags(shapes),
-            "--set",
-            f"run.storage_path={a_file}/runs",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    out = run_cli_reporting_ray(
+        tmp_path,
+        ["train", str(CONFIG), *data_flags(shapes), "--set", f"run.storage_path={a_file}/runs"],
     )
     assert out.returncode == 2 and "NO RAY" in out.stdout
     assert "a_file is a file, not a folder" in one_line_error(out)

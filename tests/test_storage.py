@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import boto3
@@ -26,7 +24,7 @@ from detr_ray.data.synthetic import generate
 from detr_ray.storage import StorageOptions
 from detr_ray.train.launcher import run_training
 
-from experiments import tiny_experiment
+from experiments import run_cli_reporting_ray, tiny_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "detr-runs"
@@ -167,15 +165,6 @@ def test_a_sweep_stores_its_trials_in_s3(shapes, s3, tmp_path, monkeypatch):
     assert not any(p.name.startswith("s3") for p in tmp_path.iterdir())
 
 
-RUN = (
-    "import sys\n"
-    "from detr_ray.cli import main\n"
-    "code = main(sys.argv[1:])\n"
-    "print('RAY IMPORTED' if 'ray' in sys.modules else 'NO RAY', flush=True)\n"
-    "sys.exit(code)\n"
-)
-
-
 def test_unreachable_storage_or_a_missing_bucket_stop_before_ray(shapes, s3, tmp_path):
     closed = f"http://127.0.0.1:{_free_port()}"
     data = [
@@ -196,13 +185,7 @@ def test_unreachable_storage_or_a_missing_bucket_stop_before_ray(shapes, s3, tmp
             f"--set=run.storage_endpoint={endpoint}",
             f"--set=tracking.uri=sqlite:///{tmp_path / 'm.db'}",
         ]
-        out = subprocess.run(
-            [sys.executable, "-c", RUN, *argv],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        out = run_cli_reporting_ray(tmp_path, argv)
         assert out.returncode == 2 and out.stdout.strip().endswith("NO RAY"), out.stderr
         errors = [x for x in out.stderr.splitlines() if x.startswith("detr-ray: error:")]
         assert len(errors) == 1 and message in errors[0], out.stderr

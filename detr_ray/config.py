@@ -127,8 +127,13 @@ class OptimConfig:
     backbone_lr: float = 1e-5
     weight_decay: float = 1e-4
     grad_clip: float | None = 0.1
+    # Follow the global batch when an elastic run has fewer workers than
+    # scaling.num_workers: none (the default; DETR's authors do not scale the
+    # rate with the batch), linear or sqrt in (workers present / num_workers).
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
 
     def __post_init__(self):
+        check_choices(self)
         require(self.lr > 0, "lr", self.lr, "> 0")
         require(self.backbone_lr >= 0, "backbone_lr", self.backbone_lr, ">= 0")
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
@@ -142,6 +147,8 @@ class TrainConfig:
     epochs: int = 500
     lr_drop_epochs: tuple[int, ...] = (400,)
     lr_gamma: float = 0.1
+    # linear warm-up over this many steps at the full size (scaling.num_workers
+    # workers), counted in images, so an elastic resize does not move it
     warmup_steps: int = 0
     batch_size: int = 2  # per worker
     max_steps_per_epoch: int | None = None
@@ -196,12 +203,33 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ScalingConfig:
-    num_workers: int = 2
+    """Workers of a run. ``min_workers`` below ``num_workers`` makes the run
+    elastic: it starts with as many workers as fit (at least ``min_workers``),
+    goes on with fewer when a node is lost and grows back (checked every
+    ``resize_interval_s``) when capacity returns; each resize restarts the
+    workers from the latest checkpoint."""
+
+    num_workers: int = 2  # the most workers (all of them in a fixed-size run)
+    min_workers: int | None = None  # null: num_workers (a fixed size)
+    resize_interval_s: float = 60.0  # how often an elastic run looks for room to grow
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
 
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers is not None and self.min_workers < self.num_workers
+
     def __post_init__(self):
         require(self.num_workers >= 1, "num_workers", self.num_workers, ">= 1")
+        require(
+            self.min_workers is None or 1 <= self.min_workers <= self.num_workers,
+            "min_workers",
+            self.min_workers,
+            f"between 1 and num_workers ({self.num_workers}), or null",
+        )
+        require(
+            self.resize_interval_s > 0, "resize_interval_s", self.resize_interval_s, "> 0 seconds"
+        )
         require(self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "> 0")
 
 
@@ -274,6 +302,9 @@ class DebugConfig:
 
     fail_once_at_step: int | None = None
     nan_at_steps: tuple[int, ...] = ()
+    # A local folder: every worker appends, per step, the image ids it trained
+    # on (with epoch, step, world size, its pid) to a JSON-lines file there.
+    record_images: str | None = None
     fail_scoring: bool = False  # a DataError while scoring the first evaluation
 
 

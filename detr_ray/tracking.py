@@ -29,7 +29,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunS
 from mlflow.tracking import MlflowClient
 
 from detr_ray.metric_queue import MetricQueue
-from detr_ray.tracking_store import artifact_root
+from detr_ray.tracking_store import DRIVER_TAG, artifact_root
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,14 @@ def metrics_logger(uri: str, run_id: str) -> Callable[[dict[str, float], int], N
 def fail_run(uri: str, experiment: str, run_dir: str | os.PathLike, message: str) -> None:
     """Mark the run of ``run_dir`` (if it has one) FAILED with ``message`` as its
     ``detr_ray.error`` tag; a run that never started tracking gets none."""
+    end_run(uri, experiment, run_dir, "FAILED", {"detr_ray.error": message[:5000]})
+
+
+def end_run(
+    uri: str, experiment: str, run_dir: str | os.PathLike, status: str, tags: Mapping[str, str]
+) -> None:
+    """End the run of ``run_dir`` (if it has one) with ``status`` (FAILED,
+    KILLED) and ``tags``."""
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -63,8 +71,42 @@ def fail_run(uri: str, experiment: str, run_dir: str | os.PathLike, message: str
         [found.experiment_id], filter_string=f"tags.`{RUN_DIR_TAG}` = '{run_dir}'", max_results=1
     )
     for run in runs:
-        client.set_tag(run.info.run_id, "detr_ray.error", message[:5000])
-        client.set_terminated(run.info.run_id, status="FAILED")
+        for key, value in tags.items():
+            client.set_tag(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, status=status)
+
+
+def close_abandoned_runs(uri: str, experiment: str, host: str) -> list[str]:
+    """Mark KILLED the RUNNING runs whose driver ran on ``host`` and is gone (a
+    driver killed without a chance to say so); returns their names. Runs driven
+    from other hosts are left: their drivers cannot be checked from here."""
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    closed = []
+    running = client.search_runs(
+        [found.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    )
+    for run in running:
+        driver = run.data.tags.get(DRIVER_TAG, "")
+        driver_host, _, pid = driver.rpartition(":")
+        if driver_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        client.set_tag(run.info.run_id, "detr_ray.ended", f"driver {driver} was gone")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_name)
+    return closed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 class _TrackedRun:

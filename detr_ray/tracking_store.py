@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 from detr_ray.errors import ConfigError
 
+DRIVER_TAG = "detr_ray.driver"  # host:pid of the `detr-ray train` driving a run now
+
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 PROBE_TIMEOUT_S = 5.0
 

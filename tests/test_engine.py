@@ -1,23 +1,36 @@
-"""The Ray-free parts of training: schedule, resume sampler, step statistics."""
+"""The Ray-free parts of training: schedule, optimiser groups, seeds."""
 
 import pytest
 
 from detr_ray.config import ExperimentConfig
 from detr_ray.model.build import build_preset
-from detr_ray.train.engine import SkipFirst, build_optimizer, epoch_seed, lr_factor
+from detr_ray.train.engine import build_optimizer, epoch_seed, lr_factor
 
 
-def _config(**train):
-    return ExperimentConfig.from_dict({"train": train})
+def _config(optim=None, **train):
+    return ExperimentConfig.from_dict(
+        {"train": {"batch_size": 2, **train}, "scaling": {"num_workers": 2}, "optim": optim or {}}
+    )
 
 
 def test_lr_factor_warmup_and_drops_by_hand():
+    # 2 workers x batch 2: a full-size step is 4 images; warm-up over 4 such steps
     config = _config(warmup_steps=4, lr_drop_epochs=[2, 3], lr_gamma=0.1)
-    steps_per_epoch = 10
-    assert [lr_factor(s, steps_per_epoch, config) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert lr_factor(19, steps_per_epoch, config) == 1.0  # still epoch 1
-    assert lr_factor(20, steps_per_epoch, config) == pytest.approx(0.1)  # epoch 2
-    assert lr_factor(35, steps_per_epoch, config) == pytest.approx(0.01)  # epoch 3
+    assert [lr_factor(4 * s, 0, 2, config) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lr_factor(1000, 1, 2, config) == 1.0  # still epoch 1 (0-based)
+    assert lr_factor(1000, 2, 2, config) == pytest.approx(0.1)  # epoch 2
+    assert lr_factor(1000, 3, 2, config) == pytest.approx(0.01)  # epoch 3
+
+
+def test_lr_schedule_does_not_move_when_the_world_shrinks():
+    # One worker takes 2 images a step: after 4 such steps (8 images) the warm-up
+    # stands where 2 full-size steps put it; the rate is not rescaled by default.
+    config = _config(warmup_steps=4)
+    assert lr_factor(8, 0, 1, config) == lr_factor(8, 0, 2, config) == 0.75
+    linear = _config(warmup_steps=0, optim={"lr_scaling": "linear"})
+    root = _config(warmup_steps=0, optim={"lr_scaling": "sqrt"})
+    assert lr_factor(0, 0, 1, linear) == 0.5 and lr_factor(0, 0, 2, linear) == 1.0
+    assert lr_factor(0, 0, 1, root) == pytest.approx(0.5**0.5)
 
 
 def test_optimizer_groups_backbone_and_the_rest():
@@ -30,11 +43,6 @@ def test_optimizer_groups_backbone_and_the_rest():
     assert {id(p) for p in groups["backbone"]["params"]} == backbone
     everything = sum(len(g["params"]) for g in optimizer.param_groups)
     assert everything == sum(1 for p in model.parameters() if p.requires_grad)
-
-
-def test_skip_first_resumes_an_epoch_midway():
-    assert list(SkipFirst(range(10), 4)) == [4, 5, 6, 7, 8, 9]
-    assert len(SkipFirst(range(10), 4)) == 6 and len(SkipFirst(range(3), 5)) == 0
 
 
 def test_epoch_seeds_differ_by_epoch_and_rank():

@@ -216,3 +216,25 @@ def test_an_evaluation_error_keeps_the_epoch_and_is_not_retried(shapes, tmp_path
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("detr-ray").experiment_id])
     assert run.info.status == "FAILED" and "injected" in run.data.tags["detr_ray.error"]
+
+
+def test_an_unreadable_latest_checkpoint_is_passed_over_for_the_newest_good_one(shapes, tmp_path):
+    # 16 images / 2 workers / batch 2 = 4 steps an epoch: checkpoints at steps 4 and 8.
+    run_training(tiny_config(shapes, tmp_path, "torn", train={"epochs": 2}))
+    folder = tmp_path / "runs" / "torn"
+    latest = folder / "epoch0002_step0000008" / "checkpoint.pt"
+    data = latest.read_bytes()
+    latest.write_bytes(data[: len(data) // 2])  # a write cut short by a dying node
+    resumed = run_training(tiny_config(shapes, tmp_path, "torn", train={"epochs": 3}))
+    assert resumed["unreadable_checkpoints"] == ["epoch0002_step0000008"]
+    assert resumed["started_at_step"] == 4  # from epoch 1's checkpoint, the newest readable
+    assert (resumed["epoch"], resumed["global_step"]) == (3, 12)
+    # The redone epoch 2 wrote a good checkpoint in place of the torn one; every
+    # checkpoint the run keeps now loads (older ones go only once newer good ones exist).
+    kept = sorted(p.name for p in folder.glob("epoch*"))
+    assert kept[-1] == "epoch0003_step0000012" and "epoch0002_step0000008" in kept
+    for name in kept:
+        load_checkpoint(folder / name)
+    client, run = mlflow_run(resumed)
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert sorted(steps) == list(range(1, 13))  # the redone steps 5-8 are not logged twice

@@ -278,9 +278,29 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of ``train`` that change its config (``config show`` takes them too)."""
     parser.add_argument("config", help="experiment YAML, e.g. configs/shapes_tiny.yaml")
     _set_flag(parser, "override a config key (repeatable)")
-    parser.add_argument("--num-workers", type=int, help="sets scaling.num_workers")
+    parser.add_argument(
+        "--num-workers",
+        type=worker_range,
+        metavar="N|MIN:MAX",
+        help="sets scaling.num_workers; MIN:MAX (e.g. 2:8) also scaling.min_workers: an "
+        "elastic run that goes on with at least MIN workers when nodes are lost",
+    )
     parser.add_argument("--gpu", action="store_true", help="sets scaling.use_gpu")
     parser.add_argument("--resume-from", help="sets run.resume_from: a checkpoint to continue")
+
+
+def worker_range(text: str) -> tuple[int | None, int]:
+    """``N`` (a fixed size) or ``MIN:MAX`` (elastic) -> (min or None, max)."""
+    low, sep, high = text.partition(":")
+    try:
+        values = (int(low), int(high)) if sep else (None, int(low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a number of workers (4) or MIN:MAX (2:8)"
+        ) from None
+    if values[1] < 1 or (values[0] is not None and not 1 <= values[0] <= values[1]):
+        raise argparse.ArgumentTypeError(f"{text!r}: need 1 <= MIN <= MAX")
+    return values
 
 
 def _set_flag(parser: argparse.ArgumentParser, help: str) -> None:

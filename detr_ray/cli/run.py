@@ -18,7 +18,9 @@ def run_config(args: argparse.Namespace) -> ExperimentConfig:
     """The config a ``train`` (or ``config show``) command line describes."""
     overrides = list(args.overrides)
     if getattr(args, "num_workers", None) is not None:
-        overrides.append(f"scaling.num_workers={args.num_workers}")
+        low, high = args.num_workers  # see parser.worker_range
+        overrides.append(f"scaling.num_workers={high}")
+        overrides.append(f"scaling.min_workers={'null' if low is None else low}")
     if getattr(args, "gpu", False):
         overrides.append("scaling.use_gpu=true")
     if getattr(args, "resume_from", None):

@@ -6,8 +6,15 @@ no MLflow. The Ray Train worker (:mod:`detr_ray.train.worker`) builds a
 can be read (and tested) as an ordinary DETR training loop.
 
 Determinism: every epoch reseeds Python, NumPy and torch from
-``(seed, epoch, rank)`` and the sampler shuffles by ``(seed, epoch)``, so a run
-resumed at an epoch boundary continues exactly as an uninterrupted one would.
+``(seed, epoch, rank)`` and the epoch's image order depends on ``(seed, epoch)``
+only, so a run resumed at an epoch boundary continues exactly as an
+uninterrupted one would.
+
+Elastic runs: the world size may change between restarts (a lost or returning
+node). The engine keeps its place in world-size-free units: the epoch, and the
+images of the epoch's order already trained on (:mod:`detr_ray.data.epoch_plan`);
+the learning-rate warm-up counts images seen and its drops count epochs. Each
+start recomputes steps and shards from those and the world size it finds.
 """
 
 from __future__ import annotations
@@ -17,17 +24,18 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from detr_ray import dist
 from detr_ray.config import ExperimentConfig, LossConfig, MatcherConfig
 from detr_ray.data.collate import Batch, PadCollate
+from detr_ray.data.epoch_plan import EpochPlan, full_epoch_steps
 from detr_ray.data.labels import LabelMap
 from detr_ray.dense_loss import DENSE_TERMS, dense_losses
 from detr_ray.errors import ConfigError, TrainingStopped
@@ -49,6 +57,8 @@ class TrainState:
     epoch: int = 0  # completed epochs
     step_in_epoch: int = 0  # optimiser steps done in the current epoch
     global_step: int = 0  # optimiser steps (and skipped steps) so far
+    epoch_images_seen: int = 0  # images of the current epoch's order trained on
+    images_seen: int = 0  # images trained on so far (all epochs, all workers)
     nan_streak: int = 0  # consecutive skipped steps
     skipped_steps: list[int] = field(default_factory=list)
 
@@ -119,28 +129,27 @@ def build_optimizer(model: nn.Module, config: ExperimentConfig) -> torch.optim.A
         return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
-def lr_factor(step: int, steps_per_epoch: int, config: ExperimentConfig) -> float:
-    """Linear warm-up over ``warmup_steps``, then ``lr_gamma`` per passed drop epoch."""
-    train = config.train
-    warmup = min(1.0, (step + 1) / train.warmup_steps) if train.warmup_steps else 1.0
-    epoch = step // max(steps_per_epoch, 1)
-    drops = sum(1 for e in train.lr_drop_epochs if epoch >= e)
-    return warmup * train.lr_gamma**drops
+def lr_factor(images_seen: int, epoch: int, world_size: int, config: ExperimentConfig) -> float:
+    """The learning rate's multiplier for the next step, from where training
+    stands in world-size-free units (a resize moves neither warm-up nor drops).
 
-
-class SkipFirst(Sampler):
-    """The wrapped sampler's indices after the first ``skip`` (mid-epoch resume)."""
-
-    def __init__(self, sampler: DistributedSampler, skip: int):
-        self.sampler, self.skip = sampler, skip
-
-    def __iter__(self) -> Iterator[int]:
-        for i, index in enumerate(self.sampler):
-            if i >= self.skip:
-                yield index
-
-    def __len__(self) -> int:
-        return max(0, len(self.sampler) - self.skip)
+    Warm-up is linear over ``train.warmup_steps`` steps *at the full size*
+    (``scaling.num_workers`` workers x ``train.batch_size``), i.e. over that many
+    images; each drop epoch passed multiplies by ``lr_gamma``. With
+    ``optim.lr_scaling`` (off by default) the rate also follows the global batch
+    of the workers present: ``linear`` (world / num_workers) or ``sqrt``.
+    """
+    train, full_world = config.train, config.scaling.num_workers
+    factor = 1.0
+    if train.warmup_steps:
+        full_batch = full_world * train.batch_size
+        factor = min(1.0, (images_seen + full_batch) / (train.warmup_steps * full_batch))
+    factor *= train.lr_gamma ** sum(1 for e in train.lr_drop_epochs if epoch >= e)
+    if config.optim.lr_scaling == "linear":
+        factor *= world_size / full_world
+    elif config.optim.lr_scaling == "sqrt":
+        factor *= math.sqrt(world_size / full_world)
+    return factor
 
 
 class Engine:
@@ -186,15 +195,13 @@ class Engine:
         self.optimizer = build_optimizer(model, config)
         self.train_set, self.val_set = train_set, val_set
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        self.sampler: DistributedSampler = DistributedSampler(
-            train_set, self.world_size, self.rank, shuffle=True, seed=config.train.seed
+        self.steps_per_epoch = full_epoch_steps(
+            len(train_set),  # type: ignore[arg-type]
+            self.world_size,
+            config.train.batch_size,
+            config.train.max_steps_per_epoch,
         )
-        full = math.ceil(len(self.sampler) / config.train.batch_size)
-        limit = config.train.max_steps_per_epoch
-        self.steps_per_epoch = min(full, limit) if limit else full
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, self.steps_per_epoch, config)
-        )
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         use_fp16 = config.train.amp == "fp16"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_fp16)
         self.memory_format = (
@@ -211,7 +218,6 @@ class Engine:
         self.settle_skips()
         state = {
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "train_state": vars(self.state).copy(),
         }
@@ -231,10 +237,11 @@ class Engine:
             kept = {k: v for k, v in parts.items() if k in own and own[k].shape == v.shape}
             self.module.load_state_dict({**own, **kept})
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base  # the schedule is recomputed from the state below
         if checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
-        self.state = TrainState(**checkpoint["train_state"])
+        self.state = _train_state(checkpoint["train_state"], self.config, self.world_size)
         self._unsettled = []
 
     @property
@@ -242,40 +249,60 @@ class Engine:
         return self.state.epoch >= self.config.train.epochs
 
     # ------------------------------------------------------------------ training
+    def plan(self) -> EpochPlan:
+        """The rest of the current epoch at this world size (see :class:`EpochPlan`)."""
+        state, train = self.state, self.config.train
+        limit = train.max_steps_per_epoch
+        return EpochPlan.build(
+            len(self.train_set),  # type: ignore[arg-type]
+            train.seed,
+            state.epoch,
+            state.epoch_images_seen,
+            self.world_size,
+            train.batch_size,
+            max_steps=None if limit is None else max(0, limit - state.step_in_epoch),
+        )
+
     def train_epoch(
         self,
         on_log: Callable[[StepLog], None] = lambda _: None,
         on_mid_epoch_report: Callable[[], None] = lambda: None,
         should_fail: Callable[[int], None] = lambda _: None,
+        on_step: Callable[[list[int]], None] = lambda _: None,
     ) -> None:
-        """Train until the end of the current epoch (resuming mid-epoch if needed)."""
+        """Train until the end of the current epoch (resuming mid-epoch if needed).
+
+        ``on_step`` gets the dataset indices this worker trained on in each step
+        (the ``debug.record_images`` hook).
+        """
         config, state = self.config, self.state
         epoch = state.epoch
         seed_everything(epoch_seed(config.train.seed, epoch, self.rank))
-        self.sampler.set_epoch(epoch)
-        skip = state.step_in_epoch * config.train.batch_size
+        plan = self.plan()
+        batches = plan.rank_batches(self.rank)
+        self.steps_per_epoch = state.step_in_epoch + len(plan.sizes)
         loader = DataLoader(
             self.train_set,
-            batch_size=config.train.batch_size,
-            sampler=SkipFirst(self.sampler, skip) if skip else self.sampler,
+            batch_sampler=batches,
             num_workers=config.data.num_workers,
             collate_fn=self.collate,
             pin_memory=self.device.type == "cuda",
-            drop_last=False,
             generator=torch.Generator().manual_seed(
                 epoch_seed(config.train.seed, epoch, self.rank)
             ),
         )
         self.model.train()
         window = _Window()
-        for batch in loader:
-            if state.step_in_epoch >= self.steps_per_epoch:
-                break
+        for indices, step_images, batch in zip(batches, plan.sizes, loader):
             should_fail(state.global_step + 1)  # the 1-based number of the step to come
             window.images += 0 if batch is None else len(batch)
+            self._set_lr()
             result = self.train_step(batch)
+            on_step(indices)
             state.global_step += 1
             state.step_in_epoch += 1
+            state.epoch_images_seen += step_images
+            state.images_seen += step_images
             last_of_epoch = state.step_in_epoch >= self.steps_per_epoch
             # Every log_every steps, and always at an epoch's end: a run shorter
             # than log_every still has its per-layer loss history.
@@ -284,12 +311,20 @@ class Engine:
                 on_log(self._step_log(result, window))
                 window = _Window()
             if config.train.report_every and state.global_step % config.train.report_every == 0:
-                if state.step_in_epoch < self.steps_per_epoch:
+                if not last_of_epoch:
                     self.settle_skips()
                     on_mid_epoch_report()
         self.settle_skips()
         state.epoch += 1
         state.step_in_epoch = 0
+        state.epoch_images_seen = 0
+
+    def _set_lr(self) -> None:
+        """Each group's rate for the coming step (see :func:`lr_factor`)."""
+        state = self.state
+        factor = lr_factor(state.images_seen, state.epoch, self.world_size, self.config)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
 
     def train_step(self, batch: Batch | None) -> StepResult:
         """One optimiser step. Non-finite outputs, losses or gradients on any
@@ -358,7 +393,6 @@ class Engine:
                 return self._skip("a non-finite loss or gradient")
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
         reference = matching.layers(slice(None, None, self.num_groups))  # group 0 of each layer
         return StepResult(
             skipped=False, losses=losses, matching=reference, grad_norm=grad_norm, bad=grad_bad
@@ -390,7 +424,6 @@ class Engine:
 
     def _skip(self, why: str) -> StepResult:
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()  # the schedule follows steps taken, skipped or not
         self.settle_skips()  # the earlier steps first, for the count of skips in a row
         self._count_skip(self.state.global_step + 1, why)
         return StepResult(skipped=True)
@@ -442,6 +475,8 @@ class Engine:
         )
         for group in self.optimizer.param_groups:
             metrics[f"lr/{group['name']}"] = group["lr"]
+        metrics["world_size"] = float(self.world_size)
+        metrics["global_batch"] = float(self.world_size * self.config.train.batch_size)
         state = self.state
         return StepLog(
             global_step=state.global_step,
@@ -486,6 +521,17 @@ class Engine:
                 local.append((det["image_id"], to_coco_results([det], self.label_map)))
         self.detr.train()
         return gather_image_results(local)
+
+
+def _train_state(saved: dict, config: ExperimentConfig, world_size: int) -> TrainState:
+    """A checkpoint's ``train_state``. Checkpoints written before positions were
+    kept in images are read as if written at this world size."""
+    saved = dict(saved)
+    full_batch = world_size * config.train.batch_size
+    saved.setdefault("epoch_images_seen", saved.get("step_in_epoch", 0) * full_batch)
+    saved.setdefault("images_seen", saved.get("global_step", 0) * full_batch)
+    known = TrainState.__dataclass_fields__
+    return TrainState(**{k: v for k, v in saved.items() if k in known})
 
 
 class _Window:

@@ -13,7 +13,9 @@ A user-facing error inside a worker is not retried into the same failure
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 
 from detr_ray import storage
 from detr_ray.cluster import check_cluster_address
@@ -21,6 +23,7 @@ from detr_ray.config import ExperimentConfig
 from detr_ray.errors import TrainingStopped, error_kind
 from detr_ray.prepare import PreparedRun, check_cluster_gpus, prepare_run
 from detr_ray.storage import StorageOptions
+from detr_ray.tracking_store import tracking_uri
 from detr_ray.train.fatal import clear_fatal_error, read_fatal_error
 
 # Quiet, single-copy worker output; no usage reporting. Users may override.
@@ -68,7 +71,7 @@ def launch(
     init_ray(address)
     scaling = config.scaling
     if scaling.use_gpu:
-        check_cluster_gpus(scaling.num_workers, ray.cluster_resources())
+        check_cluster_gpus(scaling.min_workers or scaling.num_workers, ray.cluster_resources())
     options = config.run.storage
     run_dir = storage.join(config.run.storage_path, config.run.name)
     clear_fatal_error(run_dir, options)  # an earlier run's, whose cause the user has fixed
@@ -79,9 +82,14 @@ def launch(
             "experiment": config.to_dict(),
             "label_map": label_map.to_dict(),
             "run_dir": run_dir,
+            "driver": driver_id(),
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling.num_workers,
+            # (min, max): Train V2's elastic policy restarts at the size that fits
+            num_workers=(scaling.min_workers, scaling.num_workers)
+            if scaling.elastic
+            else scaling.num_workers,
+            elastic_resize_monitor_interval_s=scaling.resize_interval_s,
             use_gpu=scaling.use_gpu,
             resources_per_worker={"CPU": scaling.cpus_per_worker}
             | ({"GPU": 1} if scaling.use_gpu else {}),
@@ -101,15 +109,27 @@ def launch(
             callbacks=callbacks or [],
         ),
     )
+    workers = (
+        f"{scaling.min_workers}-{scaling.num_workers} workers (elastic)"
+        if scaling.elastic
+        else f"{scaling.num_workers} worker(s)"
+    )
     print(
-        f"[detr-ray] run {config.run.name!r}: {scaling.num_workers} worker(s) x batch "
+        f"[detr-ray] run {config.run.name!r}: {workers} x batch "
         f"{config.train.batch_size}, {config.train.epochs} epochs, {label_map.num_classes} "
         f"classes; checkpoints in {storage.without_query(run_dir)}",
         flush=True,
     )
+    uri = tracking_uri(config.tracking.uri, config.run.storage_path)
+    _close_abandoned(uri, config.tracking.experiment)
     try:
-        result = trainer.fit()
+        with _sigterm_as_interrupt():
+            result = trainer.fit()
     except KeyboardInterrupt:
+        from detr_ray.tracking import end_run
+
+        ended = {"detr_ray.ended": f"driver {driver_id()} was stopped"}
+        end_run(uri, config.tracking.experiment, storage.without_query(run_dir), "KILLED", ended)
         raise KeyboardInterrupt(
             f"interrupted; {_kept(run_dir, options)}. Run the same command again (same "
             "run.name and run.storage_path) to resume from the latest one."
@@ -133,6 +153,37 @@ def launch(
     if outcome.get("status") == "stopped":
         raise TrainingStopped(f"{outcome['message']} {_kept(run_dir, options)}")
     return outcome
+
+
+def driver_id() -> str:
+    """``host:pid`` of this driver, the run's ``detr_ray.driver`` tag."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _close_abandoned(uri: str, experiment: str) -> None:
+    """Runs left RUNNING by drivers of this host that died (SIGKILL, power): KILLED."""
+    from detr_ray.tracking import close_abandoned_runs
+
+    for name in close_abandoned_runs(uri, experiment, socket.gethostname()):
+        print(f"[detr-ray] run {name!r} was left RUNNING by a driver that died: marked KILLED")
+
+
+class _sigterm_as_interrupt:
+    """SIGTERM (``ray job stop``, a scheduler's preemption notice) ends the driver
+    like Ctrl-C: its MLflow run is marked KILLED, its checkpoints are kept."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._interrupt)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    @staticmethod
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt
 
 
 def init_ray(address: str | None) -> None:

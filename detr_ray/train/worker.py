@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ from detr_ray.losses import loss_names_by_term
 from detr_ray.model.build import build_model
 from detr_ray.storage import without_query
 from detr_ray.system_metrics import SystemSampler
+from detr_ray.tracking_store import DRIVER_TAG
 from detr_ray.train.engine import Engine, seed_everything, trained_module
 from detr_ray.train.fatal import read_fatal_error, write_fatal_error
 from detr_ray.train.step_stats import StepLog
@@ -78,7 +80,7 @@ def train_loop_per_worker(loop_config: dict) -> dict:
     # and every rank learns whether any rank failed: they end together.
     inputs, error = None, None
     try:
-        inputs = _read_inputs(config, label_map, rank)
+        inputs = _read_inputs(config, label_map, run_dir, rank)
     except DetrRayError as e:
         error = e
     errors = [e for e in all_gather_objects(error) if e is not None]
@@ -104,7 +106,9 @@ def train_loop_per_worker(loop_config: dict) -> dict:
     progress = None
     if rank == 0:
         progress = Progress(config, engine, _tracker(config, run_dir, start), label_map, val_set)
-        progress.tracker.set_tags({"detr_ray.worker_nodes": ",".join(worker_nodes)})
+        progress.tracker.set_tags(
+            {"detr_ray.worker_nodes": ",".join(worker_nodes), DRIVER_TAG: loop_config["driver"]}
+        )
         if not progress.tracker.resumed:
             _log_datasets(progress.tracker, config, train_set, val_set, label_map)
         print(
@@ -138,13 +142,20 @@ def train_loop_per_worker(loop_config: dict) -> dict:
     # One system-metrics sampler per node, into rank 0's MLflow run.
     run_id = all_gather_objects(progress.tracker.run_id if progress else None)[0]
     sampler = _system_sampler(config, str(run_id), worker_nodes[rank])
-    summary: dict = {"worker_nodes": worker_nodes}
+    summary: dict = {
+        "worker_nodes": worker_nodes,
+        "started_at_step": engine.state.global_step,
+        "unreadable_checkpoints": (start or {}).get("passed_over", []),
+    }
+    attempt = f"{engine.state.global_step}-{all_gather_objects(os.getpid())[0]}"
+    record = _image_recorder(config, engine, train_set, rank, attempt)
     try:
         while not engine.finished:
             engine.train_epoch(
                 on_log=progress.on_log if progress else lambda _: None,
                 on_mid_epoch_report=lambda: report(None),
                 should_fail=lambda step: _inject_failure_once(config, run_dir, rank, step),
+                on_step=record,
             )
             epoch = engine.state.epoch
             if epoch % config.train.eval_every == 0 or epoch == config.train.epochs:
@@ -198,13 +209,13 @@ def _log_detr_ray_info() -> None:
         logger.propagate = False
 
 
-def _read_inputs(config: ExperimentConfig, label_map: LabelMap, rank: int):
+def _read_inputs(config: ExperimentConfig, label_map: LabelMap, run_dir: str, rank: int):
     """The model (initialised from ``model.init_from`` on a fresh start), the
     datasets, and the checkpoint to start from; reads every user file a worker needs."""
     seed_everything(config.train.seed)  # the same initial weights on every worker
     detr = build_model(config.model)
     train_set, val_set = _datasets(config, label_map)
-    start = _starting_checkpoint(config)
+    start = _starting_checkpoint(config, run_dir, rank)
     if start is None and config.init.init_from:
         loaded = initialise_from(
             detr, config.init.init_from, label_map, config.init.class_head, config.run.storage
@@ -247,12 +258,20 @@ def _datasets(config: ExperimentConfig, label_map: LabelMap):
     return train_set, val_set
 
 
-def _starting_checkpoint(config: ExperimentConfig) -> dict | None:
-    """Ray's latest checkpoint of this run (restart or re-run), else ``run.resume_from``."""
+def _starting_checkpoint(config: ExperimentConfig, run_dir: str, rank: int) -> dict | None:
+    """Ray's latest checkpoint of this run (restart or re-run), else ``run.resume_from``.
+
+    A latest checkpoint that cannot be read (truncated, corrupt: a node died
+    while writing it) is passed over for the newest readable one of the run,
+    with a warning naming it; nothing is deleted.
+    """
     checkpoint = ray.train.get_checkpoint()  # [Ray]
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            return load_checkpoint(Path(directory) / CHECKPOINT_FILE)
+        try:
+            with checkpoint.as_directory() as directory:
+                return load_checkpoint(Path(directory) / CHECKPOINT_FILE)
+        except CheckpointError as bad:
+            return _newest_readable(run_dir, Path(checkpoint.path).name, bad, config, rank)
     if config.run.resume_from:
         loaded = load_checkpoint(config.run.resume_from, config.run.storage)
         if "train_state" not in loaded:
@@ -262,6 +281,37 @@ def _starting_checkpoint(config: ExperimentConfig) -> dict | None:
             )
         return loaded
     return None
+
+
+def _newest_readable(
+    run_dir: str, bad_name: str, bad: CheckpointError, config: ExperimentConfig, rank: int
+) -> dict:
+    """The newest of the run's checkpoints older than ``bad_name`` that loads."""
+    options = config.run.storage
+    names = storage.list_folder(run_dir, options)
+    older = sorted((n for n in names if n.startswith("epoch") and n < bad_name), reverse=True)
+    problems = [str(bad)]
+    for name in older:
+        try:
+            loaded = load_checkpoint(storage.join(run_dir, name, CHECKPOINT_FILE), options)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if rank == 0:
+            log.warning(
+                "the latest checkpoint %s cannot be read (%s); resuming from %s instead, "
+                "the newest readable one. Nothing was deleted.",
+                bad_name,
+                bad,
+                name,
+            )
+        passed_over = [bad_name] + [n for n in older if n > name]
+        return {**loaded, "passed_over": passed_over}
+    raise CheckpointError(
+        f"no checkpoint of run folder {without_query(run_dir)} can be read: "
+        + "; ".join(problems)
+        + ". Move the run folder aside to start afresh, or set run.resume_from to a good file."
+    )
 
 
 def _tracker(config: ExperimentConfig, run_dir: str, start: dict | None):
@@ -329,6 +379,36 @@ def _inject_failure_once(config: ExperimentConfig, run_dir: str, rank: int, step
         return
     storage.write_bytes(marker, b"", config.run.storage)
     raise RuntimeError(f"injected failure at step {step} (debug.fail_once_at_step)")
+
+
+def _image_recorder(
+    config: ExperimentConfig, engine: Engine, train_set: CocoDetection, rank: int, attempt: str
+):
+    """``debug.record_images``: a step hook appending what this worker trained
+    on to ``<folder>/rank<r>-pid<pid>.jsonl`` (``attempt`` tells restarts apart:
+    the step it started from and rank 0's pid). A no-op when unset."""
+    folder = config.debug.record_images
+    if not folder:
+        return lambda _: None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / f"rank{rank}-pid{os.getpid()}.jsonl"
+
+    def record(indices: list[int]) -> None:
+        state = engine.state
+        line = {
+            "attempt": attempt,
+            "epoch": state.epoch,
+            "step": state.global_step + 1,
+            "world": engine.world_size,
+            "rank": rank,
+            "pid": os.getpid(),
+            "time": time.time(),
+            "images": [train_set.records[i].image_id for i in indices],
+        }
+        with path.open("a") as out:
+            out.write(json.dumps(line) + "\n")
+
+    return record
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -430,6 +510,7 @@ class Progress:
         print(
             f"[detr-ray] epoch {step.epoch + 1}/{self.config.train.epochs} "
             f"step {step.step_in_epoch}/{step.steps_per_epoch} (total {step.global_step}/{total}) "
+            f"x{self.engine.world_size} workers "
             f"loss {step.metrics['loss']:.4f} ({step.metrics['images_per_s']:.1f} img/s) "
             f"ETA {eta}",
             flush=True,

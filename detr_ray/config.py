@@ -305,6 +305,7 @@ class DebugConfig:
     # A local folder: every worker appends, per step, the image ids it trained
     # on (with epoch, step, world size, its pid) to a JSON-lines file there.
     record_images: str | None = None
+    step_delay_s: float = 0.0  # sleep before every step: slows a tiny run down for fault tests
     fail_scoring: bool = False  # a DataError while scoring the first evaluation
 
 

@@ -239,6 +239,11 @@ class RunTracker(_TrackedRun):
                     values.append(metric.value)
         self._logged_up_to = {"": self._last_step("loss"), "val/": self._last_step("val/AP")}
 
+    @property
+    def last_logged_step(self) -> int:
+        """The last training step an attempt of this run logged (0: none)."""
+        return self._logged_up_to[""]
+
     def _last_step(self, key: str) -> int:
         if not self.resumed:
             return -1

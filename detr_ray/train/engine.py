@@ -195,12 +195,13 @@ class Engine:
         self.optimizer = build_optimizer(model, config)
         self.train_set, self.val_set = train_set, val_set
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        self.steps_per_epoch = full_epoch_steps(
+        self.full_epoch_steps = full_epoch_steps(  # a whole epoch at this world size
             len(train_set),  # type: ignore[arg-type]
             self.world_size,
             config.train.batch_size,
             config.train.max_steps_per_epoch,
         )
+        self.steps_per_epoch = self.full_epoch_steps  # of the current epoch, set as it starts
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         use_fp16 = config.train.amp == "fp16"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_fp16)

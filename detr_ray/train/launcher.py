@@ -138,10 +138,15 @@ def launch(
         fatal = read_fatal_error(run_dir, options)
         if fatal is not None:  # the attempt that read it ended too: say it once
             raise fatal from None
-        raise TrainingStopped(
-            f"training failed after {config.run.max_failures} restart(s): {e}. "
-            f"{_kept(run_dir, options)}; fix the cause and run again to resume."
-        ) from None
+        stopped = TrainingStopped(
+            f"training failed after {config.run.max_failures} restart(s) (run.max_failures): "
+            f"{e}. {_kept(run_dir, options)}; fix the cause and run again to resume."
+        )
+        from detr_ray.tracking import end_run  # its workers died: nobody else will say so
+
+        failed = {"detr_ray.error": str(stopped)[:5000]}
+        end_run(uri, config.tracking.experiment, storage.without_query(run_dir), "FAILED", failed)
+        raise stopped from None
     outcome = dict(result.return_value or {})
     latest = result.checkpoint.path if result.checkpoint else None
     if latest is not None and storage.is_uri(config.run.storage_path):  # a bucket path

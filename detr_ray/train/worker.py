@@ -116,11 +116,7 @@ def train_loop_per_worker(loop_config: dict) -> dict:
             flush=True,
         )
         if start is not None:
-            print(
-                f"[detr-ray] resumed at epoch {engine.state.epoch}, "
-                f"step {engine.state.global_step}",
-                flush=True,
-            )
+            _note_resume(progress.tracker, engine)
 
     def report(evaluated: dict[str, float] | None) -> None:
         """Checkpoint and report to Ray on every rank; rank 0 also tracks it."""
@@ -381,19 +377,36 @@ def _inject_failure_once(config: ExperimentConfig, run_dir: str, rank: int, step
     raise RuntimeError(f"injected failure at step {step} (debug.fail_once_at_step)")
 
 
+def _note_resume(tracker: RunTracker, engine: Engine) -> None:
+    """Say where the run resumed; log ``steps_redone``: steps an earlier attempt
+    logged past the checkpoint (their work was lost; the same step numbers are
+    trained again but not logged twice)."""
+    state = engine.state
+    redone = max(0, tracker.last_logged_step - state.global_step)
+    tracker.log_metrics(state.global_step, {"steps_redone": float(redone)}, prefix="restart/")
+    print(
+        f"[detr-ray] resumed at epoch {state.epoch} step {state.global_step} "
+        f"({state.epoch_images_seen} images into the epoch) with {engine.world_size} "
+        f"worker(s); {redone} logged step(s) after that checkpoint are redone",
+        flush=True,
+    )
+
+
 def _image_recorder(
     config: ExperimentConfig, engine: Engine, train_set: CocoDetection, rank: int, attempt: str
 ):
     """``debug.record_images``: a step hook appending what this worker trained
     on to ``<folder>/rank<r>-pid<pid>.jsonl`` (``attempt`` tells restarts apart:
-    the step it started from and rank 0's pid). A no-op when unset."""
+    the step it started from and rank 0's pid); it also sleeps
+    ``debug.step_delay_s``. Only the sleep when unset."""
     folder = config.debug.record_images
     if not folder:
-        return lambda _: None
+        return lambda _: time.sleep(config.debug.step_delay_s)
     Path(folder).mkdir(parents=True, exist_ok=True)
     path = Path(folder) / f"rank{rank}-pid{os.getpid()}.jsonl"
 
     def record(indices: list[int]) -> None:
+        time.sleep(config.debug.step_delay_s)
         state = engine.state
         line = {
             "attempt": attempt,
@@ -503,7 +516,10 @@ class Progress:
     def on_log(self, step: StepLog) -> None:
         self.logged_losses.append(step.metrics["loss"])
         self.tracker.log_metrics(step.global_step, step.metrics)
-        total = self.config.train.epochs * step.steps_per_epoch
+        # steps still to come at the current world size (an elastic run's change it)
+        epochs_after = self.config.train.epochs - step.epoch - 1
+        to_come = step.steps_per_epoch - step.step_in_epoch
+        total = step.global_step + to_come + epochs_after * self.engine.full_epoch_steps
         done = step.global_step - self.start_step
         rate = (time.perf_counter() - self.started) / max(done, 1)
         eta = _duration(rate * max(total - step.global_step, 0))

@@ -1,0 +1,209 @@
+"""Real faults on a Ray cluster of three nodes on this machine (a head and two
+1-CPU worker nodes, one ``ray.cluster_utils.Cluster`` for the module).
+
+- a node SIGKILLed in the middle of an elastic run's epoch: the run goes on
+  with one worker, then grows back to two when a node returns; every image of
+  every epoch goes into the model exactly once;
+- a training worker SIGKILLed in a fixed-size run: restarted from the latest
+  checkpoint within ``run.max_failures``, and the run fails past it;
+- the driver SIGKILLed, then SIGTERMed: the same command resumes the same
+  MLflow run, a dead driver's run is marked KILLED at the next start, a stopped
+  one's as it stops.
+
+In every case MLflow holds one run whose loss history has no repeated step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from detr_ray.data.synthetic import generate
+
+from experiments import tiny_experiment
+from fault_cluster import (
+    Driver,
+    attempts,
+    records,
+    start_cluster,
+    trained_images_by_epoch,
+    wait_until,
+    write_config,
+)
+
+NUM_TRAIN = 24  # images: 6 steps an epoch with 2 workers x batch 2, 12 with one
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster, nodes = start_cluster(worker_nodes=2)
+    yield cluster, nodes
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return generate(
+        tmp_path_factory.mktemp("shapes"), num_train=NUM_TRAIN, num_val=2, size=64, seed=3
+    )
+
+
+def fault_config(shapes, tmp_path: Path, name: str, **sections) -> Path:
+    """A tiny run that records what each worker trains on and is slowed to
+    about 0.3 s a step, so a test can act in the middle of an epoch."""
+    raw = tiny_experiment(shapes, tmp_path / "runs", name)
+    raw["train"].update(report_every=2, eval_every=10, log_every=1)
+    raw["tracking"].update(log_images=0, system_metrics_every=0)
+    raw["debug"] = {"record_images": str(tmp_path / "records"), "step_delay_s": 0.3}
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return write_config(raw, tmp_path / f"{name}.yaml")
+
+
+def one_mlflow_run(tmp_path: Path, name: str):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("detr-ray")
+    runs = [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("detr_ray.run_dir", "").endswith(f"/{name}")
+    ]
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return client, runs[0]
+
+
+def assert_each_image_once_per_epoch(rows: list[dict], epochs: int, shapes) -> None:
+    import json
+
+    ids = sorted(im["id"] for im in json.loads(Path(shapes.train_ann).read_text())["images"])
+    by_epoch = trained_images_by_epoch(rows)
+    assert sorted(by_epoch) == list(range(epochs))
+    for epoch, images in by_epoch.items():
+        assert sorted(images) == ids, f"epoch {epoch}"
+
+
+def assert_no_repeated_steps(client, run, last_step: int) -> None:
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert sorted(steps) == list(range(1, last_step + 1))
+
+
+def test_elastic_run_survives_a_lost_node_and_grows_back(cluster, shapes, tmp_path):
+    ray_cluster, nodes = cluster
+    config = fault_config(
+        shapes,
+        tmp_path,
+        "elastic",
+        train={"epochs": 3},
+        scaling={"resize_interval_s": 1.0},
+        run={"max_failures": 3},
+    )
+    folder = tmp_path / "records"
+    driver = Driver(config, ray_cluster.address, tmp_path / "driver.log", "--num-workers", "1:2")
+
+    def at(world: int, after_step: int = 0):
+        def found() -> list[dict]:
+            return [r for r in records(folder) if r["world"] == world and r["step"] > after_step]
+
+        return found
+
+    wait_until(lambda: [r for r in at(2)() if r["step"] >= 3], 120, "step 3 with 2 workers", driver)
+    lost = nodes.pop()  # the node of one worker (the head has no CPU for either)
+    ray_cluster.remove_node(lost, allow_graceful=False)  # SIGKILL of its processes
+    shrunk = wait_until(at(1), 120, "a step with 1 worker", driver)
+    nodes.append(ray_cluster.add_node(num_cpus=1))  # capacity returns
+    wait_until(at(2, after_step=max(r["step"] for r in shrunk)), 120, "2 workers again", driver)
+    assert driver.wait(300) == 0, driver.output()[-4000:]
+
+    rows = records(folder)
+    worlds = [a["world"] for a in attempts(rows)]
+    assert worlds[0] == 2 and 1 in worlds and worlds[-1] == 2, worlds
+    assert_each_image_once_per_epoch(rows, 3, shapes)
+    client, run = one_mlflow_run(tmp_path, "elastic")
+    assert run.info.status == "FINISHED"
+    last_step = max(r["step"] for r in rows)
+    assert_no_repeated_steps(client, run, last_step)
+    history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "world_size")}
+    assert {1.0, 2.0} <= set(history.values())
+    batches = client.get_metric_history(run.info.run_id, "global_batch")
+    assert {m.value for m in batches} == {2.0, 4.0}
+    redone = client.get_metric_history(run.info.run_id, "restart/steps_redone")
+    assert len(redone) == len(worlds) - 1  # one count per restart
+
+
+def test_a_killed_worker_restarts_its_group_within_max_failures(cluster, shapes, tmp_path):
+    ray_cluster, _ = cluster
+    folder = tmp_path / "records"
+
+    def kill_rank1_after(step: int, driver: Driver) -> None:
+        def rank1() -> list[dict]:
+            return [r for r in records(folder) if r["rank"] == 1 and r["step"] >= step]
+
+        os.kill(wait_until(rank1, 120, f"rank 1 at step {step}", driver)[0]["pid"], signal.SIGKILL)
+
+    config = fault_config(shapes, tmp_path, "fixed", train={"epochs": 2}, run={"max_failures": 1})
+    driver = Driver(config, ray_cluster.address, tmp_path / "fixed.log")
+    kill_rank1_after(3, driver)
+    assert driver.wait(300) == 0, driver.output()[-4000:]
+    rows = records(folder)
+    assert [(a["world"], a["start"]) for a in attempts(rows)] == [(2, 0), (2, 2)]  # checkpoint 2
+    assert_each_image_once_per_epoch(rows, 2, shapes)
+    client, run = one_mlflow_run(tmp_path, "fixed")
+    assert run.info.status == "FINISHED"
+    assert_no_repeated_steps(client, run, 12)
+
+    # With no restart allowed, the same kill ends the run: FAILED, checkpoints kept.
+    for file in folder.glob("*.jsonl"):
+        file.unlink()
+    config = fault_config(shapes, tmp_path, "strict", train={"epochs": 2}, run={"max_failures": 0})
+    driver = Driver(config, ray_cluster.address, tmp_path / "strict.log")
+    kill_rank1_after(3, driver)
+    assert driver.wait(300) == 1
+    assert "training failed after 0 restart(s) (run.max_failures)" in driver.output()
+    assert "checkpoints are kept in" in driver.output()
+    _, run = one_mlflow_run(tmp_path, "strict")
+    assert run.info.status == "FAILED"
+
+
+def test_a_killed_driver_is_resumed_by_the_same_command(cluster, shapes, tmp_path):
+    ray_cluster, _ = cluster
+    folder = tmp_path / "records"
+    config = fault_config(shapes, tmp_path, "driven", train={"epochs": 2})
+
+    def driver(log: str) -> Driver:
+        return Driver(config, ray_cluster.address, tmp_path / log)
+
+    def past(step: int, after: set[str] = frozenset()):
+        def found() -> list[dict]:
+            return [r for r in records(folder) if r["step"] > step and r["attempt"] not in after]
+
+        return found
+
+    first = driver("first.log")
+    wait_until(past(4), 120, "step 5", first)  # past the checkpoint at step 4
+    first.kill(signal.SIGKILL)
+    first.wait(30)
+    client, run = one_mlflow_run(tmp_path, "driven")
+    assert run.info.status == "RUNNING"  # nobody was left to say otherwise
+
+    # The same command again: it resumes (a new attempt), then is stopped (SIGTERM).
+    seen = {a["attempt"] for a in attempts(records(folder))}
+    second = driver("second.log")
+    wait_until(past(0, seen), 120, "a step of the resumed run", second)
+    second.kill(signal.SIGTERM)
+    assert second.wait(60) == 130, second.output()[-4000:]
+    assert "was left RUNNING by a driver that died: marked KILLED" in second.output()
+    _, run = one_mlflow_run(tmp_path, "driven")
+    assert run.info.status == "KILLED"
+
+    third = driver("third.log")
+    assert third.wait(300) == 0, third.output()[-4000:]
+    rows = records(folder)
+    assert len(attempts(rows)) == 3
+    assert_each_image_once_per_epoch(rows, 2, shapes)
+    client, run = one_mlflow_run(tmp_path, "driven")  # still one run
+    assert run.info.status == "FINISHED"
+    assert_no_repeated_steps(client, run, 12)

@@ -44,6 +44,20 @@ def final_weights(outcome):
     return load_checkpoint(outcome["latest_checkpoint"])["model"]
 
 
+# Every image resized to a long side of 64 and padded to 64 x 64, whatever its
+# batch, no random flip or crop: workers see exactly what one worker would.
+FIXED_DATA = {
+    "augmentation": {
+        "train_scales": [64],
+        "crop_prob": 0.0,
+        "flip_prob": 0.0,
+        "max_size": 64,
+        "val_scale": 64,
+    },
+    "size_divisor": 64,
+}
+
+
 @pytest.mark.parametrize("query_groups, dense", [(1, 0.0), (3, 0.0), (1, 2.0)])
 def test_two_workers_train_exactly_like_one_with_the_whole_batch(
     shapes, tmp_path, query_groups, dense
@@ -54,17 +68,7 @@ def test_two_workers_train_exactly_like_one_with_the_whole_batch(
     # positives are averaged over workers too).
     # Every image resized to a long side of 64 and padded to 64 x 64, whatever
     # its batch: the backbone's group norm sees the same padding in both runs.
-    fixed = {
-        "augmentation": {
-            "train_scales": [64],
-            "crop_prob": 0.0,
-            "flip_prob": 0.0,
-            "max_size": 64,
-            "val_scale": 64,
-        },
-        "size_divisor": 64,
-    }
-    common = dict(data=fixed, model={"dropout": 0.0})
+    common = dict(data=FIXED_DATA, model={"dropout": 0.0})
     accelerators = {"query_groups": query_groups, "dense_aux_weight": dense}
     two = run_training(
         tiny_config(
@@ -102,6 +106,48 @@ def test_two_workers_train_exactly_like_one_with_the_whole_batch(
         assert run_two.data.metrics[key] == pytest.approx(run_one.data.metrics[key], rel=1e-5)
     # the two workers' shares: positives per worker add up to the single worker's
     assert 2 * run_two.data.metrics["positives/mean"] == run_one.data.metrics["positives/mean"]
+
+
+def test_three_workers_with_uneven_shares_train_exactly_like_one(shapes, tmp_path):
+    # 16 images, 3 workers x batch 2: steps of 6, 6 and 4 images, the last shared
+    # 2/1/1. One worker x batch 6 takes the same images per step (6, 6, 4), so
+    # with positives averaged over the workers present (reduce_mean) the weights
+    # after the epoch must agree, uneven last step included.
+    common = dict(data=FIXED_DATA, model={"dropout": 0.0})
+    three = run_training(
+        tiny_config(
+            shapes,
+            tmp_path,
+            "three",
+            **common,
+            scaling={"num_workers": 3},
+            train={"batch_size": 2},
+        )
+    )
+    one = run_training(
+        tiny_config(
+            shapes,
+            tmp_path,
+            "one6",
+            **common,
+            scaling={"num_workers": 1},
+            train={"batch_size": 6},
+        )
+    )
+    assert three["global_step"] == one["global_step"] == 3
+    a, b = final_weights(three), final_weights(one)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=0, msg=key)
+    for key in ["loss", "loss_cls", "d0.loss_bbox", "loss_iou", "grad_norm"]:
+        by_step = [
+            [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=_step)]
+            for client, run in (mlflow_run(three), mlflow_run(one))
+        ]
+        assert len(by_step[0]) == 3 and by_step[0] == pytest.approx(by_step[1], rel=1e-4), key
+
+
+def _step(metric):
+    return metric.step
 
 
 def test_worker_failure_restarts_from_checkpoint_with_one_continuous_mlflow_run(shapes, tmp_path):

@@ -250,12 +250,16 @@ class RunConfig:
     max_failures: int = 2
     keep_checkpoints: int = 3
     resume_from: str | None = None
+    # async: a checkpoint is written locally, then copied to storage_path while
+    # training goes on (a report stalls training only for the local write)
+    checkpoint_upload: Literal["async", "sync"] = "async"
 
     @property
     def storage(self) -> StorageOptions:
         return StorageOptions(self.storage_endpoint, self.storage_region)
 
     def __post_init__(self):
+        check_choices(self)
         require(
             bool(self.name) and "/" not in self.name,
             "name",

@@ -243,31 +243,37 @@ def test_rays_own_job_submit_runs_the_same_spec(head, tmp_path):
     assert run.info.status == "FINISHED"
 
 
-def test_a_running_job_can_be_stopped(head, tmp_path):
+def test_a_stopped_job_ends_its_run_killed_and_the_spec_resubmitted_resumes_it(head, tmp_path):
     storage = tmp_path / "runs"
-    out = head.detr(
-        "submit",
-        "jobs/train_shapes_local.yaml",
-        "--address",
-        head.address,
-        "--submission-id",
-        "stop-me",
-        "--set",
-        f"run.storage_path={storage}",
-        "--set",
-        "run.name=stopped",
-        "--set",
-        "data.synthetic.num_train=64",
-        "--set",
-        "train.epochs=100",
-    )  # the demo on fewer images, for minutes: it must still run when stopped
+
+    def submit(*overrides: str):
+        return head.detr(
+            "submit",
+            "jobs/train_shapes_local.yaml",
+            "--address",
+            head.address,
+            "--submission-id",
+            "stop-me",
+            "--set",
+            f"run.storage_path={storage}",
+            "--set",
+            "run.name=stopped",
+            "--set",
+            "data.synthetic.num_train=64",
+            "--set",
+            "train.log_every=1",
+            *overrides,
+        )
+
+    # the demo on fewer images, for minutes: it must still run when stopped
+    out = submit("--set", "train.epochs=100")
     assert out.returncode == 0, out.stderr
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while (
-        "[detr-ray] run 'stopped'"
+        "epoch 2/100 step 1/"  # past epoch 1's checkpoint
         not in head.detr("jobs", "logs", "stop-me", "--address", head.address).stdout
     ):
-        assert time.monotonic() < deadline, "the job never started training"
+        assert time.monotonic() < deadline, "the job never trained past epoch 1"
         time.sleep(2)
     stop = head.detr("jobs", "stop", "stop-me", "--address", head.address)
     assert stop.returncode == 0 and "stop requested" in stop.stdout, stop.stdout + stop.stderr
@@ -276,6 +282,17 @@ def test_a_running_job_can_be_stopped(head, tmp_path):
     assert follow.returncode == 3, follow.stdout[-2000:] + follow.stderr
     status = head.detr("jobs", "status", "stop-me", "--address", head.address)
     assert status.stdout.startswith("stop-me: STOPPED"), status.stdout
+    _, run = _mlflow_run(storage, "stopped")
+    assert run.info.status == "KILLED"  # its driver said so as it was stopped
+
+    # The same spec again (its id is taken): it runs as stop-me-2 and resumes the
+    # run, here to a shorter end that its checkpoints have already passed.
+    again = submit("--set", "train.epochs=1", "--follow")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr
+    assert "job stop-me ended STOPPED: submitting it again as stop-me-2" in again.stdout
+    assert "resumed at epoch" in again.stdout
+    _, resumed = _mlflow_run(storage, "stopped")  # the same, one run
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
 
 
 def test_authentication_and_unreachable_addresses_fail_clearly(head):

@@ -31,6 +31,15 @@ def run_submit(args: argparse.Namespace) -> int:
     from detr_ray.jobs import client as jobs
 
     connection = jobs.connect(args.address)
+    retry = jobs.retry_id(connection, spec)
+    if retry is not None:
+        new_id, earlier = retry
+        print(
+            f"[detr-ray] job {spec.submission_id} ended {earlier}: submitting it again as "
+            f"{new_id} (the same run.name resumes from its latest checkpoint)",
+            flush=True,
+        )
+        spec = dataclasses.replace(spec, submission_id=new_id)
     job_id = jobs.submit(connection, spec)
     address = connection.get_address()
     print(f"[detr-ray] submitted {job_id} to {address}: {spec.entrypoint}", flush=True)

@@ -120,6 +120,35 @@ def _auth_message(where: str, error: Exception) -> str:
     return f"the Ray cluster at {where} requires token authentication ({first_line}); {fix}"
 
 
+def retry_id(client, spec: JobSpec) -> tuple[str, str] | None:
+    """For a spec whose ``submission_id`` the cluster already knows: ``(a free id
+    for the retry, the earlier job's status)``; ``None`` if the id is free.
+
+    The cluster keeps every id, so a job spec with an id could run only once;
+    a retry runs as ``ID-2``, ``ID-3``... with the same entrypoint, so the same
+    ``run.name``: the training resumes from its latest checkpoint.
+
+    Raises:
+        ClusterError: the earlier job has not ended (stop it first).
+    """
+    wanted = spec.submission_id
+    if not wanted:
+        return None
+    known = {job.submission_id: str(job.status.value) for job in client.list_jobs()}
+    if wanted not in known:
+        return None
+    if known[wanted] not in TERMINAL:
+        raise ClusterError(
+            f"{spec.source}: job {wanted} is still {known[wanted]} on {client.get_address()}; "
+            f"stop it first (detr-ray jobs stop {wanted}) or follow it "
+            f"(detr-ray jobs logs {wanted} --follow)"
+        )
+    number = 2
+    while f"{wanted}-{number}" in known:
+        number += 1
+    return f"{wanted}-{number}", known[wanted]
+
+
 def submit(client, spec: JobSpec) -> str:
     """Submit ``spec``; returns the submission id."""
     from ray.exceptions import AuthenticationError

@@ -482,13 +482,20 @@ class Checkpoints:
             val_metrics=self.last_metrics,
             best_checkpoint=list(self.best) if self.best else None,
         )
-        with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(checkpoint, Path(tmp) / CHECKPOINT_FILE)
-            ray.train.report(  # [Ray] persists the checkpoint to the run's storage
-                metrics,
-                checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                checkpoint_dir_name=name,
-            )
+        # Ray deletes the folder once the checkpoint is in the run's storage (with
+        # run.checkpoint_upload async, after report() returns: not a with-block).
+        local = tempfile.mkdtemp(prefix="detr-ray-checkpoint-")
+        save_checkpoint(checkpoint, Path(local) / CHECKPOINT_FILE)
+        upload = ray.train.CheckpointUploadMode  # [Ray]
+        ray.train.report(  # [Ray] persists the checkpoint to the run's storage
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(local),
+            checkpoint_dir_name=name,
+            checkpoint_upload_mode=upload.ASYNC
+            if self.config.run.checkpoint_upload == "async"
+            else upload.SYNC,
+            delete_local_checkpoint_after_upload=True,
+        )
         return new_best
 
 

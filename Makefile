@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	touch $(STAMP)
 
 test: check
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 # Lint, formatting and types; `make test` runs it first.
 check: $(STAMP)

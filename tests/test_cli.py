@@ -143,3 +143,28 @@ def test_predict_names_a_registered_model_that_is_not_there(tmp_path, capsys):
     ours = [e for e in capsys.readouterr().err.splitlines() if e.startswith("detr-ray")]
     assert len(ours) == 1 and ours[0].startswith("detr-ray: error: --model models:/nope@champion")
     assert uri in ours[0], ours[0]
+
+
+@pytest.mark.parametrize(
+    "flag, workers",
+    [("2:8", (2, 8)), ("4", (None, 4)), ("3:3", (3, 3))],
+)
+def test_num_workers_takes_a_size_or_an_elastic_range(flag, workers):
+    from detr_ray.cli.run import run_config
+
+    args = build_parser().parse_args(["train", "configs/shapes_tiny.yaml", "--num-workers", flag])
+    scaling = run_config(args).scaling
+    assert (scaling.min_workers, scaling.num_workers) == workers
+    assert scaling.elastic == (flag == "2:8")  # 3:3 is a fixed size
+
+
+@pytest.mark.parametrize("flag", ["8:2", "0", "a:b", "2:"])
+def test_a_bad_worker_range_is_refused_by_the_parser(flag, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "configs/shapes_tiny.yaml", "--num-workers", flag])
+    assert "--num-workers" in capsys.readouterr().err
+
+
+def test_min_workers_above_num_workers_names_the_key(tmp_path, capsys):
+    code = main(["config", "show", "configs/shapes_tiny.yaml", "--set", "scaling.min_workers=3"])
+    assert code == 2 and "scaling.min_workers" in capsys.readouterr().err

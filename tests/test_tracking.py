@@ -78,3 +78,39 @@ def test_a_server_down_for_a_while_delays_no_step_and_loses_no_point(tmp_path):
         assert client.get_run(tracker.run_id).info.status == "FINISHED"
     finally:
         kill(server)
+
+
+def test_runs_of_dead_drivers_on_this_host_are_closed_and_no_others(tmp_path):
+    from detr_ray.tracking import close_abandoned_runs
+    from detr_ray.tracking_store import DRIVER_TAG
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(finished.stdout)  # a process that has ended
+    drivers = {
+        "dead": f"here:{dead_pid}",
+        "alive": f"here:{os.getpid()}",
+        "elsewhere": f"there:{dead_pid}",  # another host's driver cannot be checked
+        "untagged": None,
+    }
+    ids = {}
+    for name, driver in drivers.items():
+        tracker = RunTracker(uri, "exp", name, tmp_path / name, asynchronous=False)
+        if driver:
+            tracker.set_tags({DRIVER_TAG: driver})
+        ids[name] = tracker.run_id
+    assert close_abandoned_runs(uri, "exp", "here") == ["dead"]
+    client = MlflowClient(uri)
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {
+        "dead": "KILLED",
+        "alive": "RUNNING",
+        "elsewhere": "RUNNING",
+        "untagged": "RUNNING",
+    }
+    assert close_abandoned_runs(uri, "exp", "here") == []  # nothing twice

@@ -12,6 +12,7 @@ A user-facing error inside a worker is not retried into the same failure
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -25,6 +26,8 @@ from detr_ray.prepare import PreparedRun, check_cluster_gpus, prepare_run
 from detr_ray.storage import StorageOptions
 from detr_ray.tracking_store import tracking_uri
 from detr_ray.train.fatal import clear_fatal_error, read_fatal_error
+
+log = logging.getLogger(__name__)
 
 # Quiet, single-copy worker output; no usage reporting. Users may override.
 RAY_ENV_DEFAULTS = {
@@ -126,10 +129,8 @@ def launch(
         with _sigterm_as_interrupt():
             result = trainer.fit()
     except KeyboardInterrupt:
-        from detr_ray.tracking import end_run
-
         ended = {"detr_ray.ended": f"driver {driver_id()} was stopped"}
-        end_run(uri, config.tracking.experiment, storage.without_query(run_dir), "KILLED", ended)
+        _end_run(uri, config, run_dir, "KILLED", ended)
         raise KeyboardInterrupt(
             f"interrupted; {_kept(run_dir, options)}. Run the same command again (same "
             "run.name and run.storage_path) to resume from the latest one."
@@ -142,10 +143,8 @@ def launch(
             f"training failed after {config.run.max_failures} restart(s) (run.max_failures): "
             f"{e}. {_kept(run_dir, options)}; fix the cause and run again to resume."
         )
-        from detr_ray.tracking import end_run  # its workers died: nobody else will say so
-
-        failed = {"detr_ray.error": str(stopped)[:5000]}
-        end_run(uri, config.tracking.experiment, storage.without_query(run_dir), "FAILED", failed)
+        # its workers died: nobody else will say so
+        _end_run(uri, config, run_dir, "FAILED", {"detr_ray.error": str(stopped)[:5000]})
         raise stopped from None
     outcome = dict(result.return_value or {})
     latest = result.checkpoint.path if result.checkpoint else None
@@ -169,8 +168,26 @@ def _close_abandoned(uri: str, experiment: str) -> None:
     """Runs left RUNNING by drivers of this host that died (SIGKILL, power): KILLED."""
     from detr_ray.tracking import close_abandoned_runs
 
-    for name in close_abandoned_runs(uri, experiment, socket.gethostname()):
+    try:
+        closed = close_abandoned_runs(uri, experiment, socket.gethostname())
+    except Exception as e:  # the tracking store's trouble must not stop training
+        log.warning("could not look for runs of dead drivers in %s: %s", uri, e)
+        return
+    for name in closed:
         print(f"[detr-ray] run {name!r} was left RUNNING by a driver that died: marked KILLED")
+
+
+def _end_run(
+    uri: str, config: ExperimentConfig, run_dir: str, status: str, tags: dict[str, str]
+) -> None:
+    """End the run's MLflow run as the driver ends; a store that fails is only warned about
+    (the error that ends the driver is the one to show)."""
+    from detr_ray.tracking import end_run
+
+    try:
+        end_run(uri, config.tracking.experiment, storage.without_query(run_dir), status, tags)
+    except Exception as e:
+        log.warning("could not mark the MLflow run %s in %s: %s", status, uri, e)
 
 
 class _sigterm_as_interrupt:

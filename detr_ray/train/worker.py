@@ -399,14 +399,14 @@ def _image_recorder(
     on to ``<folder>/rank<r>-pid<pid>.jsonl`` (``attempt`` tells restarts apart:
     the step it started from and rank 0's pid); it also sleeps
     ``debug.step_delay_s``. Only the sleep when unset."""
-    folder = config.debug.record_images
+    folder, delay = config.debug.record_images, config.debug.step_delay_s
     if not folder:
-        return lambda _: time.sleep(config.debug.step_delay_s)
+        return (lambda _: time.sleep(delay)) if delay else (lambda _: None)
     Path(folder).mkdir(parents=True, exist_ok=True)
     path = Path(folder) / f"rank{rank}-pid{os.getpid()}.jsonl"
 
     def record(indices: list[int]) -> None:
-        time.sleep(config.debug.step_delay_s)
+        time.sleep(delay)
         state = engine.state
         line = {
             "attempt": attempt,

@@ -310,10 +310,10 @@ class DebugConfig:
     # on (with epoch, step, world size, its pid) to a JSON-lines file there.
     record_images: str | None = None
     step_delay_s: float = 0.0  # sleep before every step: slows a tiny run down for fault tests
+    fail_scoring: bool = False  # a DataError while scoring the first evaluation
 
     def __post_init__(self):
         require(self.step_delay_s >= 0, "step_delay_s", self.step_delay_s, ">= 0 seconds")
-    fail_scoring: bool = False  # a DataError while scoring the first evaluation
 
 
 @dataclass(frozen=True)

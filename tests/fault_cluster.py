@@ -8,6 +8,7 @@ pid or process group.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -35,18 +36,29 @@ TRAIN_ENV = {
 }
 
 
-def start_cluster(worker_nodes: int):
+@contextlib.contextmanager
+def cluster_on_this_machine(worker_nodes: int):
     """A head without CPUs (so workers land on the worker nodes) and
-    ``worker_nodes`` 1-CPU nodes; returns ``(cluster, nodes)``."""
-    os.environ.update(TRAIN_ENV)
+    ``worker_nodes`` 1-CPU nodes: yields ``(cluster, nodes)``; shut down (and
+    this process's environment restored) on exit."""
     from ray.cluster_utils import Cluster
 
+    saved = {key: os.environ.get(key) for key in TRAIN_ENV}
+    os.environ.update(TRAIN_ENV)
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": HEALTH_CHECKS}
     )
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(worker_nodes)]
-    cluster.wait_for_nodes()
-    return cluster, nodes
+    try:
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(worker_nodes)]
+        cluster.wait_for_nodes()
+        yield cluster, nodes
+    finally:
+        cluster.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class Driver:

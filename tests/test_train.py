@@ -198,17 +198,17 @@ def test_resumed_run_equals_an_uninterrupted_one(shapes, tmp_path):
     model = {"dropout": 0.1}  # random, but reseeded every epoch
     scaling = {"num_workers": 1}
     first = tiny_config(
-        shapes, tmp_path, "resumed", model=model, scaling=scaling, train={"epochs": 2}
+        shapes, tmp_path, "resumed", model=model, scaling=scaling, train={"epochs": 1}
     )
     run_training(first)
     more = tiny_config(
-        shapes, tmp_path, "resumed", model=model, scaling=scaling, train={"epochs": 4}
+        shapes, tmp_path, "resumed", model=model, scaling=scaling, train={"epochs": 2}
     )
-    resumed = run_training(more)  # same name and storage: continues from epoch 2
+    resumed = run_training(more)  # same name and storage: continues from epoch 1
     straight = run_training(
-        tiny_config(shapes, tmp_path, "straight", model=model, scaling=scaling, train={"epochs": 4})
+        tiny_config(shapes, tmp_path, "straight", model=model, scaling=scaling, train={"epochs": 2})
     )
-    assert resumed["global_step"] == straight["global_step"] == 32
+    assert resumed["global_step"] == straight["global_step"] == 16
     a, b = final_weights(resumed), final_weights(straight)
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)

@@ -59,10 +59,16 @@ def fail_run(uri: str, experiment: str, run_dir: str | os.PathLike, message: str
 
 
 def end_run(
-    uri: str, experiment: str, run_dir: str | os.PathLike, status: str, tags: Mapping[str, str]
+    uri: str,
+    experiment: str,
+    run_dir: str | os.PathLike,
+    status: str,
+    tags: Mapping[str, str],
+    only_running: bool = False,
 ) -> None:
     """End the run of ``run_dir`` (if it has one) with ``status`` (FAILED,
-    KILLED) and ``tags``."""
+    KILLED) and ``tags``; with ``only_running``, only if it is still RUNNING
+    (a driver stopped just after its run FINISHED leaves it FINISHED)."""
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -71,6 +77,8 @@ def end_run(
         [found.experiment_id], filter_string=f"tags.`{RUN_DIR_TAG}` = '{run_dir}'", max_results=1
     )
     for run in runs:
+        if only_running and run.info.status != "RUNNING":
+            continue
         for key, value in tags.items():
             client.set_tag(run.info.run_id, key, value)
         client.set_terminated(run.info.run_id, status=status)
@@ -79,7 +87,9 @@ def end_run(
 def close_abandoned_runs(uri: str, experiment: str, host: str) -> list[str]:
     """Mark KILLED the RUNNING runs whose driver ran on ``host`` and is gone (a
     driver killed without a chance to say so); returns their names. Runs driven
-    from other hosts are left: their drivers cannot be checked from here."""
+    from other hosts are left: their drivers cannot be checked from here; so
+    are a sweep's trials: the sweep closes them (its trial drivers end while
+    their runs are still open)."""
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -92,6 +102,8 @@ def close_abandoned_runs(uri: str, experiment: str, host: str) -> list[str]:
         driver = run.data.tags.get(DRIVER_TAG, "")
         driver_host, _, pid = driver.rpartition(":")
         if driver_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if run.data.tags.get(PARENT_TAG):
             continue
         client.set_tag(run.info.run_id, "detr_ray.ended", f"driver {driver} was gone")
         client.set_terminated(run.info.run_id, status="KILLED")

@@ -81,7 +81,7 @@ def test_a_server_down_for_a_while_delays_no_step_and_loses_no_point(tmp_path):
 
 
 def test_runs_of_dead_drivers_on_this_host_are_closed_and_no_others(tmp_path):
-    from detr_ray.tracking import close_abandoned_runs
+    from detr_ray.tracking import PARENT_TAG, close_abandoned_runs
     from detr_ray.tracking_store import DRIVER_TAG
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -97,12 +97,15 @@ def test_runs_of_dead_drivers_on_this_host_are_closed_and_no_others(tmp_path):
         "alive": f"here:{os.getpid()}",
         "elsewhere": f"there:{dead_pid}",  # another host's driver cannot be checked
         "untagged": None,
+        "trial": f"here:{dead_pid}",  # a sweep's trial: its sweep closes it
     }
     ids = {}
     for name, driver in drivers.items():
         tracker = RunTracker(uri, "exp", name, tmp_path / name, asynchronous=False)
         if driver:
             tracker.set_tags({DRIVER_TAG: driver})
+        if name == "trial":
+            tracker.set_tags({PARENT_TAG: ids["dead"]})
         ids[name] = tracker.run_id
     assert close_abandoned_runs(uri, "exp", "here") == ["dead"]
     client = MlflowClient(uri)
@@ -112,5 +115,6 @@ def test_runs_of_dead_drivers_on_this_host_are_closed_and_no_others(tmp_path):
         "alive": "RUNNING",
         "elsewhere": "RUNNING",
         "untagged": "RUNNING",
+        "trial": "RUNNING",
     }
     assert close_abandoned_runs(uri, "exp", "here") == []  # nothing twice

@@ -120,7 +120,8 @@ def test_three_workers_with_uneven_shares_train_exactly_like_one(shapes, tmp_pat
             tmp_path,
             "three",
             **common,
-            scaling={"num_workers": 3},
+            # half a CPU each: it fits beside another run's workers on the test Ray
+            scaling={"num_workers": 3, "cpus_per_worker": 0.5},
             train={"batch_size": 2},
         )
     )

@@ -180,12 +180,14 @@ def _close_abandoned(uri: str, experiment: str) -> None:
 def _end_run(
     uri: str, config: ExperimentConfig, run_dir: str, status: str, tags: dict[str, str]
 ) -> None:
-    """End the run's MLflow run as the driver ends; a store that fails is only warned about
-    (the error that ends the driver is the one to show)."""
+    """End the run's MLflow run as the driver ends, if it is still RUNNING (a
+    stop that comes after the run FINISHED changes nothing); a store that fails
+    is only warned about (the error that ends the driver is the one to show)."""
     from detr_ray.tracking import end_run
 
     try:
-        end_run(uri, config.tracking.experiment, storage.without_query(run_dir), status, tags)
+        run = storage.without_query(run_dir)
+        end_run(uri, config.tracking.experiment, run, status, tags, only_running=True)
     except Exception as e:
         log.warning("could not mark the MLflow run %s in %s: %s", status, uri, e)
 

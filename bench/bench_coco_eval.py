@@ -6,7 +6,7 @@ Generates a ground truth shaped like COCO val2017 (``--images`` images of
 640 x 480, 80 categories, about 7 objects an image in all three area ranges,
 1% crowd regions) and ``--detections`` results per image (60% near an
 object, the rest anywhere), then scores them with
-:func:`detr_ray.evaluation.evaluate` through each backend, interleaved, and
+:func:`detr_ray.evaluation.coco_eval.evaluate` through each backend, interleaved, and
 prints the median seconds, the speed-up, and the largest difference over
 every metric (the 12 numbers and per-class AP).
 """
@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from detr_ray.data.annotations import coco_from_dict
-from detr_ray.evaluation import evaluate
+from detr_ray.evaluation.coco_eval import evaluate
 
 
 def make_set(num_images: int, detections: int, seed: int = 0):

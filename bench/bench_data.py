@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from detr_ray.data.augmentation import AugmentationConfig
+from detr_ray.config.augmentation import AugmentationConfig
 from detr_ray.data.coco import CocoDetection
 from detr_ray.data.collate import PadCollate
 from detr_ray.data.synthetic import generate

@@ -344,9 +344,9 @@ def r50_checkpoint_cost(repeats: int) -> dict:
     import torch
 
     from detr_ray.checkpoint import CHECKPOINT_FILE, checkpoint_dict, save_checkpoint
+    from detr_ray.config.model import preset_config
     from detr_ray.data.labels import LabelMap
     from detr_ray.model.build import build_preset
-    from detr_ray.model.config import preset_config
 
     torch.manual_seed(0)
     model = build_preset("detr_r50", num_classes=91)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from detr_ray.config import LossConfig, MatcherConfig
-from detr_ray.matching import FlatTargets, Matching, solve_assignments
+from detr_ray.criterion.matcher import FlatTargets, Matching, solve_assignments
 from detr_ray.train.engine import build_criterion
 
 L, Q, K = 6, 100, 91
@@ -166,7 +166,7 @@ def make_hf_loss():
 
 # ---------------------------------------------------------------- lapx's batch solver
 def lapx_solve(cost, counts):
-    """:func:`detr_ray.matching.solve_assignments` through ``lap.lapjvx_batch``."""
+    """:func:`detr_ray.criterion.matcher.solve_assignments` through ``lap.lapjvx_batch``."""
     import lap
 
     num_layers, _, num_queries = cost.shape

@@ -27,9 +27,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 
-from detr_ray.losses import loss_names_by_term  # noqa: E402
-from detr_ray.tracking import RunTracker  # noqa: E402
-from detr_ray.tracking_store import tracking_uri  # noqa: E402
+from detr_ray.criterion.set_loss import loss_names_by_term  # noqa: E402
+from detr_ray.tracking.runs import RunTracker  # noqa: E402
+from detr_ray.tracking.store import tracking_uri  # noqa: E402
 
 LAYERS = 6
 

@@ -11,7 +11,7 @@ same steps of the config's model in this process (the
 - ``none``: no tracking at all (the step's metrics are computed and dropped);
 - ``sync``: every logged step's metrics sent with one blocking ``log_batch``;
 - ``async``: detr-ray's default, through the background queue
-  (:mod:`detr_ray.metric_queue`), flushed at the end inside the timed window.
+  (:mod:`detr_ray.tracking.metric_queue`), flushed at the end inside the timed window.
 
 Images/s is measured over the whole loop's wall time (not the per-window
 rate the run logs, whose clock stops while metrics are sent), at the config's
@@ -139,9 +139,9 @@ def main() -> None:
 
     from detr_ray.config import load_config
     from detr_ray.model.build import build_model
-    from detr_ray.prepare import prepare_run
-    from detr_ray.tracking import RunTracker
+    from detr_ray.tracking.runs import RunTracker
     from detr_ray.train.engine import Engine, seed_everything, trained_module
+    from detr_ray.train.prepare import prepare_run
     from detr_ray.train.worker import _datasets
 
     torch.set_num_threads(2)

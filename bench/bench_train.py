@@ -78,8 +78,8 @@ def _no_ray_worker(rank, workers, config_path, steps, storage, queue, threads=2)
 
     from detr_ray.config import load_config
     from detr_ray.model.build import build_model
-    from detr_ray.prepare import prepare_run
     from detr_ray.train.engine import Engine, seed_everything, trained_module
+    from detr_ray.train.prepare import prepare_run
     from detr_ray.train.worker import _datasets
 
     torch.set_num_threads(threads // workers)

@@ -168,7 +168,7 @@ def measure_match_and_loss(engine, batch, device: str, scale: Scale) -> float:
     """Seconds of matching + set loss (forward and backward) on the step's outputs."""
     import torch
 
-    from detr_ray.matching import FlatTargets
+    from detr_ray.criterion.matcher import FlatTargets
 
     moved = batch.to(device)
     images, mask = moved.inputs()
@@ -300,7 +300,7 @@ def measure_hf(model, engine, batch, device: str, scale: Scale) -> dict:
 
 
 def measure_eval(engine, device: str) -> float:
-    from detr_ray.evaluation import evaluate
+    from detr_ray.evaluation.coco_eval import evaluate
 
     synchronize(device)
     start = time.perf_counter()

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from detr_ray.checkpoint import checkpoint_dict, save_checkpoint
-from detr_ray.data.augmentation import AugmentationConfig
+from detr_ray.config.augmentation import AugmentationConfig
+from detr_ray.config.model import preset_config
 from detr_ray.data.labels import LabelMap
 from detr_ray.model.build import build_model
-from detr_ray.model.config import preset_config
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests' own helpers (reference_math)
 

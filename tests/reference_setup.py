@@ -7,8 +7,8 @@ of reading them from the code under test.
 
 from __future__ import annotations
 
-from detr_ray.losses import SetCriterion
-from detr_ray.matching import HungarianMatcher
+from detr_ray.criterion.matcher import HungarianMatcher
+from detr_ray.criterion.set_loss import SetCriterion
 
 REFERENCE_COSTS = {"cls_cost": 1.0, "bbox_cost": 5.0, "iou_cost": 2.0, "bbox_cost_format": "xyxy"}
 REFERENCE_LOSS = {

@@ -2,7 +2,7 @@
 
 import pytest
 
-from detr_ray.data.augmentation import AugmentationConfig
+from detr_ray.config.augmentation import AugmentationConfig
 from detr_ray.errors import ConfigError
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from detr_ray.boxes import (
+from detr_ray.ops.boxes import (
     box_area,
     cxcywh_to_xyxy,
     giou,

@@ -8,10 +8,10 @@ from detr_ray.checkpoint import (
     load_checkpoint,
     load_model,
 )
+from detr_ray.config.model import preset_config
 from detr_ray.data.labels import LabelMap
 from detr_ray.errors import CheckpointError
 from detr_ray.model.build import build_model
-from detr_ray.model.config import preset_config
 from detr_ray.model.official import to_official_state_dict
 
 from conftest import SHAPE_LABELS as LABELS

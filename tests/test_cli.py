@@ -7,9 +7,9 @@ import yaml
 
 from detr_ray import __version__
 from detr_ray.cli import build_parser, main
+from detr_ray.config.model import PRESETS
 from detr_ray.data.synthetic import generate
 from detr_ray.model.build import build_model
-from detr_ray.model.config import PRESETS
 
 
 def test_version_and_help_with_defaults(capsys):

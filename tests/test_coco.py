@@ -4,7 +4,7 @@ import logging
 import pytest
 import torch
 
-from detr_ray.data.augmentation import AugmentationConfig
+from detr_ray.config.augmentation import AugmentationConfig
 from detr_ray.data.coco import CocoDetection
 from detr_ray.data.collate import PadCollate
 from detr_ray.data.labels import LabelMap

@@ -5,9 +5,9 @@ import pytest
 import yaml
 
 from detr_ray.config import ExperimentConfig, apply_overrides, load_config
-from detr_ray.data.augmentation import AugmentationConfig
+from detr_ray.config.augmentation import AugmentationConfig
+from detr_ray.config.model import PRESETS
 from detr_ray.errors import ConfigError
-from detr_ray.model.config import PRESETS
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -104,7 +104,7 @@ def test_malformed_files_and_overrides(tmp_path):
 def test_resolving_expands_home_and_pins_the_tracking_store(tmp_path, monkeypatch):
     """What a cluster job relies on: ``~`` is the running machine's home, and a head's
     MLFLOW_TRACKING_URI reaches the workers through the config (not their environment)."""
-    from detr_ray.prepare import prepare_run, resolve_paths
+    from detr_ray.train.prepare import prepare_run, resolve_paths
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -132,10 +132,10 @@ def test_config_words_are_the_words_the_code_accepts():
     import typing
 
     from detr_ray.config import DataConfig, InitConfig, MatcherConfig
+    from detr_ray.config.model import ModelConfig
+    from detr_ray.criterion.matcher import BOX_COST_FORMATS
     from detr_ray.data.coco import BAD_IMAGE_POLICIES
-    from detr_ray.matching import BOX_COST_FORMATS
     from detr_ray.model.backbone import NORMS, RESNET_LAYOUTS
-    from detr_ray.model.config import ModelConfig
     from detr_ray.model.pretrained import CLASS_HEAD_POLICIES
 
     def words(cls, name):
@@ -150,7 +150,7 @@ def test_config_words_are_the_words_the_code_accepts():
 
 def test_direct_construction_checks_like_loading():
     from detr_ray.config import MatcherConfig
-    from detr_ray.model.config import ModelConfig
+    from detr_ray.config.model import ModelConfig
 
     with pytest.raises(ConfigError, match=r"bbox_cost_format must be one of \['xyxy', 'cxcywh'\]"):
         MatcherConfig(bbox_cost_format="xywh")

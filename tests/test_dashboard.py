@@ -5,10 +5,10 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from detr_ray.dashboard import start_dashboard
 from detr_ray.errors import ConfigError
-from detr_ray.tracking import RunTracker
-from detr_ray.tracking_store import tracking_uri
+from detr_ray.tracking.dashboard import start_dashboard
+from detr_ray.tracking.runs import RunTracker
+from detr_ray.tracking.store import tracking_uri
 
 
 def _free_port() -> int:

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from detr_ray.dense_loss import assign_cells, dense_losses
-from detr_ray.matching import FlatTargets
+from detr_ray.criterion.dense_loss import assign_cells, dense_losses
+from detr_ray.criterion.matcher import FlatTargets
 from detr_ray.model.training_detr import cell_centers
 
 from reference_setup import reference_criterion

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from detr_ray.dist import get_rank, get_world_size, is_distributed, max_across, reduce_mean
+from detr_ray.ops.dist import get_rank, get_world_size, is_distributed, max_across, reduce_mean
 
 from reference_setup import reference_criterion
 
@@ -128,7 +128,7 @@ def test_helpers_without_a_process_group():
 def test_a_one_process_group_answers_without_collectives(tmp_path, monkeypatch):
     """Ray Train sets up a group even for one worker: the helpers must give the
     single-process answers there without sending anything through gloo."""
-    import detr_ray.dist as detr_dist
+    import detr_ray.ops.dist as detr_dist
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
     try:

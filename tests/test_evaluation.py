@@ -15,7 +15,7 @@ from detr_ray.data.annotations import coco_from_dict, load_coco_json
 from detr_ray.data.labels import LabelMap
 from detr_ray.data.synthetic import generate
 from detr_ray.errors import DataError
-from detr_ray.evaluation import (
+from detr_ray.evaluation.coco_eval import (
     COCO_METRICS,
     evaluate,
     evaluate_results_file,

@@ -7,7 +7,7 @@ import torch
 from detr_ray.cli import main as cli_main
 from detr_ray.data.synthetic import generate
 from detr_ray.errors import CheckpointError, DataError
-from detr_ray.inference import evaluate_checkpoint, predict_images
+from detr_ray.evaluation.predict import evaluate_checkpoint, predict_images
 
 from conftest import SHAPE_LABELS as LABELS
 

@@ -5,7 +5,7 @@
   it knows state dicts, the checkpoint module reads files;
 - settings (config, search spaces, job specs, errors) load without torch;
 - training and sweeps never load the Jobs client (the address probe is
-  ``detr_ray.cluster``, shared by all three);
+  ``detr_ray.cluster.address``, shared by all three);
 - the command line starts without Ray, MLflow or torch.
 """
 
@@ -15,10 +15,10 @@ import sys
 import pytest
 
 CORE = [
-    "detr_ray.boxes",
-    "detr_ray.matching",
-    "detr_ray.losses",
-    "detr_ray.dist",
+    "detr_ray.ops.boxes",
+    "detr_ray.criterion.matcher",
+    "detr_ray.criterion.set_loss",
+    "detr_ray.ops.dist",
     "detr_ray.model.build",
     "detr_ray.model.official",
     "detr_ray.model.pretrained",
@@ -27,8 +27,8 @@ CORE = [
     "detr_ray.data.transforms",
     "detr_ray.data.collate",
     "detr_ray.data.synthetic",
-    "detr_ray.evaluation",
-    "detr_ray.inference",
+    "detr_ray.evaluation.coco_eval",
+    "detr_ray.evaluation.predict",
     "detr_ray.checkpoint",
     "detr_ray.config",
     "detr_ray.train.engine",
@@ -41,21 +41,21 @@ MODEL = [
     "detr_ray.model.official",
     "detr_ray.model.pretrained",
     "detr_ray.model.postprocess",
-    "detr_ray.model.config",
+    "detr_ray.config.model",
 ]
 WITHOUT_TORCH = [
     "detr_ray.errors",
     "detr_ray.schema",
     "detr_ray.config",
-    "detr_ray.model.config",
-    "detr_ray.data.augmentation",
+    "detr_ray.config.model",
+    "detr_ray.config.augmentation",
     "detr_ray.data.labels",
     "detr_ray.tune.space",
     "detr_ray.jobs.spec",
-    "detr_ray.cluster",
+    "detr_ray.cluster.address",
     "detr_ray.cli",
-    "detr_ray.metric_queue",  # the tracking queue and the system sampler know no MLflow
-    "detr_ray.system_metrics",
+    "detr_ray.tracking.metric_queue",  # the tracking queue and the system sampler know no MLflow
+    "detr_ray.tracking.system_metrics",
 ]
 
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from detr_ray.losses import SetCriterion, loss_names
-from detr_ray.matching import FlatTargets
+from detr_ray.criterion.matcher import FlatTargets
+from detr_ray.criterion.set_loss import SetCriterion, loss_names
 
 from reference_math import loss_single_layer
 from reference_setup import reference_criterion, reference_matcher

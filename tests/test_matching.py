@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from detr_ray.matching import (
+from detr_ray.criterion.matcher import (
     FlatTargets,
     HungarianMatcher,
     Matching,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from detr_ray.metric_queue import MetricQueue
+from detr_ray.tracking.metric_queue import MetricQueue
 
 
 class Store:

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from detr_ray.checkpoint import load_model
+from detr_ray.config.model import PRESETS, preset_config
 from detr_ray.errors import CheckpointError
 from detr_ray.model.build import build_model, build_preset
-from detr_ray.model.config import PRESETS, preset_config
 from detr_ray.model.official import from_official_state_dict, to_official_state_dict
 from detr_ray.model.position_encoding import LearnedPositionalEncoding, SinePositionalEncoding
 from detr_ray.model.transformer import Transformer

@@ -28,8 +28,8 @@ from mlflow.tracking import MlflowClient
 from detr_ray.cli import main as cli_main
 from detr_ray.config import ExperimentConfig
 from detr_ray.data.synthetic import generate
-from detr_ray.model_registry import AP_TAG, CHAMPION, register_checkpoint
-from detr_ray.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, RunTracker
+from detr_ray.tracking.registry import AP_TAG, CHAMPION, register_checkpoint
+from detr_ray.tracking.runs import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, RunTracker
 from detr_ray.train.launcher import run_training
 
 from experiments import tiny_experiment

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from detr_ray.config import ExperimentConfig
+from detr_ray.criterion.matcher import FlatTargets
+from detr_ray.criterion.set_loss import grouped_losses, loss_names
 from detr_ray.data.collate import PadCollate
 from detr_ray.data.synthetic import generate
-from detr_ray.losses import grouped_losses, loss_names
-from detr_ray.matching import FlatTargets
 from detr_ray.model.build import build_preset
 from detr_ray.model.training_detr import TrainingDETR, groups_as_layers
 from detr_ray.train.engine import Engine, seed_everything, trained_module

@@ -19,7 +19,7 @@ from detr_ray.config import ExperimentConfig
 from detr_ray.data.check import check_dataset
 from detr_ray.data.coco import CocoDetection
 from detr_ray.data.images import open_rgb
-from detr_ray.evaluation import evaluate
+from detr_ray.evaluation.coco_eval import evaluate
 from detr_ray.train.launcher import run_training
 
 

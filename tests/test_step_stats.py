@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from detr_ray.losses import loss_names
-from detr_ray.matching import Matching
+from detr_ray.criterion.matcher import Matching
+from detr_ray.criterion.set_loss import loss_names
 from detr_ray.train.step_stats import StepResult, average_over_workers, worker_row
 
 NAMES = loss_names(2)  # loss_cls, loss_bbox, loss_iou, d0.loss_cls, d0.loss_bbox, d0.loss_iou, loss

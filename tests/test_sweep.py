@@ -21,8 +21,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from detr_ray.config import ExperimentConfig, load_config
+from detr_ray.criterion.set_loss import loss_names
 from detr_ray.data.synthetic import generate
-from detr_ray.losses import loss_names
 from detr_ray.train.launcher import run_training
 from detr_ray.tune.space import load_space
 from detr_ray.tune.sweep import SweepOptions, run_sweep

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detr_ray.data.augmentation import AugmentationConfig
+from detr_ray.config.augmentation import AugmentationConfig
 from detr_ray.data.coco import CocoDetection
 from detr_ray.data.synthetic import CATEGORIES, generate
 from detr_ray.data.transforms import build_transforms

@@ -8,8 +8,8 @@ import time
 import types
 from types import SimpleNamespace
 
-from detr_ray import system_metrics
-from detr_ray.system_metrics import SystemSampler, cpu_memory_disk_network, gpu_readings
+from detr_ray.tracking import system_metrics
+from detr_ray.tracking.system_metrics import SystemSampler, cpu_memory_disk_network, gpu_readings
 
 
 def test_cpu_memory_disk_network_from_psutil_counters():

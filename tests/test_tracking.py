@@ -12,7 +12,7 @@ import urllib.request
 
 from mlflow.tracking import MlflowClient
 
-from detr_ray.tracking import RunTracker
+from detr_ray.tracking.runs import RunTracker
 
 
 def free_port() -> int:
@@ -81,8 +81,8 @@ def test_a_server_down_for_a_while_delays_no_step_and_loses_no_point(tmp_path):
 
 
 def test_runs_of_dead_drivers_on_this_host_are_closed_and_no_others(tmp_path):
-    from detr_ray.tracking import PARENT_TAG, close_abandoned_runs
-    from detr_ray.tracking_store import DRIVER_TAG
+    from detr_ray.tracking.runs import PARENT_TAG, close_abandoned_runs
+    from detr_ray.tracking.store import DRIVER_TAG
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     finished = subprocess.run(

@@ -16,9 +16,9 @@ from mlflow.tracking import MlflowClient
 
 from detr_ray.checkpoint import load_checkpoint
 from detr_ray.config import ExperimentConfig
+from detr_ray.criterion.set_loss import loss_names
 from detr_ray.data.synthetic import generate
 from detr_ray.errors import DataError, TrainingStopped
-from detr_ray.losses import loss_names
 from detr_ray.train.launcher import run_training
 
 from experiments import tiny_experiment

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from detr_ray.data.augmentation import AugmentationConfig
+from detr_ray.config.augmentation import AugmentationConfig
 from detr_ray.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,

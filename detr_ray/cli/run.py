@@ -29,7 +29,7 @@ def run_config(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from detr_ray.evaluation import format_metrics
+    from detr_ray.evaluation.coco_eval import format_metrics
     from detr_ray.train.launcher import run_training
 
     config = run_config(args)
@@ -55,7 +55,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_config_show(args: argparse.Namespace) -> int:
     """Print the resolved config as YAML: what ``train`` would run, without Ray."""
-    from detr_ray.prepare import resolved_config
+    from detr_ray.train.prepare import resolved_config
 
     print(resolved_config(run_config(args)).to_yaml(), end="")
     return 0
@@ -116,7 +116,7 @@ def run_tune(args: argparse.Namespace) -> int:
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
-    from detr_ray.dashboard import run_dashboard as serve
+    from detr_ray.tracking.dashboard import run_dashboard as serve
 
     return serve(args.tracking_uri, args.storage_path, args.port)
 

@@ -57,8 +57,8 @@ def run_data_check(args: argparse.Namespace) -> int:
 
 def run_model_list(args: argparse.Namespace) -> int:
     """The presets with their architecture and parameter counts (COCO's 91 class rows)."""
+    from detr_ray.config.model import PRESETS
     from detr_ray.model.build import build_model
-    from detr_ray.model.config import PRESETS
 
     print(
         f"{'preset':<16} {'backbone':<22} {'d_model':>7} {'enc':>3} {'dec':>3} {'queries':>7} "
@@ -82,7 +82,7 @@ def run_model_list(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from detr_ray.evaluation import evaluate_results_file, format_metrics
+    from detr_ray.evaluation.coco_eval import evaluate_results_file, format_metrics
 
     if args.results:
         metrics, summary = evaluate_results_file(args.ann, args.results, args.eval_backend)
@@ -91,7 +91,7 @@ def run_eval(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "--checkpoint needs --images, the folder the annotation file refers to"
             )
-        from detr_ray.inference import evaluate_checkpoint, resolve_device
+        from detr_ray.evaluation.predict import evaluate_checkpoint, resolve_device
 
         if args.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -113,7 +113,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from detr_ray.inference import predict_images, resolve_device
+    from detr_ray.evaluation.predict import predict_images, resolve_device
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -121,8 +121,8 @@ def run_predict(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint
         if args.model:
-            from detr_ray.model_registry import download_registered_checkpoint
-            from detr_ray.tracking_store import require_existing_store, tracking_uri
+            from detr_ray.tracking.registry import download_registered_checkpoint
+            from detr_ray.tracking.store import require_existing_store, tracking_uri
 
             uri = tracking_uri(
                 args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), args.storage_path

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detr_ray.boxes import xyxy_to_cxcywh
-from detr_ray.data.augmentation import AugmentationConfig
+from detr_ray.config.augmentation import AugmentationConfig
+from detr_ray.ops.boxes import xyxy_to_cxcywh
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,6 +1,6 @@
 """Talking to a Ray cluster's Jobs API: connect, submit, follow, list, stop.
 
-The address is resolved and probed by :mod:`detr_ray.cluster` (the same rules
+The address is resolved and probed by :mod:`detr_ray.cluster.address` (the same rules
 as ``train`` and ``tune``).
 
 Token authentication (Ray 2.60): when ``RAY_AUTH_MODE`` is unset and a token is
@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from detr_ray.cluster import ADDRESS_VARIABLES, probe, resolve_address
+from detr_ray.cluster.address import ADDRESS_VARIABLES, probe, resolve_address
 from detr_ray.errors import ClusterError
 from detr_ray.jobs.spec import JobSpec
 

@@ -1,10 +1,10 @@
-"""The one builder: a :class:`~detr_ray.model.config.ModelConfig` -> a :class:`DETR`."""
+"""The one builder: a :class:`~detr_ray.config.model.ModelConfig` -> a :class:`DETR`."""
 
 from __future__ import annotations
 
+from detr_ray.config.model import ModelConfig, preset_config
 from detr_ray.errors import ConfigError
 from detr_ray.model.backbone import ResNetBackbone
-from detr_ray.model.config import ModelConfig, preset_config
 from detr_ray.model.detr import DETR
 from detr_ray.model.position_encoding import LearnedPositionalEncoding, SinePositionalEncoding
 from detr_ray.model.transformer import Transformer

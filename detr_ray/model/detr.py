@@ -35,7 +35,7 @@ class DETR(nn.Module):
     - ``bbox_preds (L, B, Q, 4)``: normalised cxcywh in ``[0, 1]``, relative
       to each image's unpadded extent,
 
-    which is exactly what :class:`~detr_ray.losses.SetCriterion` takes.
+    which is exactly what :class:`~detr_ray.criterion.set_loss.SetCriterion` takes.
     """
 
     def __init__(

@@ -18,9 +18,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from detr_ray.config.model import ModelConfig
 from detr_ray.data.labels import LabelMap
 from detr_ray.errors import CheckpointError
-from detr_ray.model.config import ModelConfig
 from detr_ray.model.detr import DETR
 
 # (our prefix, official prefix), applied to the start of each key

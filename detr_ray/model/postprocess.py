@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from detr_ray.boxes import cxcywh_to_xyxy
+from detr_ray.ops.boxes import cxcywh_to_xyxy
 
 
 def postprocess(

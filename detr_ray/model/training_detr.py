@@ -11,7 +11,7 @@ that runs at inference, each off by default:
 - **a dense auxiliary head** (after Co-DETR: Zong et al., "DETRs with
   Collaborative Hybrid Assignments Training", ICCV 2023): a class and a box
   predicted at every encoder token, trained one-to-many (every token inside
-  an object, see :mod:`detr_ray.dense_loss`), so the backbone and encoder
+  an object, see :mod:`detr_ray.criterion.dense_loss`), so the backbone and encoder
   learn where objects are from every location, not only through the few
   matched queries.
 

@@ -1,6 +1,6 @@
 """The training engine: optimiser, schedule, one step, one epoch, evaluation.
 
-Plain PyTorch with ``torch.distributed`` through :mod:`detr_ray.dist`; no Ray,
+Plain PyTorch with ``torch.distributed`` through :mod:`detr_ray.ops.dist`; no Ray,
 no MLflow. The Ray Train worker (:mod:`detr_ray.train.worker`) builds a
 :class:`Engine` and hands it callbacks for logging and reporting, so this file
 can be read (and tested) as an ordinary DETR training loop.
@@ -32,19 +32,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from detr_ray import dist
 from detr_ray.config import ExperimentConfig, LossConfig, MatcherConfig
+from detr_ray.criterion.dense_loss import DENSE_TERMS, dense_losses
+from detr_ray.criterion.matcher import FlatTargets, HungarianMatcher
+from detr_ray.criterion.set_loss import SetCriterion, group_loss_names, grouped_losses
 from detr_ray.data.collate import Batch, PadCollate
 from detr_ray.data.epoch_plan import EpochPlan, full_epoch_steps
 from detr_ray.data.labels import LabelMap
-from detr_ray.dense_loss import DENSE_TERMS, dense_losses
 from detr_ray.errors import ConfigError, TrainingStopped
-from detr_ray.evaluation import GatheredResults, gather_image_results, to_coco_results
-from detr_ray.inference import detect_batch
-from detr_ray.losses import SetCriterion, group_loss_names, grouped_losses
-from detr_ray.matching import FlatTargets, HungarianMatcher
+from detr_ray.evaluation.coco_eval import GatheredResults, gather_image_results, to_coco_results
+from detr_ray.evaluation.predict import detect_batch
 from detr_ray.model.detr import DETR
 from detr_ray.model.training_detr import TrainingDETR, groups_as_layers
+from detr_ray.ops import dist
 from detr_ray.train.step_stats import StepLog, StepResult, average_over_workers, worker_row
 
 log = logging.getLogger(__name__)

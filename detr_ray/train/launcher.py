@@ -1,7 +1,7 @@
 """The driver side of training: check and prepare the config, run a ``TorchTrainer``.
 
 ``run_training(config)`` checks everything that can be checked before Ray
-starts (:func:`detr_ray.prepare.prepare_run`: paths, checkpoints, the tracking
+starts (:func:`detr_ray.train.prepare.prepare_run`: paths, checkpoints, the tracking
 store, the storage path, the datasets), starts (or joins) Ray, and runs
 :func:`~detr_ray.train.worker.train_loop_per_worker` on ``scaling.num_workers``
 workers. The same ``run.name`` in the same ``run.storage_path`` resumes from
@@ -19,13 +19,13 @@ import socket
 import threading
 
 from detr_ray import storage
-from detr_ray.cluster import check_cluster_address
+from detr_ray.cluster.address import check_cluster_address
 from detr_ray.config import ExperimentConfig
 from detr_ray.errors import TrainingStopped, error_kind
-from detr_ray.prepare import PreparedRun, check_cluster_gpus, prepare_run
 from detr_ray.storage import StorageOptions
-from detr_ray.tracking_store import tracking_uri
+from detr_ray.tracking.store import tracking_uri
 from detr_ray.train.fatal import clear_fatal_error, read_fatal_error
+from detr_ray.train.prepare import PreparedRun, check_cluster_gpus, prepare_run
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def driver_id() -> str:
 
 def _close_abandoned(uri: str, experiment: str) -> None:
     """Runs left RUNNING by drivers of this host that died (SIGKILL, power): KILLED."""
-    from detr_ray.tracking import close_abandoned_runs
+    from detr_ray.tracking.runs import close_abandoned_runs
 
     try:
         closed = close_abandoned_runs(uri, experiment, socket.gethostname())
@@ -183,7 +183,7 @@ def _end_run(
     """End the run's MLflow run as the driver ends, if it is still RUNNING (a
     stop that comes after the run FINISHED changes nothing); a store that fails
     is only warned about (the error that ends the driver is the one to show)."""
-    from detr_ray.tracking import end_run
+    from detr_ray.tracking.runs import end_run
 
     try:
         run = storage.without_query(run_dir)

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from detr_ray.matching import Matching, matching_changes
+from detr_ray.criterion.matcher import Matching, matching_changes
 
 
 @dataclass
 class StepResult:
     """One optimiser step on this worker.
 
-    ``losses`` (keyed as :func:`detr_ray.losses.loss_names`), ``matching`` and
+    ``losses`` (keyed as :func:`detr_ray.criterion.set_loss.loss_names`), ``matching`` and
     ``grad_norm`` (the same on every worker: gradients are all-reduced) are
     ``None`` when the step was skipped on every worker. ``bad`` (0-dim) is
     1.0 when the optimiser skipped the update on the device for non-finite

@@ -32,24 +32,24 @@ from detr_ray.checkpoint import (
     save_checkpoint,
 )
 from detr_ray.config import ExperimentConfig
+from detr_ray.criterion.set_loss import loss_names_by_term
 from detr_ray.data.coco import CocoDetection
 from detr_ray.data.labels import LabelMap
 from detr_ray.data.transforms import build_transforms
-from detr_ray.dist import all_gather_objects
 from detr_ray.errors import CheckpointError, DataError, DetrRayError, TrainingStopped
-from detr_ray.evaluation import GatheredResults, evaluate
-from detr_ray.inference import describe_detections, detect_batch, draw_detections
-from detr_ray.losses import loss_names_by_term
+from detr_ray.evaluation.coco_eval import GatheredResults, evaluate
+from detr_ray.evaluation.predict import describe_detections, detect_batch, draw_detections
 from detr_ray.model.build import build_model
+from detr_ray.ops.dist import all_gather_objects
 from detr_ray.storage import without_query
-from detr_ray.system_metrics import SystemSampler
-from detr_ray.tracking_store import DRIVER_TAG
+from detr_ray.tracking.store import DRIVER_TAG
+from detr_ray.tracking.system_metrics import SystemSampler
 from detr_ray.train.engine import Engine, seed_everything, trained_module
 from detr_ray.train.fatal import read_fatal_error, write_fatal_error
 from detr_ray.train.step_stats import StepLog
 
 if TYPE_CHECKING:
-    from detr_ray.tracking import RunTracker
+    from detr_ray.tracking.runs import RunTracker
 
 log = logging.getLogger(__name__)
 SCORE_METRIC = "val/AP"  # what CheckpointConfig ranks checkpoints by (as MLflow names it)
@@ -225,8 +225,8 @@ def _ended_by(error: DetrRayError, config: ExperimentConfig, run_dir: str, rank:
     """Every rank returns (Ray Train does not retry a returned run); rank 0 marks
     the run's MLflow run, if there is one, FAILED."""
     if rank == 0:
-        from detr_ray.tracking import fail_run
-        from detr_ray.tracking_store import tracking_uri
+        from detr_ray.tracking.runs import fail_run
+        from detr_ray.tracking.store import tracking_uri
 
         uri = tracking_uri(config.tracking.uri, config.run.storage_path)
         fail_run(uri, config.tracking.experiment, without_query(run_dir), str(error))
@@ -311,8 +311,8 @@ def _newest_readable(
 
 
 def _tracker(config: ExperimentConfig, run_dir: str, start: dict | None):
-    from detr_ray.tracking import PARENT_TAG, RunTracker
-    from detr_ray.tracking_store import tracking_uri
+    from detr_ray.tracking.runs import PARENT_TAG, RunTracker
+    from detr_ray.tracking.store import tracking_uri
 
     uri = tracking_uri(config.tracking.uri, config.run.storage_path)
     tracker = RunTracker(
@@ -357,8 +357,8 @@ def _system_sampler(config: ExperimentConfig, run_id: str, node_id: str) -> Syst
     every = config.tracking.system_metrics_every
     if every <= 0 or ray.train.get_context().get_local_rank() != 0:  # [Ray]
         return None
-    from detr_ray.tracking import metrics_logger
-    from detr_ray.tracking_store import tracking_uri
+    from detr_ray.tracking.runs import metrics_logger
+    from detr_ray.tracking.store import tracking_uri
 
     uri = tracking_uri(config.tracking.uri, config.run.storage_path)
     node = f"node-{node_id[:8]}"
@@ -575,7 +575,7 @@ class Progress:
 
     def register(self, best: tuple[float, str], name: str) -> None:
         """The best checkpoint as a new version of registered model ``name``."""
-        from detr_ray.model_registry import register_checkpoint
+        from detr_ray.tracking.registry import register_checkpoint
 
         score, location = best
         version = register_checkpoint(

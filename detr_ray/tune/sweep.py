@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detr_ray import storage
-from detr_ray.cluster import check_cluster_address
+from detr_ray.cluster.address import check_cluster_address
 from detr_ray.config import ExperimentConfig, ScalingConfig
 from detr_ray.data.labels import LabelMap
 from detr_ray.errors import ConfigError
@@ -43,7 +43,7 @@ from detr_ray.tune.space import SearchSpace
 if TYPE_CHECKING:
     import pandas
 
-    from detr_ray.tracking import SweepTracker
+    from detr_ray.tracking.runs import SweepTracker
 
 SCHEDULERS = ("asha", "fifo")
 SEARCHERS = ("random", "optuna")
@@ -120,10 +120,10 @@ def run_sweep(
     then the number of trials that fit the cluster at once is set, and only
     then is the MLflow parent run created and the first trial started.
     """
-    from detr_ray.prepare import check_cluster_gpus, prepare_run
-    from detr_ray.tracking import SweepTracker
-    from detr_ray.tracking_store import tracking_uri
+    from detr_ray.tracking.runs import SweepTracker
+    from detr_ray.tracking.store import tracking_uri
     from detr_ray.train.launcher import RAY_ENV_DEFAULTS, init_ray
+    from detr_ray.train.prepare import check_cluster_gpus, prepare_run
 
     check_cluster_address(address)  # before any slow work: an unreachable one fails now
     check_search(options, space)
@@ -326,8 +326,8 @@ def _trial(
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from detr_ray.prepare import PreparedRun
     from detr_ray.train.launcher import launch
+    from detr_ray.train.prepare import PreparedRun
 
     config = space.apply(base, {key: params[key] for key in space.keys})
     trial_id = ray.tune.get_context().get_trial_id()
@@ -526,7 +526,7 @@ def _finish(
 
 def _register_best(parent: SweepTracker, best: dict, name: str, base: ExperimentConfig) -> str:
     """The best trial's best checkpoint as a new version of ``name`` (in the trial's run)."""
-    from detr_ray.model_registry import register_checkpoint
+    from detr_ray.tracking.registry import register_checkpoint
 
     val_ap = float(parent.child_tag(best["mlflow_run_id"], "best_val_AP") or "-1")
     version = register_checkpoint(

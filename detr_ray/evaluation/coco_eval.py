@@ -40,8 +40,8 @@ from pycocotools.cocoeval import COCOeval
 from detr_ray.config import TrainConfig
 from detr_ray.data.annotations import coco_from_dict, load_coco_json
 from detr_ray.data.labels import LabelMap
-from detr_ray.dist import all_gather_objects, is_main_process
 from detr_ray.errors import ConfigError, DataError
+from detr_ray.ops.dist import all_gather_objects, is_main_process
 from detr_ray.schema import choices_of
 
 COCO_METRICS = (

@@ -9,7 +9,7 @@ import time
 import urllib.request
 
 from detr_ray.errors import ConfigError
-from detr_ray.tracking_store import check_tracking, require_existing_store, tracking_uri
+from detr_ray.tracking.store import check_tracking, require_existing_store, tracking_uri
 
 READY_TIMEOUT_S = 60
 

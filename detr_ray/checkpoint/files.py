@@ -33,13 +33,12 @@ from pathlib import Path
 import torch
 
 from detr_ray import storage
-from detr_ray.data.augmentation import AugmentationConfig
+from detr_ray.config.augmentation import AugmentationConfig
+from detr_ray.config.model import ModelConfig
 from detr_ray.data.labels import LabelMap
-from detr_ray.dist import unwrap
 from detr_ray.errors import CheckpointError, ConfigError
 from detr_ray.model.backbone import load_torchvision_state_dict
 from detr_ray.model.build import build_model
-from detr_ray.model.config import ModelConfig
 from detr_ray.model.detr import DETR
 from detr_ray.model.official import (
     from_official_state_dict,
@@ -49,6 +48,7 @@ from detr_ray.model.official import (
     official_label_map,
 )
 from detr_ray.model.pretrained import is_torchvision_resnet, load_pretrained_state_dict
+from detr_ray.ops.dist import unwrap
 from detr_ray.schema import build, plain_data
 from detr_ray.storage import DEFAULT_OPTIONS, StorageOptions, is_uri, without_query
 

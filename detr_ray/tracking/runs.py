@@ -8,7 +8,7 @@ repeats.
 
 Default store: ``sqlite:///<storage_path>/mlflow.db`` with artifacts under
 ``<storage_path>/mlartifacts``; on a cluster, ``tracking.uri`` (or MLflow's
-``MLFLOW_TRACKING_URI``, see :mod:`detr_ray.prepare`) names an ``http://`` server.
+``MLFLOW_TRACKING_URI``, see :mod:`detr_ray.train.prepare`) names an ``http://`` server.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
-from detr_ray.metric_queue import MetricQueue
-from detr_ray.tracking_store import DRIVER_TAG, artifact_root
+from detr_ray.tracking.metric_queue import MetricQueue
+from detr_ray.tracking.store import DRIVER_TAG, artifact_root
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class RunTracker(_TrackedRun):
     Steps an earlier attempt of the run logged already (before a restart) are
     not logged again. ``loss_series`` names the loss keys of the plot, per
     term, one key per decoder layer in layer order (see
-    :func:`detr_ray.losses.loss_names_by_term`); their history is kept in
+    :func:`detr_ray.criterion.set_loss.loss_names_by_term`); their history is kept in
     memory, so drawing the plot never reads the whole history back from the
     tracking store.
     """
@@ -230,7 +230,7 @@ class RunTracker(_TrackedRun):
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
-        # Metric points go through a background queue (see detr_ray.metric_queue)
+        # Metric points go through a background queue (see detr_ray.tracking.metric_queue)
         # unless ``asynchronous`` is False: then each log_metrics waits for the store.
         self._queue = (
             MetricQueue(lambda batch: self.client.log_batch(self.run_id, metrics=batch))

@@ -23,9 +23,9 @@ from typing import Any, Literal
 
 import yaml
 
-from detr_ray.data.augmentation import AugmentationConfig
+from detr_ray.config.augmentation import AugmentationConfig
+from detr_ray.config.model import ModelConfig, preset_config
 from detr_ray.errors import ConfigError
-from detr_ray.model.config import ModelConfig, preset_config
 from detr_ray.schema import build, check_choices, plain_data, require
 from detr_ray.storage import StorageOptions, is_uri, read_bytes, without_query
 
@@ -90,7 +90,7 @@ class InitConfig:
 class MatcherConfig:
     """The Hungarian matcher's cost weights (the reference's 1 / 5 / 2) and L1 box format.
 
-    ``bbox_cost_format``'s words are :data:`detr_ray.matching.BOX_COST_FORMATS`.
+    ``bbox_cost_format``'s words are :data:`detr_ray.criterion.matcher.BOX_COST_FORMATS`.
     """
 
     cls_cost: float = 1.0

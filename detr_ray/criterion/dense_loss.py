@@ -6,7 +6,7 @@ the valid cell nearest to its centre, so a box smaller than a cell still has
 one. The other valid cells are background. All images at once: the cost is
 ``(B, T, S)`` booleans for ``T`` targets and ``S`` cells, no per-image loop.
 
-The losses mirror the set loss (:class:`~detr_ray.losses.SetCriterion`): the
+The losses mirror the set loss (:class:`~detr_ray.criterion.set_loss.SetCriterion`): the
 cross-entropy over every valid cell with background weighted by
 ``bg_cls_weight`` and normalised by ``num_pos + bg_cls_weight * num_neg``; L1
 and 1 - GIoU over the positive cells, normalised by the number of positive
@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detr_ray.boxes import cxcywh_to_xyxy, giou
-from detr_ray.dist import reduce_mean
-from detr_ray.losses import SetCriterion
-from detr_ray.matching import FlatTargets
+from detr_ray.criterion.matcher import FlatTargets
+from detr_ray.criterion.set_loss import SetCriterion
+from detr_ray.ops.boxes import cxcywh_to_xyxy, giou
+from detr_ray.ops.dist import reduce_mean
 
 DENSE_TERMS = ("dense/loss_cls", "dense/loss_bbox", "dense/loss_iou")
 

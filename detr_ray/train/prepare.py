@@ -34,7 +34,7 @@ from detr_ray.data.check import DatasetReport, check_dataset
 from detr_ray.data.labels import LabelMap
 from detr_ray.errors import CheckpointError, ConfigError, DataError
 from detr_ray.storage import DEFAULT_OPTIONS, StorageOptions, is_uri, open_location, without_query
-from detr_ray.tracking_store import check_tracking
+from detr_ray.tracking.store import check_tracking
 
 
 @dataclass

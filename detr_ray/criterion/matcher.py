@@ -22,7 +22,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from detr_ray.boxes import cxcywh_to_xyxy, giou
+from detr_ray.ops.boxes import cxcywh_to_xyxy, giou
 
 BOX_COST_FORMATS = ("xyxy", "cxcywh")
 

@@ -24,7 +24,7 @@ from detr_ray.data.images import ImageReadError, open_rgb, read_sizes
 from detr_ray.data.labels import LabelMap
 from detr_ray.data.transforms import build_transforms
 from detr_ray.errors import ConfigError, DataError
-from detr_ray.evaluation import evaluate, to_coco_results
+from detr_ray.evaluation.coco_eval import evaluate, to_coco_results
 from detr_ray.model.postprocess import postprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -72,7 +72,8 @@ def evaluate_checkpoint(
     num_workers: int = 0,
     eval_backend: str = "auto",
 ) -> tuple[dict[str, float], str]:
-    """COCO box metrics of a checkpoint on a dataset (see :func:`detr_ray.evaluation.evaluate`).
+    """COCO box metrics of a checkpoint on a dataset (see
+    :func:`detr_ray.evaluation.coco_eval.evaluate`).
 
     The summary says what was scored: the dataset's cleaned ground truth over
     the images that were run (see :class:`~detr_ray.data.coco.CocoDetection`).

@@ -1,6 +1,6 @@
 """DETR's set loss: classification, L1 and GIoU on Hungarian-matched pairs.
 
-Notation as in :mod:`detr_ray.matching`. For every decoder layer (all at
+Notation as in :mod:`detr_ray.criterion.matcher`. For every decoder layer (all at
 once, not in a loop):
 
 - ``loss_cls``: cross-entropy over the ``K + 1`` logits of every query, with
@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detr_ray.boxes import cxcywh_to_xyxy, giou
-from detr_ray.dist import reduce_mean
-from detr_ray.matching import FlatTargets, HungarianMatcher, Matching
+from detr_ray.criterion.matcher import FlatTargets, HungarianMatcher, Matching
+from detr_ray.ops.boxes import cxcywh_to_xyxy, giou
+from detr_ray.ops.dist import reduce_mean
 
 LOSS_TERMS = ("loss_cls", "loss_bbox", "loss_iou")
 

@@ -15,7 +15,7 @@ export RAY_TRAIN_ENABLE_PRINT_PATCH := 0
 export RAY_TRAIN_ENABLE_PREEMPTION_WATCHER := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup test check demo lint bench gpu-check clean
+.PHONY: setup test test-fast check demo lint bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -31,8 +31,13 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(BIN)/python -c "import torch, ray, mlflow, pycocotools, scipy"
 	touch $(STAMP)
 
+# Every tier (tests/conftest.py): unit, engine, services, ray, cluster.
 test: check
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q --durations=20 tests
+
+# The unit tier alone: in-process and fast (about a minute and a half).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit tests
 
 # Lint, formatting and types; `make test` runs it first.
 check: $(STAMP)

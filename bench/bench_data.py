@@ -60,8 +60,8 @@ def loader_rate(dataset, batch: int, workers: int, batches: int) -> float:
 
 def step_rate(dataset, preset: str, batch: int, steps: int = 3) -> float:
     from detr_ray.config import LossConfig, MatcherConfig
+    from detr_ray.criterion.build import build_criterion
     from detr_ray.model.build import build_preset
-    from detr_ray.train.engine import build_criterion
 
     num_classes = dataset.label_map.num_classes
     model = build_preset(preset, num_classes=num_classes).train()

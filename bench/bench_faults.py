@@ -5,8 +5,8 @@
 One ``ray.cluster_utils.Cluster`` (a head without CPUs and two 1-CPU worker
 nodes, health checks every 0.5 s as in ``tests/fault_cluster.py``) runs the
 tiny model (``detr_r18_tiny``) on generated shapes, each worker recording
-every step as a JSON line (``debug.record_images``) and slowed by
-``debug.step_delay_s``. The faults, in this order:
+every step as a JSON line (``FaultHooks.record_images``) and slowed by
+``FaultHooks.step_delay_s``. The faults, in this order:
 
 - ``a_node_lost``: an elastic run (``--num-workers 1:2``, ``resize_interval_s``
   1 s) loses a worker node (``remove_node(allow_graceful=False)``, a SIGKILL of
@@ -49,12 +49,10 @@ cluster this script starts are stopped by their own handle at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,54 +60,31 @@ from pathlib import Path
 
 import yaml
 
-# As tests/fault_cluster.py: a SIGKILLed node is noticed within ~2 s, and Ray
-# Train gives up on a worker group that cannot start after 2 s.
-HEALTH_CHECKS = {
-    "health_check_initial_delay_ms": 0,
-    "health_check_period_ms": 500,
-    "health_check_timeout_ms": 1000,
-    "health_check_failure_threshold": 3,
-}
-TRAIN_ENV = {
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "2",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-}
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the tests' helpers (tests.support): the same cluster and driver
+
+from detr_ray.train.hooks import FaultHooks  # noqa: E402
+
+from tests.support.experiments import tiny_experiment  # noqa: E402
+from tests.support.fault_cluster import (  # noqa: E402
+    HEALTH_CHECKS,
+    TRAIN_ENV,
+    Driver,
+    records,
+    wait_until,
+)
+
 NUM_TRAIN = 48  # images: 12 steps an epoch with 2 workers x batch 2, 24 with one
 TIMEOUT_S = 180
 
 
 def tiny_config(shapes, workdir: Path, name: str, args, **sections) -> Path:
-    """The tiny experiment of the Ray tests (``detr_r18_tiny`` on ``shapes``),
-    recording each step into ``workdir/records-<name>``; written as YAML."""
-    raw: dict = {
-        "model": {"preset": "detr_r18_tiny"},
-        "data": {
-            "train_ann": str(shapes.train_ann),
-            "train_images": str(shapes.train_images),
-            "val_ann": str(shapes.val_ann),
-            "val_images": str(shapes.val_images),
-            "augmentation": {"scaled_to": 64},
-            "num_workers": 0,
-        },
-        "optim": {"lr": 1e-3, "backbone_lr": 1e-3},
-        "train": {
-            "epochs": 30,
-            "batch_size": 2,
-            "log_every": 1,
-            "lr_drop_epochs": [],
-            "report_every": args.report_every,
-            "eval_every": 1000,
-        },
-        "scaling": {"num_workers": 2, "cpus_per_worker": 1},
-        "run": {"name": name, "storage_path": str(workdir / "runs"), "max_failures": 3},
-        "tracking": {"log_images": 0, "system_metrics_every": 0},
-        "debug": {
-            "record_images": str(workdir / f"records-{name}"),
-            "step_delay_s": args.step_delay,
-        },
-    }
+    """The tiny experiment of the Ray tests (``detr_r18_tiny`` on ``shapes``), for
+    30 epochs of 3 restarts at most; written as YAML."""
+    raw = tiny_experiment(shapes, workdir / "runs", name)
+    raw["train"].update(epochs=30, report_every=args.report_every, eval_every=1000)
+    raw["run"].update(max_failures=3)
+    raw["tracking"].update(log_images=0, system_metrics_every=0)
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
     path = workdir / f"{name}.yaml"
@@ -117,56 +92,23 @@ def tiny_config(shapes, workdir: Path, name: str, args, **sections) -> Path:
     return path
 
 
-class Driver:
-    """``detr-ray train CONFIG --address ADDRESS ...`` in its own process group."""
-
-    def __init__(self, config: Path, address: str, log: Path, *args: str):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-        env.update(TRAIN_ENV)
-        self.log, self.started = log, time.time()
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "detr_ray.cli", "train", str(config), "--address", address]
-                + list(args),
-                cwd=config.parent,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: killed as one, by its id
-            )
-
-    def kill(self) -> None:
-        """SIGKILL the driver's process group; wait for the driver."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(30)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+def start_driver(config: Path, address: str, log: Path, args, *flags: str) -> Driver:
+    """The driver of ``config``, its workers recording each step into
+    ``records-<config name>`` beside it and slowed by ``--step-delay``."""
+    hooks = FaultHooks(
+        record_images=str(config.parent / f"records-{config.stem}"), step_delay_s=args.step_delay
+    )
+    return Driver(config, address, log, *flags, hooks=hooks)
 
 
-def records(folder: Path) -> list[dict]:
-    """Every step the workers recorded, in time order."""
-    rows = []
-    for file in folder.glob("*.jsonl"):
-        for line in file.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a kill
-                pass
-    return sorted(rows, key=lambda r: r["time"])
+def stop(driver: Driver) -> None:
+    """SIGKILL the driver's process group; wait for the driver."""
+    driver.kill(signal.SIGKILL)
+    driver.process.wait(30)
 
 
 def wait_for(check, driver: Driver, what: str, timeout: float = TIMEOUT_S):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        if driver.process.poll() is not None:
-            raise RuntimeError(f"driver ended before {what}:\n{driver.output()[-3000:]}")
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out waiting for {what}:\n{driver.output()[-3000:]}")
+    return wait_until(check, timeout, what, driver)
 
 
 def step_after(folder: Path, since: float, world: int | None = None, step: int = 0):
@@ -218,7 +160,7 @@ def fault_runs(cluster, nodes: list, shapes, workdir: Path, args) -> dict[str, d
     # (a) and (b): the elastic run.
     config = tiny_config(shapes, workdir, "elastic", args, scaling={"resize_interval_s": 1.0})
     folder, log = workdir / "records-elastic", workdir / "elastic.log"
-    driver = Driver(config, cluster.address, log, "--num-workers", "1:2")
+    driver = start_driver(config, cluster.address, log, args, "--num-workers", "1:2")
     try:
         wait_for(step_after(folder, 0, world=2, step=mid - 1), driver, f"step {mid} at world 2")
         offset, fault = len(log.read_text(errors="replace")), time.time()
@@ -232,13 +174,13 @@ def fault_runs(cluster, nodes: list, shapes, workdir: Path, args) -> dict[str, d
         row = wait_for(step_after(folder, fault, world=2), driver, "a step at world 2 again")
         results["b_node_back"] = lost_work(folder, fault, row, log, offset)
     finally:
-        driver.kill()
+        stop(driver)
     wait_for_cpus(2)
 
     # (c), (d), (e): one fixed-size run, restarted and relaunched.
     config = tiny_config(shapes, workdir, "fixed", args)
     folder, log = workdir / "records-fixed", workdir / "fixed.log"
-    driver = Driver(config, cluster.address, log)
+    driver = start_driver(config, cluster.address, log, args)
     try:
         row = wait_for(
             lambda: [r for r in records(folder) if r["rank"] == 1 and r["step"] >= mid],
@@ -253,9 +195,9 @@ def fault_runs(cluster, nodes: list, shapes, workdir: Path, args) -> dict[str, d
         checkpoint = (row["step"] // every + 1) * every  # the next checkpoint's step
         wait_for(step_after(folder, fault, step=checkpoint), driver, f"step {checkpoint + 1}")
         fault = time.time()
-        driver.kill()
+        stop(driver)
         offset, relaunch = len(log.read_text(errors="replace")), time.time()
-        driver = Driver(config, cluster.address, log)
+        driver = start_driver(config, cluster.address, log, args)
         row = wait_for(step_after(folder, fault), driver, "a step of the relaunched run")
         results["d_driver_killed"] = lost_work(folder, fault, row, log, offset)
         results["d_start_up"] = {**results["d_driver_killed"], "seconds": row["time"] - relaunch}
@@ -264,10 +206,10 @@ def fault_runs(cluster, nodes: list, shapes, workdir: Path, args) -> dict[str, d
         wait_for(step_after(folder, fault, step=checkpoint), driver, f"step {checkpoint + 1}")
         time.sleep(0.2)  # the controller registers the checkpoint it just reported
         fault = time.time()
-        driver.kill()
+        stop(driver)
         newest = truncate_newest_checkpoint(workdir / "runs" / "fixed")
         offset, relaunch = len(log.read_text(errors="replace")), time.time()
-        driver = Driver(config, cluster.address, log)
+        driver = start_driver(config, cluster.address, log, args)
         row = wait_for(step_after(folder, fault), driver, "a step after the truncation")
         results["e_truncated"] = {
             **lost_work(folder, fault, row, log, offset),
@@ -275,7 +217,7 @@ def fault_runs(cluster, nodes: list, shapes, workdir: Path, args) -> dict[str, d
             "truncated": newest,
         }
     finally:
-        driver.kill()
+        stop(driver)
     wait_for_cpus(2)
     return results
 
@@ -321,12 +263,12 @@ def checkpoint_stall(cluster, shapes, workdir: Path, args) -> dict:
             train={"epochs": 1, "report_every": every, "max_steps_per_epoch": steps},
             run={"max_failures": 0, "keep_checkpoints": 2, "checkpoint_upload": upload},
         )
-        driver = Driver(config, cluster.address, workdir / f"{name}.log")
+        driver = start_driver(config, cluster.address, workdir / f"{name}.log", args)
         try:
             if driver.process.wait(TIMEOUT_S) != 0:
                 raise RuntimeError(f"{name} failed:\n{driver.output()[-3000:]}")
         finally:
-            driver.kill()
+            stop(driver)
         medians[name] = statistics.median(step_seconds(workdir / f"records-{name}"))
         files = list((workdir / "runs" / name).glob("epoch*/checkpoint.pt"))
         size = max([size] + [f.stat().st_size for f in files])
@@ -384,7 +326,7 @@ def r50_checkpoint_cost(repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--report-every", type=int, default=2, help="train.report_every (steps)")
-    parser.add_argument("--step-delay", type=float, default=0.2, help="debug.step_delay_s")
+    parser.add_argument("--step-delay", type=float, default=0.2, help="FaultHooks.step_delay_s")
     parser.add_argument("--quick", action="store_true", help="shorter checkpoint-cost runs")
     parser.add_argument("--no-r50", action="store_true", help="skip the DETR-R50 checkpoint")
     args = parser.parse_args()

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from detr_ray.config import LossConfig, MatcherConfig
+from detr_ray.criterion.build import build_criterion
 from detr_ray.criterion.matcher import FlatTargets, Matching, solve_assignments
-from detr_ray.train.engine import build_criterion
 
 L, Q, K = 6, 100, 91
 COSTS = dict(cls=1.0, bbox=5.0, iou=2.0)

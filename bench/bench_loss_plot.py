@@ -4,7 +4,7 @@ Before (until the code-health change): at every report, rank 0 read the whole
 history of every plotted loss key back from MLflow (``get_metric_history``)
 and drew every point, so a report's cost grew with the run and the run's total
 with its square. After: the tracker keeps the series in memory as it logs
-them and draws at most ``RunTracker.MAX_PLOT_POINTS`` points per line.
+them and draws at most ``detr_ray.tracking.plots.MAX_PLOT_POINTS`` points per line.
 
 The script logs ``N`` points per key (18 keys: 6 decoder layers x 3 terms, as
 ``detr_r50``) into a local sqlite store, then times one report's plot both
@@ -27,9 +27,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 
-from detr_ray.criterion.set_loss import loss_names_by_term  # noqa: E402
+from detr_ray.criterion.loss_keys import keys_by_term  # noqa: E402
 from detr_ray.tracking.runs import RunTracker  # noqa: E402
-from detr_ray.tracking.store import tracking_uri  # noqa: E402
+from detr_ray.tracking.store import resolve_tracking_uri  # noqa: E402
 
 LAYERS = 6
 
@@ -62,13 +62,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", default="1000,4000,16000", help="history lengths per key")
     args = parser.parse_args()
-    series = loss_names_by_term(LAYERS)
+    series = keys_by_term(LAYERS)
     keys = [k for ks in series.values() for k in ks]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         storage = Path(tmp)
         tracker = RunTracker(
-            tracking_uri(None, storage), "bench", "plot", storage / "r", loss_series=series
+            resolve_tracking_uri(None, storage), "bench", "plot", storage / "r", loss_series=series
         )
         logged = 0
         for target in [int(p) for p in args.points.split(",")]:

@@ -70,8 +70,8 @@ def detr_ray_step_fn(config, trainable_backbone_stages=3):
     import torch
 
     from detr_ray.config import LossConfig, MatcherConfig
+    from detr_ray.criterion.build import build_criterion
     from detr_ray.model.build import build_preset
-    from detr_ray.train.engine import build_criterion
 
     model = build_preset(
         config["preset"],

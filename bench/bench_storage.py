@@ -17,22 +17,24 @@ the cost of the S3 protocol itself (multipart upload, one download into memory).
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import boto3
 import pyarrow.fs as pafs
 import torch
-from moto.server import ThreadedMotoServer
 
-from detr_ray import storage
-from detr_ray.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from detr_ray.model.build import build_preset
-from detr_ray.storage import StorageOptions
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the tests' helpers (tests.support): the same S3 server
+
+from detr_ray import storage  # noqa: E402
+from detr_ray.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint  # noqa: E402
+from detr_ray.model.build import build_preset  # noqa: E402
+from detr_ray.storage import StorageOptions  # noqa: E402
+
+from tests.support.servers import s3_server  # noqa: E402
 
 
 def checkpoints() -> dict[str, dict]:
@@ -57,50 +59,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="b01")
+    with s3_server("b01") as endpoint:
+        measure(endpoint, args.reps)
+
+
+def measure(endpoint: str, reps: int) -> None:
     options = StorageOptions(endpoint=endpoint)
-    try:
-        with tempfile.TemporaryDirectory() as local_root:
-            stores = {"local": local_root, "s3": "s3://b01/runs"}
-            for name, checkpoint in checkpoints().items():
-                times: dict[str, dict[str, list[float]]] = {
-                    s: {"write": [], "read": []} for s in stores
-                }
-                for rep in range(args.reps):
-                    for store, root in stores.items():
-                        destination = storage.join(root, f"c{rep}")
-                        started = time.perf_counter()
-                        write(checkpoint, destination, options)
-                        times[store]["write"].append(time.perf_counter() - started)
-                        started = time.perf_counter()
-                        load_checkpoint(destination, options)
-                        times[store]["read"].append(time.perf_counter() - started)
-                size = (
-                    len(
-                        storage.read_bytes(
-                            storage.join(stores["s3"], "c0", CHECKPOINT_FILE), options
-                        )
-                    )
-                    / 1e6
-                )
-                print(f"\n{name}: {size:.1f} MB")
-                for what in ("write", "read"):
-                    local = statistics.median(times["local"][what])
-                    s3 = statistics.median(times["s3"][what])
-                    ratio = s3 / local
-                    print(
-                        f"  {what:<5} local {local:6.3f} s   s3 {s3:6.3f} s   ratio {ratio:5.1f}x"
-                    )
-    finally:
-        server.stop()
+    with tempfile.TemporaryDirectory() as local_root:
+        stores = {"local": local_root, "s3": "s3://b01/runs"}
+        for name, checkpoint in checkpoints().items():
+            times: dict[str, dict[str, list[float]]] = {
+                s: {"write": [], "read": []} for s in stores
+            }
+            for rep in range(reps):
+                for store, root in stores.items():
+                    destination = storage.join(root, f"c{rep}")
+                    started = time.perf_counter()
+                    write(checkpoint, destination, options)
+                    times[store]["write"].append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    load_checkpoint(destination, options)
+                    times[store]["read"].append(time.perf_counter() - started)
+            size = (
+                len(storage.read_bytes(storage.join(stores["s3"], "c0", CHECKPOINT_FILE), options))
+                / 1e6
+            )
+            print(f"\n{name}: {size:.1f} MB")
+            for what in ("write", "read"):
+                local = statistics.median(times["local"][what])
+                s3 = statistics.median(times["s3"][what])
+                ratio = s3 / local
+                print(f"  {what:<5} local {local:6.3f} s   s3 {s3:6.3f} s   ratio {ratio:5.1f}x")
 
 
 if __name__ == "__main__":

@@ -34,8 +34,9 @@ def main() -> None:
     from mlflow.tracking import MlflowClient
 
     from detr_ray.config import load_config
+    from detr_ray.tune.options import SweepOptions
     from detr_ray.tune.space import load_space
-    from detr_ray.tune.sweep import SweepOptions, run_sweep
+    from detr_ray.tune.sweep import run_sweep
 
     with tempfile.TemporaryDirectory() as storage:
         base = load_config(

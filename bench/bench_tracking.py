@@ -27,9 +27,7 @@ import http.client
 import http.server
 import multiprocessing
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,30 +35,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the tests' helpers (tests.support): the same servers
 WARMUP_STEPS = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_mlflow(folder: str, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--workers", "1"]
-    command += ["--backend-store-uri", f"sqlite:///{folder}/mlflow.db"]
-    command += ["--artifacts-destination", f"{folder}/artifacts"]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    wait_healthy(f"http://127.0.0.1:{port}")
-    return server
 
 
 def wait_healthy(url: str) -> None:
@@ -138,16 +114,18 @@ def main() -> None:
     import torch
 
     from detr_ray.config import load_config
-    from detr_ray.model.build import build_model
     from detr_ray.tracking.runs import RunTracker
-    from detr_ray.train.engine import Engine, seed_everything, trained_module
+    from detr_ray.train.build import build_engine
+    from detr_ray.train.inputs import build_datasets
     from detr_ray.train.prepare import prepare_run
-    from detr_ray.train.worker import _datasets
+
+    from tests.support.ports import free_port
+    from tests.support.servers import start_mlflow_server, stop_mlflow_server
 
     torch.set_num_threads(2)
     folder = tempfile.mkdtemp(prefix="bench_tracking_")
     server_port = free_port()
-    server = start_mlflow(folder, server_port)
+    server = start_mlflow_server(Path(folder), server_port)
     proxy_port = free_port()
     proxy = multiprocessing.get_context("spawn").Process(
         target=serve_delay_proxy, args=(proxy_port, server_port, args.delay_ms / 1000)
@@ -161,7 +139,7 @@ def main() -> None:
         log_everys = sorted({config.train.log_every, 1}, reverse=True)
         kinds = ["none", "sync", "async"]
         rates: dict[tuple[int, str], list[float]] = {}
-        train_set, val_set = _datasets(config, label_map)
+        datasets = build_datasets(config, label_map)
         for round_index in range(args.rounds):
             for log_every in log_everys:
                 # a different order each round: drift of the machine hits every kind
@@ -172,9 +150,7 @@ def main() -> None:
                         max_steps_per_epoch=WARMUP_STEPS + args.steps,
                     )
                     run_config = dataclasses.replace(config, train=train)
-                    seed_everything(run_config.train.seed)
-                    model = trained_module(build_model(run_config.model), run_config)
-                    engine = Engine(run_config, model, train_set, val_set, label_map, "cpu")
+                    engine = build_engine(run_config, label_map, datasets=datasets)
                     tracker = None
                     if kind != "none":
                         name = f"{kind}-{log_every}-{round_index}"
@@ -209,8 +185,7 @@ def main() -> None:
                 )
     finally:
         proxy.kill()
-        os.killpg(server.pid, 9)
-        server.wait()
+        stop_mlflow_server(server)
 
 
 if __name__ == "__main__":

@@ -77,23 +77,22 @@ def _no_ray_worker(rank, workers, config_path, steps, storage, queue, threads=2)
     import torch
 
     from detr_ray.config import load_config
-    from detr_ray.model.build import build_model
-    from detr_ray.train.engine import Engine, seed_everything, trained_module
+    from detr_ray.train.build import build_engine
     from detr_ray.train.prepare import prepare_run
-    from detr_ray.train.worker import _datasets
 
     torch.set_num_threads(threads // workers)
     prepared = prepare_run(load_config(config_path, overrides(steps, storage, "no_ray")))
     config, label_map = prepared.config, prepared.label_map
-    seed_everything(config.train.seed)
-    model = trained_module(build_model(config.model), config)  # as the Ray worker does
+    wrap = None
     if workers > 1:  # what Ray Train's prepare_model does on CPU, without Ray
         torch.distributed.init_process_group(
             "gloo", init_method=f"file://{storage}/pg", rank=rank, world_size=workers
         )
-        model = torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
-    train_set, val_set = _datasets(config, label_map)
-    engine = Engine(config, model, train_set, val_set, label_map, "cpu")
+
+        def wrap(module):
+            return torch.nn.parallel.DistributedDataParallel(module, forward_sync_buffers=False)
+
+    engine = build_engine(config, label_map, wrap=wrap)  # as the Ray worker builds it
     rates: list[float] = []
     engine.train_epoch(on_log=lambda step: rates.append(step.metrics["images_per_s"]))
     if workers > 1:
@@ -112,8 +111,8 @@ def run_ray(config_path: str, steps: int, storage: str, workers: int, cpus: int 
     name = f"ray_{workers}_{time.time_ns()}"
     extra = [f"scaling.num_workers={workers}", f"scaling.cpus_per_worker={cpus // workers}"]
     outcome = run_training(load_config(config_path, overrides(steps, storage, name) + extra))
-    client = MlflowClient(outcome["tracking_uri"])
-    history = client.get_metric_history(outcome["mlflow_run_id"], "images_per_s")
+    client = MlflowClient(outcome.tracking_uri)
+    history = client.get_metric_history(outcome.mlflow_run_id, "images_per_s")
     return median_rate([m.value for m in sorted(history, key=lambda m: m.step)])
 
 

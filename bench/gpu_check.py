@@ -101,19 +101,16 @@ def make_config(scale: Scale, data, device: str, batch: int, amp: str, storage: 
 
 
 def make_engine(config, device: str):
-    import torch
 
     from detr_ray.data.labels import LabelMap
     from detr_ray.model.build import build_model
-    from detr_ray.train.engine import Engine, seed_everything, trained_module
-    from detr_ray.train.worker import _datasets
+    from detr_ray.train.build import build_engine
+    from detr_ray.train.seeds import seed_everything
 
     seed_everything(0)
     # COCO's 91 ids; the generated images use the first three
     label_map = LabelMap(tuple(range(1, 92)), tuple(f"class{i}" for i in range(1, 92)))
-    detr = build_model(config.model).to(torch.device(device))
-    train_set, val_set = _datasets(config, label_map)
-    return Engine(config, trained_module(detr, config), train_set, val_set, label_map, device)
+    return build_engine(config, label_map, device, detr=build_model(config.model))
 
 
 def fixed_batch(engine, batch: int):
@@ -172,8 +169,8 @@ def measure_match_and_loss(engine, batch, device: str, scale: Scale) -> float:
 
     moved = batch.to(device)
     images, mask = moved.inputs()
-    with torch.no_grad(), engine._autocast():
-        cls_scores, bbox_preds, *_ = engine.model(images, mask)
+    with torch.no_grad(), engine.autocast():
+        cls_scores, bbox_preds, *_ = engine.distributed_model(images, mask)
     criterion = engine.criterion
 
     def match_and_loss():
@@ -341,8 +338,8 @@ def measure_ray(scale: Scale, data, device: str, storage: str) -> dict:
     finally:
         torch.set_num_threads(threads)
     outcome = run_training(config)
-    client = MlflowClient(outcome["tracking_uri"])
-    history = client.get_metric_history(outcome["mlflow_run_id"], "images_per_s")
+    client = MlflowClient(outcome.tracking_uri)
+    history = client.get_metric_history(outcome.mlflow_run_id, "images_per_s")
     ray_rates = [m.value for m in sorted(history, key=lambda m: m.step)]
     plain = statistics.median(rates[1:] or rates)
     in_ray = statistics.median(ray_rates[1:] or ray_rates)
@@ -388,7 +385,10 @@ def main() -> None:
                     row["match_loss_share"] = match_s / row["step"]["step_s"]
                     row["host_syncs"] = count_host_syncs(engine, batch, args.device)
                     hf = hf_model(scale, engine, args.device)
-                    row["params"] = {"detr_ray": trainable(engine.module), "hf": trainable(hf)}
+                    row["params"] = {
+                        "detr_ray": trainable(engine.trained_module),
+                        "hf": trainable(hf),
+                    }
                     row["hf"] = measure_hf(hf, engine, batch, args.device, scale)
                 except (DetrRayError, RuntimeError, NotImplementedError) as error:  # fp16 on a CPU
                     row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"

@@ -1,20 +1,46 @@
-"""Shared test fixtures: small random DETR outputs and targets."""
+"""The test suite's tiers, timeouts and shared fixtures.
+
+Each test lives in the folder of its tier, and the folder gives it its marker
+(``pytest -m unit``; ``--strict-markers`` refuses any other):
+
+- ``unit/``: in-process and fast (math, data, config, CLI parsing, checks);
+- ``engine/``: the training engine in plain processes (``torch.distributed``
+  over gloo, no Ray);
+- ``services/``: real servers on loopback (MLflow, moto's S3), no Ray;
+- ``ray/``: Ray Train and Tune on the session's one local Ray (``ray_session``);
+- ``cluster/``: Ray clusters of several nodes on this machine, Ray's Jobs
+  server, real faults.
+
+Every test has a timeout (``pytest-timeout``; pyproject's default, longer for
+the cluster tier): a hang fails, naming the test, instead of running into
+CI's limit.
+"""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import os
 
 import pytest
 import torch
 
 from detr_ray.checkpoint import checkpoint_dict, save_checkpoint
-from detr_ray.config.augmentation import AugmentationConfig
-from detr_ray.config.model import preset_config
-from detr_ray.data.labels import LabelMap
+from detr_ray.config import AugmentationConfig, preset_config
 from detr_ray.model.build import build_model
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests' own helpers (reference_math)
+from tests.support.datasets import SHAPE_LABELS, shapes_factory
+
+TIERS = ("unit", "engine", "services", "ray", "cluster")
+TIMEOUT_S = {"cluster": 900, "ray": 600}  # the others: pyproject's timeout
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = item.path.parent.name
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid} is in no tier folder ({', '.join(TIERS)})")
+        item.add_marker(getattr(pytest.mark, tier))
+        if tier in TIMEOUT_S and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIMEOUT_S[tier]))
 
 
 def random_image_targets(generator, num_targets, num_classes, img_hw, dtype=torch.float64):
@@ -61,7 +87,12 @@ def _no_outside_tracking_server(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-SHAPE_LABELS = LabelMap((1, 2, 3), ("circle", "rectangle", "triangle"))
+@pytest.fixture(scope="session")
+def make_shapes(tmp_path_factory):
+    """``make_shapes(num_train, num_val, size=64, seed=0, kind="shapes")``: a generated
+    dataset, made once per session for each set of arguments (read-only: a test that
+    changes files generates its own)."""
+    return shapes_factory(tmp_path_factory.mktemp("datasets"))
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +113,6 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole session (starting Ray costs seconds)."""
-    import os
-
     os.environ.update(
         RAY_AUTH_MODE="disabled",
         RAY_USAGE_STATS_ENABLED="0",

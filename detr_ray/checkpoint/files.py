@@ -1,4 +1,4 @@
-"""Checkpoint files: detr-ray's format, safe reading, and models built from them.
+"""Checkpoint files: detr-ray's format, safe reading, and the run folder's checkpoint names.
 
 A detr-ray checkpoint is a ``torch.save``d dict::
 
@@ -11,11 +11,8 @@ A detr-ray checkpoint is a ``torch.save``d dict::
 
 Everything in it is a tensor or a plain container, so it is read with
 ``torch.load(weights_only=True)``. A directory (a Ray Train checkpoint) is
-read through its ``checkpoint.pt``. Three kinds of file load into a model:
-detr-ray checkpoints, official DETR checkpoints (``{"model", "args"}``) and,
-for fine-tuning only, torchvision ResNet ``state_dict`` files (the backbone).
-
-The model package knows state dicts only; reading files is done here.
+read through its ``checkpoint.pt``. In a run's folder each checkpoint is a
+directory named by :func:`checkpoint_folder_name`.
 """
 
 from __future__ import annotations
@@ -26,8 +23,7 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -36,24 +32,27 @@ from detr_ray import storage
 from detr_ray.config.augmentation import AugmentationConfig
 from detr_ray.config.model import ModelConfig
 from detr_ray.data.labels import LabelMap
-from detr_ray.errors import CheckpointError, ConfigError
-from detr_ray.model.backbone import load_torchvision_state_dict
-from detr_ray.model.build import build_model
-from detr_ray.model.detr import DETR
-from detr_ray.model.official import (
-    from_official_state_dict,
-    is_official_checkpoint,
-    load_official_state_dict,
-    official_config,
-    official_label_map,
-)
-from detr_ray.model.pretrained import is_torchvision_resnet, load_pretrained_state_dict
+from detr_ray.errors import CheckpointError
+from detr_ray.model.official import is_official_checkpoint
+from detr_ray.model.pretrained import is_torchvision_resnet
 from detr_ray.ops.dist import unwrap
-from detr_ray.schema import build, plain_data
+from detr_ray.schema import plain_data
 from detr_ray.storage import DEFAULT_OPTIONS, StorageOptions, is_uri, without_query
 
 FORMAT = "detr-ray/1"
 CHECKPOINT_FILE = "checkpoint.pt"
+FOLDER_PATTERN = re.compile(r"epoch(\d{4,})_step(\d{7,})")
+
+
+def checkpoint_folder_name(epoch: int, global_step: int) -> str:
+    """The folder a run writes its checkpoint at ``epoch``/``global_step`` to:
+    ``epoch0003_step0001536``. The names sort in training order."""
+    return f"epoch{epoch:04d}_step{global_step:07d}"
+
+
+def checkpoint_folders(names: Iterable[str]) -> list[str]:
+    """The checkpoint folders among a run folder's ``names``, oldest first."""
+    return sorted(n for n in names if FOLDER_PATTERN.fullmatch(n))
 
 
 def checkpoint_dict(
@@ -186,96 +185,3 @@ def _file_problem(source: str | io.BytesIO) -> str | None:
     if head[:1] != b"\x80":  # torch's legacy format is a pickle (protocol 2+)
         return "is not a PyTorch file (torch.save writes a zip archive or a pickle)"
     return None
-
-
-@dataclass
-class LoadedModel:
-    model: DETR
-    model_config: ModelConfig
-    label_map: LabelMap
-    augmentation: AugmentationConfig
-
-
-def load_model(
-    path: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    options: StorageOptions = DEFAULT_OPTIONS,
-) -> LoadedModel:
-    """A model ready for inference (eval mode) from a detr-ray or official checkpoint."""
-    checkpoint = load_checkpoint(path, options)
-    kind = checkpoint_kind(checkpoint)
-    if kind == "official":
-        config = official_config(checkpoint["model"], checkpoint.get("args"))
-        model = build_model(config)
-        load_official_state_dict(model, checkpoint["model"])
-        label_map = official_label_map(config.num_classes or 91)
-        augmentation = AugmentationConfig()
-    elif kind == "detr-ray":
-        if not isinstance(checkpoint.get("model_config"), dict):
-            raise CheckpointError(f"detr-ray checkpoint {path} has no model_config")
-        config = _settings(ModelConfig, checkpoint, "model_config", path)
-        model = build_model(config)
-        try:
-            model.load_state_dict(checkpoint["model"], strict=True)
-        except RuntimeError as e:
-            raise CheckpointError(
-                f"checkpoint {path} does not fit its own model_config: {e}"
-            ) from None
-        label_map = LabelMap.from_dict(checkpoint["label_map"])
-        augmentation = _settings(AugmentationConfig, checkpoint, "augmentation", path)
-    elif kind == "torchvision":
-        raise CheckpointError(
-            f"{path} is a torchvision ResNet state_dict (backbone weights only): it can start a "
-            "training run (model.init_from) but holds no detector to run"
-        )
-    else:
-        raise CheckpointError(
-            f"{path} is neither a detr-ray checkpoint nor an official DETR checkpoint "
-            f"(top-level keys: {sorted(map(str, checkpoint))[:8]})"
-        )
-    return LoadedModel(model.to(device).eval(), config, label_map, augmentation)
-
-
-def initialise_from(
-    model: DETR,
-    path: str | os.PathLike,
-    label_map: LabelMap,
-    class_head: str = "keep",
-    options: StorageOptions = DEFAULT_OPTIONS,
-) -> str:
-    """Load pretrained weights from a file into ``model`` in place; returns what was loaded.
-
-    Args:
-        label_map: the labels ``model`` is being trained for.
-        class_head: ``"keep"`` the checkpoint's rows of ``label_map``'s
-            categories, or ``"reinit"`` them (the no-object row is kept).
-    """
-    checkpoint = load_checkpoint(path, options)
-    found = checkpoint_kind(checkpoint)
-    if found == "torchvision":
-        load_torchvision_state_dict(model.backbone, checkpoint)
-        return f"backbone from torchvision ResNet weights {path}"
-    if found == "official":
-        state_dict = from_official_state_dict(checkpoint["model"])
-        source = official_label_map(state_dict["class_head.weight"].shape[0] - 1)
-        kind = "official DETR checkpoint"
-    elif found == "detr-ray":
-        state_dict, source = dict(checkpoint["model"]), LabelMap.from_dict(checkpoint["label_map"])
-        kind = "detr-ray checkpoint"
-    else:
-        raise CheckpointError(
-            f"{path} is not a torchvision ResNet state_dict, an official DETR checkpoint "
-            "or a detr-ray checkpoint"
-        )
-    load_pretrained_state_dict(
-        model, state_dict, source, label_map, class_head=class_head, source_name=f"{kind} {path}"
-    )
-    return f"all weights from {kind} {path} (class head: {class_head})"
-
-
-def _settings(cls, checkpoint: dict, key: str, path):
-    """A settings dataclass stored in a checkpoint, read through the config loader."""
-    try:
-        return build(cls, checkpoint.get(key) or {}, prefix=f"{key}.")
-    except ConfigError as e:
-        raise CheckpointError(f"checkpoint {path}: {e}") from None

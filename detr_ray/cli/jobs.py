@@ -21,9 +21,8 @@ def run_submit(args: argparse.Namespace) -> int:
     spec = with_config_overrides(load_job_spec(args.job), args.overrides)
     if args.submission_id:
         spec = dataclasses.replace(spec, submission_id=args.submission_id)
-    from detr_ray.cli.parser import build_parser
-
-    check_entrypoint(spec, build_parser().parse_args)
+    # the whole command line's parser (the parser module passes it: no import circle)
+    check_entrypoint(spec, args.parse_entrypoint)
     if args.print_ray_command:
         print(shlex.join(ray_submit_command(spec, args.address)))
         return 0

@@ -16,7 +16,7 @@ from detr_ray import __version__
 from detr_ray.cli import jobs, run, tools
 from detr_ray.config import RunConfig, SyntheticDataConfig, TrainConfig
 from detr_ray.schema import choices_of, default_of
-from detr_ray.tune.sweep import METRIC_ALIASES, METRICS, SCHEDULERS, SEARCHERS, SweepOptions
+from detr_ray.tune.options import METRIC_ALIASES, METRICS, SCHEDULERS, SEARCHERS, SweepOptions
 
 CLUSTER_HELP = "Ray cluster address, e.g. 10.0.0.5:6379 (default: RAY_ADDRESS, else a local Ray)"
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda if this machine has one, else cpu)"
@@ -244,6 +244,8 @@ def _cluster(commands: Any, command: Any) -> None:
         "submit a job spec (jobs/*.yaml) to a Ray cluster's Jobs API",
         jobs.run_submit,
     )
+    # `submit` checks the spec's entrypoint against this very parser
+    submit.set_defaults(parse_entrypoint=lambda argv: build_parser().parse_args(argv))
     submit.add_argument("job", help="job spec YAML, e.g. jobs/train_shapes_local.yaml")
     submit.add_argument("--address", help=JOBS_HELP)
     submit.add_argument(

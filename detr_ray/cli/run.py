@@ -34,18 +34,15 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = run_config(args)
     outcome = run_training(config, address=args.address)
-    metrics = outcome.get("metrics") or {}
-    print(
-        f"\n[detr-ray] finished {outcome.get('epoch')} epochs ({outcome.get('global_step')} steps)"
-    )
-    if metrics:
+    print(f"\n[detr-ray] finished {outcome.epoch} epochs ({outcome.global_step} steps)")
+    if outcome.metrics:
         print("[detr-ray] validation metrics:")
-        print(format_metrics(metrics))
-    print(f"[detr-ray] latest checkpoint: {outcome.get('latest_checkpoint')}")
-    if outcome.get("best_checkpoint"):
-        print(f"[detr-ray] best checkpoint:   {outcome['best_checkpoint']}")
-    print(f"[detr-ray] MLflow run {outcome.get('mlflow_run_id')} in {outcome.get('tracking_uri')}")
-    command = dashboard_command(config)
+        print(format_metrics(outcome.metrics))
+    print(f"[detr-ray] latest checkpoint: {outcome.latest_checkpoint}")
+    if outcome.best_checkpoint:
+        print(f"[detr-ray] best checkpoint:   {outcome.best_checkpoint}")
+    print(f"[detr-ray] MLflow run {outcome.mlflow_run_id} in {outcome.tracking_uri}")
+    command = dashboard_command(config, str(outcome.tracking_uri))
     print(
         f"[detr-ray] open the dashboard: {command}"
         + ("" if command.startswith("it is") else f"   (then http://127.0.0.1:{DASHBOARD_PORT})")
@@ -62,8 +59,9 @@ def run_config_show(args: argparse.Namespace) -> int:
 
 
 def run_tune(args: argparse.Namespace) -> int:
+    from detr_ray.tune.options import METRIC_ALIASES, SweepOptions
     from detr_ray.tune.space import load_space
-    from detr_ray.tune.sweep import METRIC_ALIASES, SweepOptions, run_sweep
+    from detr_ray.tune.sweep import run_sweep
 
     base = load_config(args.config, args.overrides)
     space = load_space(args.space, base.to_dict())
@@ -121,18 +119,21 @@ def run_dashboard(args: argparse.Namespace) -> int:
     return serve(args.tracking_uri, args.storage_path, args.port)
 
 
-def dashboard_command(config: ExperimentConfig) -> str:
-    """The command that shows this config's MLflow store, as this shell can run it."""
+def dashboard_command(config: ExperimentConfig, uri: str) -> str:
+    """The command that shows the MLflow store ``uri`` a run of ``config`` logged
+    to, as this shell can run it (the dashboard finds the same default store)."""
+    from detr_ray.tracking.store import resolve_tracking_uri
+
     program = sys.argv[0] if os.sep in sys.argv[0] else "detr-ray"
     if Path(program).name == "__main__.py":  # python -m detr_ray.cli
         program = f"{Path(sys.executable).name} -m detr_ray.cli"
-    uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")  # as prepare_run
-    if uri and uri.startswith(("http://", "https://")):
+    if uri.startswith(("http://", "https://")):
         return f"it is the MLflow server {uri} (on a cluster: through its SSH forward)"
-    if uri:
+    storage_path = config.run.storage_path
+    if uri != resolve_tracking_uri(None, storage_path):
         return f"{program} dashboard --tracking-uri {uri}"
-    if os.path.normpath(config.run.storage_path) != default_of(RunConfig, "storage_path"):
-        return f"{program} dashboard --storage-path {config.run.storage_path}"
+    if os.path.normpath(storage_path) != default_of(RunConfig, "storage_path"):
+        return f"{program} dashboard --storage-path {storage_path}"
     return f"{program} dashboard"
 
 

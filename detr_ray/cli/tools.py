@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import tempfile
 from pathlib import Path
 
@@ -91,7 +90,8 @@ def run_eval(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "--checkpoint needs --images, the folder the annotation file refers to"
             )
-        from detr_ray.evaluation.predict import evaluate_checkpoint, resolve_device
+        from detr_ray.evaluation.detect import resolve_device
+        from detr_ray.evaluation.predict import evaluate_checkpoint
 
         if args.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -113,7 +113,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from detr_ray.evaluation.predict import predict_images, resolve_device
+    from detr_ray.evaluation.detect import resolve_device
+    from detr_ray.evaluation.predict import predict_images
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -122,11 +123,9 @@ def run_predict(args: argparse.Namespace) -> int:
         checkpoint = args.checkpoint
         if args.model:
             from detr_ray.tracking.registry import download_registered_checkpoint
-            from detr_ray.tracking.store import require_existing_store, tracking_uri
+            from detr_ray.tracking.store import require_existing_store, resolve_tracking_uri
 
-            uri = tracking_uri(
-                args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), args.storage_path
-            )
+            uri = resolve_tracking_uri(args.tracking_uri, args.storage_path)
             require_existing_store(uri, f"--model {args.model}")
             checkpoint = str(download_registered_checkpoint(args.model, uri, tmp))
         json_path, count = predict_images(

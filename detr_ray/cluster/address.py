@@ -20,6 +20,11 @@ ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 LOCAL_WORDS = ("auto", "local")  # Ray's words for the cluster on this machine
 
 
+def is_local(address: str | None) -> bool:
+    """``address`` means a Ray on this machine (none given, ``auto``, ``local``)."""
+    return address is None or address in LOCAL_WORDS
+
+
 def resolve_address(flag: str | None) -> tuple[str | None, str]:
     """``(address or None for the local cluster, where it came from)``.
 
@@ -30,7 +35,7 @@ def resolve_address(flag: str | None) -> tuple[str | None, str]:
     candidates = [(flag, "--address")] + [(os.environ.get(v), v) for v in ADDRESS_VARIABLES]
     for value, source in candidates:
         if value:
-            return (None if value in LOCAL_WORDS else value), source
+            return (None if is_local(value) else value), source
     return None, "the local Ray cluster"
 
 
@@ -65,5 +70,5 @@ def probe(address: str, source: str) -> None:
 
 def check_cluster_address(address: str | None) -> None:
     """Before ``ray.init(address=...)``: a concrete address that does not answer fails now."""
-    if address is not None and address not in LOCAL_WORDS:
-        probe(address, "--address")
+    if not is_local(address):
+        probe(str(address), "--address")

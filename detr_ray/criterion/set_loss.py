@@ -25,68 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detr_ray.criterion.loss_keys import name_losses
 from detr_ray.criterion.matcher import FlatTargets, HungarianMatcher, Matching
 from detr_ray.ops.boxes import cxcywh_to_xyxy, giou
 from detr_ray.ops.dist import reduce_mean
-
-LOSS_TERMS = ("loss_cls", "loss_bbox", "loss_iou")
-
-
-def loss_names(num_layers: int) -> list[str]:
-    """Keys of :meth:`SetCriterion.forward`'s dict, in order, ``loss`` last.
-
-    The last decoder layer's terms are ``loss_cls``, ``loss_bbox``, ``loss_iou``;
-    layer ``i < L - 1`` has ``d{i}.loss_cls`` ... as in the reference.
-    """
-    names = list(LOSS_TERMS)
-    for layer in range(num_layers - 1):
-        names += [f"d{layer}.{term}" for term in LOSS_TERMS]
-    return names + ["loss"]
-
-
-def named_losses(weighted: Tensor) -> dict[str, Tensor]:
-    """``(L, 3)`` weighted terms per decoder layer -> the dict :func:`loss_names`
-    describes (0-dim tensors), ``loss`` their sum."""
-    names = loss_names(weighted.shape[0])
-    per_layer = torch.cat((weighted[-1], weighted[:-1].reshape(-1)))  # last layer first
-    losses = dict(zip(names[:-1], per_layer.unbind()))
-    losses["loss"] = weighted.sum()
-    return losses
-
-
-def group_loss_names(num_layers: int, num_groups: int) -> list[str]:
-    """:func:`loss_names`, then with query groups the extra groups' mean under ``groups/``."""
-    names = loss_names(num_layers)
-    return names + ([f"groups/{n}" for n in names] if num_groups > 1 else [])
-
-
-def grouped_losses(weighted: Tensor, num_groups: int) -> tuple[dict[str, Tensor], Tensor]:
-    """Losses to log and the objective to minimise, from ``(L * K, 3)`` weighted
-    terms of ``K`` query groups (index ``l * K + g``, see
-    :func:`detr_ray.model.query_groups.groups_as_layers`).
-
-    Group 0 is the reference DETR: its terms keep the reference names
-    (``loss_cls``, ``d0.loss_bbox``, ``loss``...). The other groups' mean is
-    logged as ``groups/<name>``. The objective is the sum over every layer
-    and group (Group DETR sums the groups' losses). With ``K = 1`` this is
-    exactly :meth:`SetCriterion.losses` and its ``loss``.
-    """
-    if num_groups == 1:
-        losses = named_losses(weighted)
-        return losses, losses["loss"]
-    per_group = weighted.view(-1, num_groups, 3)  # (L, K, 3)
-    losses = named_losses(per_group[:, 0])
-    extra = named_losses(per_group[:, 1:].mean(1))
-    losses.update({f"groups/{name}": value for name, value in extra.items()})
-    return losses, weighted.sum()
-
-
-def loss_names_by_term(num_layers: int) -> dict[str, list[str]]:
-    """Each term's key in every decoder layer, layer 0 first (the last is the bare term)."""
-    return {
-        term: [f"d{layer}.{term}" for layer in range(num_layers - 1)] + [term]
-        for term in LOSS_TERMS
-    }
 
 
 class SetCriterion(nn.Module):
@@ -155,8 +97,9 @@ class SetCriterion(nn.Module):
                 ``boxes (G_b, 4)`` normalised cxcywh (or their FlatTargets).
 
         Returns:
-            the weighted losses keyed as :func:`loss_names` says, each a 0-dim
-            tensor, plus ``loss``, their sum.
+            the weighted losses keyed as
+            :func:`~detr_ray.criterion.loss_keys.loss_keys` says, each a
+            0-dim tensor, plus ``loss``, their sum.
         """
         flat = (
             targets
@@ -170,7 +113,7 @@ class SetCriterion(nn.Module):
         self, cls_scores: Tensor, bbox_preds: Tensor, targets: FlatTargets, matching: Matching
     ) -> dict[str, Tensor]:
         """The weighted losses for a given matching (see :meth:`forward`)."""
-        return named_losses(self.layer_losses(cls_scores, bbox_preds, targets, matching))
+        return name_losses(self.layer_losses(cls_scores, bbox_preds, targets, matching))[0]
 
     def layer_losses(
         self, cls_scores: Tensor, bbox_preds: Tensor, targets: FlatTargets, matching: Matching

@@ -30,7 +30,6 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,6 @@ from detr_ray.config import TrainConfig
 from detr_ray.data.annotations import coco_from_dict, load_coco_json
 from detr_ray.data.labels import LabelMap
 from detr_ray.errors import ConfigError, DataError
-from detr_ray.ops.dist import all_gather_objects, is_main_process
 from detr_ray.schema import choices_of
 
 COCO_METRICS = (
@@ -169,35 +167,6 @@ def evaluate_results_file(
         return evaluate(coco_gt, results, backend=backend)
     except DataError as e:
         raise DataError(f"results file {path}: {e}") from None
-
-
-@dataclass
-class GatheredResults:
-    """Every worker's detections, on rank 0: the COCO results and the ids of the
-    images that were run (an unreadable image skipped by every worker is not)."""
-
-    results: list[dict]
-    image_ids: list[int]
-
-
-def gather_image_results(local: Sequence[tuple[int, list[dict]]]) -> GatheredResults | None:
-    """Every worker's ``(image_id, results)`` pairs -> rank 0's :class:`GatheredResults`.
-
-    An image scored by several workers (a padded distributed sampler repeats a
-    few) counts once. Returns ``None`` on the other ranks. Without a process
-    group it is the input, flattened.
-    """
-    gathered = all_gather_objects(list(local))
-    if not is_main_process():
-        return None
-    seen: dict[int, None] = {}  # insertion-ordered
-    results: list[dict] = []
-    for worker in gathered:
-        for image_id, image_results in worker:  # type: ignore[attr-defined]
-            if image_id not in seen:
-                seen[image_id] = None
-                results.extend(image_results)
-    return GatheredResults(results, list(seen))
 
 
 def format_metrics(metrics: Mapping[str, float]) -> str:

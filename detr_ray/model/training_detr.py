@@ -100,3 +100,12 @@ def groups_as_layers(outputs: Tensor, num_groups: int) -> Tensor:
     queries = grouped // num_groups
     by_group = outputs.view(num_layers, batch, num_groups, queries, depth).transpose(1, 2)
     return by_group.reshape(num_layers * num_groups, batch, queries, depth)
+
+
+def reference_detr(module: nn.Module) -> DETR:
+    """The reference DETR inside a trained module: the module itself, or the
+    DETR a :class:`TrainingDETR` wraps."""
+    inner = module.detr if isinstance(module, TrainingDETR) else module
+    if not isinstance(inner, DETR):
+        raise TypeError(f"expected a DETR or TrainingDETR, got {type(module).__name__}")
+    return inner

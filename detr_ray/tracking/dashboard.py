@@ -9,7 +9,7 @@ import time
 import urllib.request
 
 from detr_ray.errors import ConfigError
-from detr_ray.tracking.store import check_tracking, require_existing_store, tracking_uri
+from detr_ray.tracking.store import check_tracking, require_existing_store, resolve_tracking_uri
 
 READY_TIMEOUT_S = 60
 
@@ -17,10 +17,10 @@ READY_TIMEOUT_S = 60
 def start_dashboard(uri: str | None, storage_path: str, port: int) -> subprocess.Popen:
     """Start ``mlflow server`` on 127.0.0.1:``port`` for the store and wait until it answers.
 
-    ``uri`` None means the default store of ``storage_path`` (where
-    ``detr-ray train`` logs by default).
+    ``uri`` None means the store ``detr-ray train`` would log to
+    (:func:`~detr_ray.tracking.store.resolve_tracking_uri`).
     """
-    uri = tracking_uri(uri, storage_path)
+    uri = resolve_tracking_uri(uri, storage_path)
     if uri.startswith(("http://", "https://")):
         raise ConfigError(f"{uri} is an MLflow server already: open it in a browser")
     check_tracking(uri)  # a scheme MLflow's server can open
@@ -63,7 +63,7 @@ def start_dashboard(uri: str | None, storage_path: str, port: int) -> subprocess
 def run_dashboard(uri: str | None, storage_path: str, port: int) -> int:
     server = start_dashboard(uri, storage_path, port)
     print(
-        f"MLflow UI for {tracking_uri(uri, storage_path)}:\n  http://127.0.0.1:{port}\n"
+        f"MLflow UI for {resolve_tracking_uri(uri, storage_path)}:\n  http://127.0.0.1:{port}\n"
         "(listening on loopback only; on a remote machine use SSH port forwarding: "
         f"ssh -L {port}:127.0.0.1:{port} HOST). Ctrl-C stops it.",
         flush=True,

@@ -74,7 +74,7 @@ class DetrModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         from detr_ray.checkpoint import load_model
-        from detr_ray.evaluation.predict import resolve_device
+        from detr_ray.evaluation.detect import resolve_device
 
         self.loaded = load_model(context.artifacts["checkpoint"], device=resolve_device(None))
 
@@ -83,7 +83,7 @@ class DetrModel(mlflow.pyfunc.PythonModel):
         self, context: Any, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
         from detr_ray.data.images import decode_rgb
-        from detr_ray.evaluation.predict import detections_of
+        from detr_ray.evaluation.detect import detections_of
 
         threshold = float((params or {}).get("threshold", DEFAULT_THRESHOLD))
         rows = []

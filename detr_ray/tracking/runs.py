@@ -1,14 +1,12 @@
-"""MLflow tracking of training runs and sweeps: the only module that imports MLflow.
+"""The MLflow runs of training runs and sweeps: what detr-ray logs, and how a run resumes.
 
 Only the rank-0 worker tracks. One MLflow run per training run: it is found
 again after a restart (by the run id in the checkpoint, else by the run
-directory tag), and steps already logged by an earlier attempt are not logged
+folder tag), and steps already logged by an earlier attempt are not logged
 twice, so the metric history of a run that lost a worker has neither gaps nor
-repeats.
-
-Default store: ``sqlite:///<storage_path>/mlflow.db`` with artifacts under
-``<storage_path>/mlartifacts``; on a cluster, ``tracking.uri`` (or MLflow's
-``MLFLOW_TRACKING_URI``, see :mod:`detr_ray.train.prepare`) names an ``http://`` server.
+repeats. How runs end when their driver cannot end them is
+:mod:`detr_ray.tracking.lifecycle`; the names of tags and metrics are
+:mod:`detr_ray.tracking.names`; where the store is, :mod:`detr_ray.tracking.store`.
 """
 
 from __future__ import annotations
@@ -21,111 +19,38 @@ import os
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
+from detr_ray.tracking import plots
 from detr_ray.tracking.metric_queue import MetricQueue
-from detr_ray.tracking.store import DRIVER_TAG, artifact_root
+from detr_ray.tracking.names import (
+    DROPPED_POINTS_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    LOSS,
+    LOSS_PLOT_ARTIFACT,
+    PARENT_TAG,
+    RUN_DIR_TAG,
+    VAL_AP,
+    VAL_PREFIX,
+)
+from detr_ray.tracking.store import artifact_root
 
 log = logging.getLogger(__name__)
 
-RUN_DIR_TAG = "detr_ray.run_dir"
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests children under it
-EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_PARAM_LENGTH = 6000
-
-
-def metrics_logger(uri: str, run_id: str) -> Callable[[dict[str, float], int], None]:
-    """``log(values, step)`` into run ``run_id``: for processes without a tracker
-    (each node's system-metrics sampler)."""
-    client = MlflowClient(tracking_uri=uri)
-
-    def log_values(values: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        points = [Metric(k, float(v), now, step) for k, v in values.items() if math.isfinite(v)]
-        client.log_batch(run_id, metrics=points)
-
-    return log_values
-
-
-def fail_run(uri: str, experiment: str, run_dir: str | os.PathLike, message: str) -> None:
-    """Mark the run of ``run_dir`` (if it has one) FAILED with ``message`` as its
-    ``detr_ray.error`` tag; a run that never started tracking gets none."""
-    end_run(uri, experiment, run_dir, "FAILED", {"detr_ray.error": message[:5000]})
-
-
-def end_run(
-    uri: str,
-    experiment: str,
-    run_dir: str | os.PathLike,
-    status: str,
-    tags: Mapping[str, str],
-    only_running: bool = False,
-) -> None:
-    """End the run of ``run_dir`` (if it has one) with ``status`` (FAILED,
-    KILLED) and ``tags``; with ``only_running``, only if it is still RUNNING
-    (a driver stopped just after its run FINISHED leaves it FINISHED)."""
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return
-    runs = client.search_runs(
-        [found.experiment_id], filter_string=f"tags.`{RUN_DIR_TAG}` = '{run_dir}'", max_results=1
-    )
-    for run in runs:
-        if only_running and run.info.status != "RUNNING":
-            continue
-        for key, value in tags.items():
-            client.set_tag(run.info.run_id, key, value)
-        client.set_terminated(run.info.run_id, status=status)
-
-
-def close_abandoned_runs(uri: str, experiment: str, host: str) -> list[str]:
-    """Mark KILLED the RUNNING runs whose driver ran on ``host`` and is gone (a
-    driver killed without a chance to say so); returns their names. Runs driven
-    from other hosts are left: their drivers cannot be checked from here; so
-    are a sweep's trials: the sweep closes them (its trial drivers end while
-    their runs are still open)."""
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    closed = []
-    running = client.search_runs(
-        [found.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
-    )
-    for run in running:
-        driver = run.data.tags.get(DRIVER_TAG, "")
-        driver_host, _, pid = driver.rpartition(":")
-        if driver_host != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        if run.data.tags.get(PARENT_TAG):
-            continue
-        client.set_tag(run.info.run_id, "detr_ray.ended", f"driver {driver} was gone")
-        client.set_terminated(run.info.run_id, status="KILLED")
-        closed.append(run.info.run_name)
-    return closed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
 
 
 class _TrackedRun:
     """An MLflow run found by its directory tag, or created: what both kinds of run share.
 
     Args:
-        uri: tracking URI (see :func:`tracking_uri`).
+        uri: tracking URI (see :mod:`detr_ray.tracking.store`).
         experiment: MLflow experiment name (created if missing).
         run_name: shown in the UI.
         run_dir: the run's directory, the key that finds the run again.
@@ -220,8 +145,6 @@ class RunTracker(_TrackedRun):
     tracking store.
     """
 
-    MAX_PLOT_POINTS = 2000  # per line: a long run's plot is thinned to this
-
     def __init__(
         self,
         *args: Any,
@@ -249,7 +172,7 @@ class RunTracker(_TrackedRun):
                 ):
                     steps.append(metric.step)
                     values.append(metric.value)
-        self._logged_up_to = {"": self._last_step("loss"), "val/": self._last_step("val/AP")}
+        self._logged_up_to = {"": self._last_step(LOSS), VAL_PREFIX: self._last_step(VAL_AP)}
 
     @property
     def last_logged_step(self) -> int:
@@ -295,7 +218,7 @@ class RunTracker(_TrackedRun):
     def finish(self, status: str = "FINISHED") -> None:
         self.flush()
         if self.dropped_points:
-            self.set_tags({"detr_ray.dropped_metric_points": str(self.dropped_points)})
+            self.set_tags({DROPPED_POINTS_TAG: str(self.dropped_points)})
         super().finish(status)
 
     def log_dataset(
@@ -318,33 +241,12 @@ class RunTracker(_TrackedRun):
         """``plots/decoder_layer_losses.png``: every decoder layer's loss terms."""
         if not self.loss_series:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        terms = list(self.loss_series)
-        figure, axes = plt.subplots(1, len(terms), figsize=(5 * len(terms), 4), squeeze=False)
-        for ax, term in zip(axes[0], terms):
-            keys = self.loss_series[term]
-            for layer, key in enumerate(keys):
-                steps, values = _thin(*self._history[key], self.MAX_PLOT_POINTS)
-                if steps:
-                    last = layer == len(keys) - 1
-                    ax.plot(
-                        steps,
-                        values,
-                        label=f"layer {layer}" + (" (last)" if last else ""),
-                        linewidth=1.2,
-                    )
-            ax.set_title(term)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-        if axes[0][0].lines:  # nothing logged yet in a very short run
-            axes[0][0].legend(fontsize=8)
-        figure.tight_layout()
-        self.log_image(figure, "plots/decoder_layer_losses.png")
-        plt.close(figure)
+        series = {
+            term: [self._history[key] for key in keys] for term, keys in self.loss_series.items()
+        }
+        figure = plots.decoder_layer_losses(series)
+        self.log_image(figure, LOSS_PLOT_ARTIFACT)
+        plots.close(figure)
 
 
 class SweepTracker(_TrackedRun):
@@ -368,49 +270,9 @@ class SweepTracker(_TrackedRun):
 
     def log_sweep_plot(self, rows: list[dict], keys: list[str], metric: str) -> None:
         """``plots/<metric>_vs_params.png``: each trial's best ``metric`` against each key."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.8), squeeze=False)
-        for ax, key in zip(axes[0], keys):
-            for stopped in (False, True):
-                shown = [
-                    (r[key], r[metric])
-                    for r in rows
-                    if r.get(metric) is not None and (r["status"] == "stopped early") == stopped
-                ]
-                if shown:
-                    xs, ys = zip(*shown)
-                    ax.scatter(
-                        [_plottable(x) for x in xs],
-                        ys,
-                        marker="x" if stopped else "o",
-                        label="stopped early" if stopped else "ran to the end",
-                    )
-            ax.set_xlabel(key)
-            ax.set_ylabel(metric)
-            ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=8)
-        figure.tight_layout()
+        figure = plots.metric_by_value(rows, keys, metric)
         self.log_image(figure, f"plots/{metric}_vs_params.png")
-        plt.close(figure)
-
-
-def _thin(steps: array, values: array, max_points: int) -> tuple[list, list]:
-    """Every k-th point (and the last), so that at most about ``max_points`` remain."""
-    stride = max(1, -(-len(steps) // max_points))
-    if stride == 1:
-        return list(steps), list(values)
-    kept = list(range(0, len(steps), stride))
-    if kept[-1] != len(steps) - 1:
-        kept.append(len(steps) - 1)
-    return [steps[i] for i in kept], [values[i] for i in kept]
-
-
-def _plottable(value: Any) -> Any:
-    return value if isinstance(value, (int, float)) else str(value)
+        plots.close(figure)
 
 
 def _parent(artifact_file: str) -> str | None:

@@ -11,26 +11,57 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from detr_ray.errors import ConfigError
 
-DRIVER_TAG = "detr_ray.driver"  # host:pid of the `detr-ray train` driving a run now
+if TYPE_CHECKING:
+    from detr_ray.config import ExperimentConfig
 
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 PROBE_TIMEOUT_S = 5.0
 
 
-def tracking_uri(configured: str | None, storage_path: str | os.PathLike) -> str:
-    """``configured``, or the default sqlite file in ``storage_path`` (a local folder)."""
-    if configured:
-        return configured
-    if "://" in str(storage_path):
+def resolve_tracking_uri(configured: str | None, storage_path: str | os.PathLike) -> str:
+    """Where runs are tracked: ``configured`` (``tracking.uri``, ``--tracking-uri``),
+    else MLflow's own ``MLFLOW_TRACKING_URI``, else the default sqlite file in
+    ``storage_path``.
+
+    The one place the tracking URI is resolved: before Ray starts, for a run
+    (:func:`detr_ray.train.prepare.resolve_paths` pins it into the config, so
+    workers on other nodes need not share the driver's environment), and for
+    the commands that read a store (``dashboard``, ``predict --model``).
+
+    Raises:
+        ConfigError: nothing is configured and ``storage_path`` is object
+            storage, where a sqlite file cannot live.
+    """
+    uri = find_tracking_uri(configured, storage_path)
+    if uri is None:
         raise ConfigError(
-            f"run.storage_path {storage_path} is not a local folder, so the default sqlite "
-            "tracking store cannot live there: set tracking.uri"
+            f"run.storage_path {storage_path} is object storage, where MLflow's default "
+            "sqlite file cannot live: set tracking.uri to an http:// MLflow server (its "
+            "artifacts can go to the same store) or to sqlite:////ABSOLUTE/LOCAL/PATH/mlflow.db"
         )
+    return uri
+
+
+def find_tracking_uri(configured: str | None, storage_path: str | os.PathLike) -> str | None:
+    """:func:`resolve_tracking_uri`, or ``None`` where it would raise."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    if "://" in str(storage_path):
+        return None
     return f"sqlite:///{Path(storage_path).expanduser().resolve() / 'mlflow.db'}"
+
+
+def tracking_uri_of(config: ExperimentConfig) -> str:
+    """The tracking URI of a prepared run (:func:`resolve_tracking_uri` pinned it
+    into ``tracking.uri`` before Ray started), or the error of
+    :func:`resolve_tracking_uri` if none could be."""
+    return config.tracking.uri or resolve_tracking_uri(None, config.run.storage_path)
 
 
 def artifact_root(uri: str) -> str | None:

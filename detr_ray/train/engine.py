@@ -1,165 +1,74 @@
-"""The training engine: optimiser, schedule, one step, one epoch, evaluation.
+"""The training engine: one step, one epoch, evaluation; plain PyTorch.
 
-Plain PyTorch with ``torch.distributed`` through :mod:`detr_ray.ops.dist`; no Ray,
-no MLflow. The Ray Train worker (:mod:`detr_ray.train.worker`) builds a
-:class:`Engine` and hands it callbacks for logging and reporting, so this file
-can be read (and tested) as an ordinary DETR training loop.
-
-Determinism: every epoch reseeds Python, NumPy and torch from
-``(seed, epoch, rank)`` and the epoch's image order depends on ``(seed, epoch)``
-only, so a run resumed at an epoch boundary continues exactly as an
-uninterrupted one would.
+``torch.distributed`` through :mod:`detr_ray.ops.dist`; no Ray, no MLflow. The
+Ray Train worker (:mod:`detr_ray.train.worker`) builds an :class:`Engine`
+(:func:`detr_ray.train.build.build_engine`) and hands it callbacks for logging
+and reporting, so this file can be read (and tested) as an ordinary DETR
+training loop.
 
 Elastic runs: the world size may change between restarts (a lost or returning
-node). The engine keeps its place in world-size-free units: the epoch, and the
-images of the epoch's order already trained on (:mod:`detr_ray.data.epoch_plan`);
-the learning-rate warm-up counts images seen and its drops count epochs. Each
-start recomputes steps and shards from those and the world size it finds.
+node). The engine keeps its place in world-size-free units
+(:class:`~detr_ray.train.state.TrainState`): the epoch, and the images of the
+epoch's order already trained on (:mod:`detr_ray.data.epoch_plan`); the
+learning-rate warm-up counts images seen and its drops count epochs
+(:mod:`detr_ray.train.schedule`). Each start recomputes steps and shards from
+those and the world size it finds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
-from detr_ray.config import ExperimentConfig, LossConfig, MatcherConfig
+from detr_ray.config import ExperimentConfig
+from detr_ray.criterion.build import build_criterion
 from detr_ray.criterion.dense_loss import DENSE_TERMS, dense_losses
-from detr_ray.criterion.matcher import FlatTargets, HungarianMatcher
-from detr_ray.criterion.set_loss import SetCriterion, group_loss_names, grouped_losses
+from detr_ray.criterion.loss_keys import loss_keys, name_losses
+from detr_ray.criterion.matcher import FlatTargets
 from detr_ray.data.collate import Batch, PadCollate
 from detr_ray.data.epoch_plan import EpochPlan, full_epoch_steps
 from detr_ray.data.labels import LabelMap
 from detr_ray.errors import ConfigError, TrainingStopped
-from detr_ray.evaluation.coco_eval import GatheredResults, gather_image_results, to_coco_results
-from detr_ray.evaluation.predict import detect_batch
-from detr_ray.model.detr import DETR
-from detr_ray.model.training_detr import TrainingDETR, groups_as_layers
+from detr_ray.evaluation.distributed import GatheredResults, detect_on_workers
+from detr_ray.model.training_detr import TrainingDETR, groups_as_layers, reference_detr
 from detr_ray.ops import dist
+from detr_ray.train.hooks import WorkerHooks
+from detr_ray.train.optimizer import build_optimizer
+from detr_ray.train.schedule import lr_factor
+from detr_ray.train.seeds import epoch_seed, seed_everything
+from detr_ray.train.state import TrainState
 from detr_ray.train.step_stats import StepLog, StepResult, average_over_workers, worker_row
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainState:
-    """Where training stands; saved in every checkpoint."""
-
-    epoch: int = 0  # completed epochs
-    step_in_epoch: int = 0  # optimiser steps done in the current epoch
-    global_step: int = 0  # optimiser steps (and skipped steps) so far
-    epoch_images_seen: int = 0  # images of the current epoch's order trained on
-    images_seen: int = 0  # images trained on so far (all epochs, all workers)
-    nan_streak: int = 0  # consecutive skipped steps
-    skipped_steps: list[int] = field(default_factory=list)
-
-
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    return (seed * 1_000_003 + epoch * 1009 + rank) % (2**31)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def build_criterion(matcher: MatcherConfig, loss: LossConfig, num_classes: int) -> SetCriterion:
-    """The set loss (and its matcher) that the config's ``matcher`` and ``loss`` describe."""
-    return SetCriterion(
-        num_classes,
-        HungarianMatcher(
-            cls_cost=matcher.cls_cost,
-            bbox_cost=matcher.bbox_cost,
-            iou_cost=matcher.iou_cost,
-            bbox_cost_format=matcher.bbox_cost_format,
-        ),
-        cls_weight=loss.cls_weight,
-        bbox_weight=loss.bbox_weight,
-        iou_weight=loss.iou_weight,
-        bg_cls_weight=loss.bg_cls_weight,
-        sync_cls_avg_factor=loss.sync_cls_avg_factor,
-        check_labels=False,  # the engine checks its label map once instead
-    )
-
-
-def trained_module(detr: DETR, config: ExperimentConfig) -> nn.Module:
-    """What the optimiser trains: ``detr``, or with a training-time accelerator on
-    (``train.query_groups`` > 1, ``train.dense_aux_weight`` > 0) a
-    :class:`TrainingDETR` around it (the extra parts exist only there)."""
-    train = config.train
-    if train.query_groups == 1 and train.dense_aux_weight == 0:
-        return detr
-    return TrainingDETR(detr, train.query_groups, dense_head=train.dense_aux_weight > 0)
-
-
-def reference_detr(module: nn.Module) -> DETR:
-    """The reference DETR inside what :func:`trained_module` made."""
-    inner = module.detr if isinstance(module, TrainingDETR) else module
-    if not isinstance(inner, DETR):
-        raise TypeError(f"expected a DETR or TrainingDETR, got {type(module).__name__}")
-    return inner
-
-
-def build_optimizer(model: nn.Module, config: ExperimentConfig) -> torch.optim.AdamW:
-    """AdamW with two groups, ``backbone`` (backbone_lr) and ``other`` (lr)."""
-    module = dist.unwrap(model)
-    in_backbone = {id(p) for p in reference_detr(module).backbone.parameters()}
-    backbone: list[nn.Parameter] = []
-    other: list[nn.Parameter] = []
-    for param in module.parameters():
-        if param.requires_grad:
-            (backbone if id(param) in in_backbone else other).append(param)
-    groups: list[dict] = [{"params": other, "lr": config.optim.lr, "name": "other"}]
-    if backbone:
-        groups.append({"params": backbone, "lr": config.optim.backbone_lr, "name": "backbone"})
-    weight_decay = config.optim.weight_decay
-    try:  # the fused kernel is several times faster on CPU and GPU
-        return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, weight_decay=weight_decay)
-
-
-def lr_factor(images_seen: int, epoch: int, world_size: int, config: ExperimentConfig) -> float:
-    """The learning rate's multiplier for the next step, from where training
-    stands in world-size-free units (a resize moves neither warm-up nor drops).
-
-    Warm-up is linear over ``train.warmup_steps`` steps *at the full size*
-    (``scaling.num_workers`` workers x ``train.batch_size``), i.e. over that many
-    images; each drop epoch passed multiplies by ``lr_gamma``. With
-    ``optim.lr_scaling`` (off by default) the rate also follows the global batch
-    of the workers present: ``linear`` (world / num_workers) or ``sqrt``.
-    """
-    train, full_world = config.train, config.scaling.num_workers
-    factor = 1.0
-    if train.warmup_steps:
-        full_batch = full_world * train.batch_size
-        factor = min(1.0, (images_seen + full_batch) / (train.warmup_steps * full_batch))
-    factor *= train.lr_gamma ** sum(1 for e in train.lr_drop_epochs if epoch >= e)
-    if config.optim.lr_scaling == "linear":
-        factor *= world_size / full_world
-    elif config.optim.lr_scaling == "sqrt":
-        factor *= math.sqrt(world_size / full_world)
-    return factor
-
-
 class Engine:
     """Train one DETR with one :class:`ExperimentConfig` in this process.
 
+    Build it with :func:`detr_ray.train.build.build_engine`.
+
     Args:
-        model: the (possibly DDP-wrapped) :func:`trained_module`, already on ``device``.
+        model: what the forward pass runs: the trained module (the reference
+            DETR, or a :class:`TrainingDETR` around it, as
+            :func:`~detr_ray.train.build.build_trained_module` makes it), on
+            ``device``, wrapped in DDP when there are several workers.
         train_set, val_set: datasets yielding ``(image, target)`` after transforms.
         label_map: the label map of ``train_set``.
         device: where the model lives.
+        hooks: fault injection for tests (:mod:`detr_ray.train.hooks`); ``None``
+            in a user's run, where nothing is called.
+
+    Attributes:
+        distributed_model: ``model`` as given (DDP-wrapped or not): what a step runs.
+        trained_module: the module inside it, whose parameters the optimiser trains.
+        reference_detr: the reference DETR inside that: what is evaluated,
+            checkpointed, exported (training-only parts are not).
     """
 
     def __init__(
@@ -170,24 +79,31 @@ class Engine:
         val_set: Dataset,
         label_map: LabelMap,
         device: torch.device | str,
+        hooks: WorkerHooks | None = None,
     ):
         self.config = config
-        self.model = model
-        self.module = dist.unwrap(model)
-        self.detr = reference_detr(self.module)  # evaluated, checkpointed, exported
+        self.distributed_model = model
+        self.trained_module = dist.unwrap(model)
+        self.reference_detr = reference_detr(self.trained_module)
+        self.hooks = hooks
         wants_dense = config.train.dense_aux_weight > 0
-        has_dense = isinstance(self.module, TrainingDETR) and self.module.dense_head is not None
+        has_dense = (
+            isinstance(self.trained_module, TrainingDETR)
+            and self.trained_module.dense_head is not None
+        )
         if wants_dense != has_dense or self.module_groups != config.train.query_groups:
             raise ConfigError(
                 "the model does not match the config's train.query_groups / "
-                "train.dense_aux_weight: build it with trained_module(detr, config)"
+                "train.dense_aux_weight: build it with build_trained_module(detr, config)"
             )
         self.num_groups = config.train.query_groups
         self.device = torch.device(device)
         self.label_map = label_map
-        if label_map.num_classes > self.detr.num_classes:  # the loss does not check each batch
+        if (
+            label_map.num_classes > self.reference_detr.num_classes
+        ):  # the loss does not check each batch
             raise ConfigError(
-                f"the model has {self.detr.num_classes} classes but the training set "
+                f"the model has {self.reference_detr.num_classes} classes but the training set "
                 f"{label_map.num_classes} categories; set model.num_classes (or leave it null)"
             )
         self.criterion = build_criterion(config.matcher, config.loss, self.num_classes)
@@ -222,27 +138,28 @@ class Engine:
             "scaler": self.scaler.state_dict(),
             "train_state": vars(self.state).copy(),
         }
-        if isinstance(self.module, TrainingDETR):  # training-only weights, not the model's
-            extra = self.module.state_dict()
+        if isinstance(self.trained_module, TrainingDETR):  # training-only weights, not the model's
+            extra = self.trained_module.state_dict()
             state["training_parts"] = {k: v for k, v in extra.items() if not k.startswith("detr.")}
         return state
 
     def load_checkpoint(self, checkpoint: dict) -> None:
         """Model weights and training state from a detr-ray checkpoint."""
-        self.detr.load_state_dict(checkpoint["model"])
+        self.reference_detr.load_state_dict(checkpoint["model"])
         parts = checkpoint.get("training_parts")
-        if isinstance(self.module, TrainingDETR) and parts:
+        if isinstance(self.trained_module, TrainingDETR) and parts:
             # The parts this run still has, of the same shapes (the accelerator's
             # settings may have changed between runs: the others start afresh).
-            own = self.module.state_dict()
+            own = self.trained_module.state_dict()
             kept = {k: v for k, v in parts.items() if k in own and own[k].shape == v.shape}
-            self.module.load_state_dict({**own, **kept})
+            self.trained_module.load_state_dict({**own, **kept})
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base  # the schedule is recomputed from the state below
         if checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
-        self.state = _train_state(checkpoint["train_state"], self.config, self.world_size)
+        full_batch = self.world_size * self.config.train.batch_size
+        self.state = TrainState.from_checkpoint(checkpoint["train_state"], full_batch)
         self._unsettled = []
 
     @property
@@ -268,13 +185,11 @@ class Engine:
         self,
         on_log: Callable[[StepLog], None] = lambda _: None,
         on_mid_epoch_report: Callable[[], None] = lambda: None,
-        should_fail: Callable[[int], None] = lambda _: None,
-        on_step: Callable[[list[int]], None] = lambda _: None,
     ) -> None:
         """Train until the end of the current epoch (resuming mid-epoch if needed).
 
-        ``on_step`` gets the dataset indices this worker trained on in each step
-        (the ``debug.record_images`` hook).
+        ``on_log`` gets every logged step (combined over workers: a collective);
+        ``on_mid_epoch_report`` is called every ``train.report_every`` steps.
         """
         config, state = self.config, self.state
         epoch = state.epoch
@@ -292,14 +207,18 @@ class Engine:
                 epoch_seed(config.train.seed, epoch, self.rank)
             ),
         )
-        self.model.train()
-        window = _Window()
+        self.distributed_model.train()
+        window = StepWindow()
+        hooks = self.hooks
         for indices, step_images, batch in zip(batches, plan.sizes, loader):
-            should_fail(state.global_step + 1)  # the 1-based number of the step to come
+            if hooks:
+                hooks.before_step(state.global_step + 1)  # the 1-based number of the step to come
             window.images += 0 if batch is None else len(batch)
             self._set_lr()
             result = self.train_step(batch)
-            on_step(indices)
+            if hooks:
+                ids = [self.train_set.records[i].image_id for i in indices]  # type: ignore[attr-defined]
+                hooks.after_step(ids, state.epoch, state.global_step + 1, self.world_size)
             state.global_step += 1
             state.step_in_epoch += 1
             state.epoch_images_seen += step_images
@@ -309,8 +228,8 @@ class Engine:
             # than log_every still has its per-layer loss history.
             if state.global_step % config.train.log_every == 0 or last_of_epoch:
                 self.settle_skips()
-                on_log(self._step_log(result, window))
-                window = _Window()
+                on_log(self.step_log(result, window))
+                window = StepWindow()
             if config.train.report_every and state.global_step % config.train.report_every == 0:
                 if not last_of_epoch:
                     self.settle_skips()
@@ -346,10 +265,10 @@ class Engine:
         batch = batch.to(self.device, non_blocking=True)
         images, padding_mask = batch.inputs()
         images = images.contiguous(memory_format=self.memory_format)
-        with self._autocast():
-            cls_scores, bbox_preds, *dense = self.model(images, padding_mask)
-        if step_number in config.debug.nan_at_steps and self.rank == 0:
-            cls_scores = cls_scores * float("nan")  # fault injection for tests
+        with self.autocast():
+            cls_scores, bbox_preds, *dense = self.distributed_model(images, padding_mask)
+        if self.hooks:
+            cls_scores = self.hooks.outputs(step_number, cls_scores)
         finite = torch.isfinite(cls_scores).all() & torch.isfinite(bbox_preds).all()
         # (this worker's outputs are bad, any worker's are) agreed before the
         # criterion's all-reduce and DDP's, read with the costs
@@ -371,7 +290,7 @@ class Engine:
             )
         matching = matcher.solve(cost_host, flat, self.device)
         weighted = self.criterion.layer_losses(cls_scores, bbox_preds, flat, matching)
-        losses, objective = grouped_losses(weighted, self.num_groups)
+        losses, objective = name_losses(weighted, self.num_groups)
         if dense:  # the dense auxiliary head's one-to-many losses
             dense_cls, dense_boxes, centers, valid = dense
             terms = dense_losses(self.criterion, dense_cls, dense_boxes, centers, valid, flat)
@@ -382,7 +301,7 @@ class Engine:
         self.scaler.scale(objective).backward()
         self.scaler.unscale_(self.optimizer)
         max_norm = config.optim.grad_clip if config.optim.grad_clip else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trained_module.parameters(), max_norm)
         # Gradients are all-reduced, so every worker sees the same norm.
         grad_bad = None
         if not self.scaler.is_enabled():  # (fp16's scaler skips non-finite steps itself)
@@ -402,7 +321,9 @@ class Engine:
     @property
     def module_groups(self) -> int:
         """The query groups the trained module has (1: the reference DETR alone)."""
-        return self.module.num_groups if isinstance(self.module, TrainingDETR) else 1
+        return (
+            self.trained_module.num_groups if isinstance(self.trained_module, TrainingDETR) else 1
+        )
 
     @property
     def skips_on_device(self) -> bool:
@@ -449,16 +370,17 @@ class Engine:
                 "check the data, or resume from the last checkpoint."
             )
 
-    def _autocast(self):
+    def autocast(self):
         if self.config.train.amp == "off":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.config.train.amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _step_log(self, result: StepResult, window: _Window) -> StepLog:
-        """Combine the step's numbers over workers (one all-gather; every rank calls it)."""
+    def step_log(self, result: StepResult, window: StepWindow) -> StepLog:
+        """The logged numbers of step ``result``, combined over workers (one
+        all-gather: a collective, every rank calls it)."""
         num_layers = self.num_decoder_layers
-        names = group_loss_names(num_layers, self.num_groups)
+        names = loss_keys(num_layers, self.num_groups)
         if self.config.train.dense_aux_weight > 0:
             names = names + list(DENSE_TERMS)
         row = worker_row(result, names, num_layers, window.images)
@@ -489,54 +411,29 @@ class Engine:
 
     @property
     def num_classes(self) -> int:
-        return self.detr.num_classes
+        return self.reference_detr.num_classes
 
     @property
     def num_decoder_layers(self) -> int:
         return self.config.model.num_decoder_layers
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def evaluate(self) -> GatheredResults | None:
-        """Detections of this worker's shard of the validation set, gathered to
-        rank 0 as COCO results with the ids of the images run (``None`` on other
-        ranks). A collective: every rank calls it."""
-        sampler: DistributedSampler = DistributedSampler(
-            self.val_set, self.world_size, self.rank, shuffle=False
-        )
-        loader = DataLoader(
+        """The reference DETR's detections of the validation set, gathered to
+        rank 0 (``None`` on other ranks). A collective: every rank calls it."""
+        return detect_on_workers(
+            self.reference_detr,
             self.val_set,
+            self.label_map,
             batch_size=self.config.train.batch_size,
-            sampler=sampler,
             num_workers=self.config.data.num_workers,
-            collate_fn=self.collate,
+            collate=self.collate,
+            autocast=self.autocast,
         )
-        self.detr.eval()
-        local = []
-        for batch in loader:
-            if batch is None:
-                continue
-            with self._autocast():
-                detections = detect_batch(self.detr, batch)
-            for det in detections:
-                local.append((det["image_id"], to_coco_results([det], self.label_map)))
-        self.detr.train()
-        return gather_image_results(local)
 
 
-def _train_state(saved: dict, config: ExperimentConfig, world_size: int) -> TrainState:
-    """A checkpoint's ``train_state``. Checkpoints written before positions were
-    kept in images are read as if written at this world size."""
-    saved = dict(saved)
-    full_batch = world_size * config.train.batch_size
-    saved.setdefault("epoch_images_seen", saved.get("step_in_epoch", 0) * full_batch)
-    saved.setdefault("images_seen", saved.get("global_step", 0) * full_batch)
-    known = TrainState.__dataclass_fields__
-    return TrainState(**{k: v for k, v in saved.items() if k in known})
-
-
-class _Window:
-    """Images and time since the last logged step."""
+class StepWindow:
+    """Images and time since the last logged step (what a logged step's images/s is over)."""
 
     def __init__(self):
         self.images = 0

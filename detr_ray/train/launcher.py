@@ -19,27 +19,30 @@ import socket
 import threading
 
 from detr_ray import storage
-from detr_ray.cluster.address import check_cluster_address
+from detr_ray.checkpoint import checkpoint_folders
+from detr_ray.cluster.address import check_cluster_address, is_local
+from detr_ray.cluster.resources import check_cluster_gpus
+from detr_ray.cluster.session import RAY_ENV_DEFAULTS, init_ray, set_ray_env_defaults
 from detr_ray.config import ExperimentConfig
 from detr_ray.errors import TrainingStopped, error_kind
 from detr_ray.storage import StorageOptions
-from detr_ray.tracking.store import tracking_uri
+from detr_ray.tracking.names import ENDED_TAG, ERROR_TAG, MAX_TAG_LENGTH, VAL_AP
+from detr_ray.tracking.store import tracking_uri_of
 from detr_ray.train.fatal import clear_fatal_error, read_fatal_error
-from detr_ray.train.prepare import PreparedRun, check_cluster_gpus, prepare_run
+from detr_ray.train.hooks import FaultHooks
+from detr_ray.train.outcome import RunOutcome
+from detr_ray.train.prepare import PreparedRun, prepare_run
 
 log = logging.getLogger(__name__)
 
-# Quiet, single-copy worker output; no usage reporting. Users may override.
-RAY_ENV_DEFAULTS = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-}
 
+def run_training(
+    config: ExperimentConfig, address: str | None = None, hooks: FaultHooks | None = None
+) -> RunOutcome:
+    """Check, then train to the end (or resume and finish); returns how it ended.
 
-def run_training(config: ExperimentConfig, address: str | None = None) -> dict:
-    """Check, then train to the end (or resume and finish); returns rank 0's summary.
+    ``hooks`` (tests only) inject faults or record steps; without it they come
+    from :data:`~detr_ray.train.hooks.HOOKS_ENV`, if set.
 
     Raises:
         DetrRayError: a check failed (nothing was started or written), or a
@@ -48,13 +51,16 @@ def run_training(config: ExperimentConfig, address: str | None = None) -> dict:
             kept failing beyond ``run.max_failures``; checkpoints are kept.
     """
     check_cluster_address(address)  # before any slow work: an unreachable one fails now
-    prepared = prepare_run(config, local_cluster=address in (None, "auto", "local"))
-    return launch(prepared, address=address)
+    prepared = prepare_run(config, local_cluster=is_local(address))
+    return launch(prepared, address=address, hooks=hooks)
 
 
 def launch(
-    prepared: PreparedRun, address: str | None = None, callbacks: list | None = None
-) -> dict:
+    prepared: PreparedRun,
+    address: str | None = None,
+    callbacks: list | None = None,
+    hooks: FaultHooks | None = None,
+) -> RunOutcome:
     """Run a :class:`PreparedRun` on Ray Train (a sweep's trial starts here:
     its driver checked the config once for every trial).
 
@@ -62,14 +68,14 @@ def launch(
     ``TuneReportCallback`` to forward every report to its trial).
     """
     config, label_map = prepared.config, prepared.label_map
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    hooks = hooks or FaultHooks.from_env()
+    set_ray_env_defaults()
 
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from detr_ray.train.worker import SCORE_METRIC, train_loop_per_worker
+    from detr_ray.train.worker import train_loop_per_worker
 
     init_ray(address)
     scaling = config.scaling
@@ -86,6 +92,7 @@ def launch(
             "label_map": label_map.to_dict(),
             "run_dir": run_dir,
             "driver": driver_id(),
+            "hooks": hooks.to_dict() if hooks else None,  # tests only: not the experiment's
         },
         scaling_config=ray.train.ScalingConfig(
             # (min, max): Train V2's elastic policy restarts at the size that fits
@@ -104,7 +111,7 @@ def launch(
             failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=config.run.keep_checkpoints,
-                checkpoint_score_attribute=SCORE_METRIC,
+                checkpoint_score_attribute=VAL_AP,
                 checkpoint_score_order="max",
             ),
             worker_runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENV_DEFAULTS}},
@@ -123,13 +130,13 @@ def launch(
         f"classes; checkpoints in {storage.without_query(run_dir)}",
         flush=True,
     )
-    uri = tracking_uri(config.tracking.uri, config.run.storage_path)
+    uri = tracking_uri_of(config)
     _close_abandoned(uri, config.tracking.experiment)
     try:
         with _sigterm_as_interrupt():
             result = trainer.fit()
     except KeyboardInterrupt:
-        ended = {"detr_ray.ended": f"driver {driver_id()} was stopped"}
+        ended = {ENDED_TAG: f"driver {driver_id()} was stopped"}
         _end_run(uri, config, run_dir, "KILLED", ended)
         raise KeyboardInterrupt(
             f"interrupted; {_kept(run_dir, options)}. Run the same command again (same "
@@ -144,18 +151,20 @@ def launch(
             f"{e}. {_kept(run_dir, options)}; fix the cause and run again to resume."
         )
         # its workers died: nobody else will say so
-        _end_run(uri, config, run_dir, "FAILED", {"detr_ray.error": str(stopped)[:5000]})
+        _end_run(uri, config, run_dir, "FAILED", {ERROR_TAG: str(stopped)[:MAX_TAG_LENGTH]})
         raise stopped from None
-    outcome = dict(result.return_value or {})
+    outcome = result.return_value
+    if not isinstance(outcome, RunOutcome):  # a loop that returned nothing: a bug
+        raise RuntimeError(f"the training loop returned {outcome!r}, not a RunOutcome")
     latest = result.checkpoint.path if result.checkpoint else None
     if latest is not None and storage.is_uri(config.run.storage_path):  # a bucket path
         latest = f"{config.run.storage_path.split('://')[0]}://{latest}"
-    outcome["latest_checkpoint"] = latest
-    outcome["run_dir"] = storage.without_query(run_dir)
-    if outcome.get("status") == "error":
-        raise error_kind(outcome.get("kind", ""))(outcome["message"])
-    if outcome.get("status") == "stopped":
-        raise TrainingStopped(f"{outcome['message']} {_kept(run_dir, options)}")
+    outcome.latest_checkpoint = latest
+    outcome.run_dir = storage.without_query(run_dir)
+    if outcome.status == "error":
+        raise error_kind(outcome.error_kind)(outcome.message)
+    if outcome.status == "stopped":
+        raise TrainingStopped(f"{outcome.message} {_kept(run_dir, options)}")
     return outcome
 
 
@@ -166,7 +175,7 @@ def driver_id() -> str:
 
 def _close_abandoned(uri: str, experiment: str) -> None:
     """Runs left RUNNING by drivers of this host that died (SIGKILL, power): KILLED."""
-    from detr_ray.tracking.runs import close_abandoned_runs
+    from detr_ray.tracking.lifecycle import close_abandoned_runs
 
     try:
         closed = close_abandoned_runs(uri, experiment, socket.gethostname())
@@ -183,7 +192,7 @@ def _end_run(
     """End the run's MLflow run as the driver ends, if it is still RUNNING (a
     stop that comes after the run FINISHED changes nothing); a store that fails
     is only warned about (the error that ends the driver is the one to show)."""
-    from detr_ray.tracking.runs import end_run
+    from detr_ray.tracking.lifecycle import end_run
 
     try:
         run = storage.without_query(run_dir)
@@ -210,37 +219,9 @@ class _sigterm_as_interrupt:
         raise KeyboardInterrupt
 
 
-def init_ray(address: str | None) -> None:
-    """Join the Ray cluster at ``address``, or start one on this machine (``None``).
-
-    A cluster started here gets its dashboard on a free port chosen here, and
-    every Ray worker of the job learns it (``RAY_API_SERVER_ADDRESS`` in the
-    job's runtime env). Ray Train 2.60's placement-group cleaner asks the State
-    API of "the" local Ray; with a second Ray instance on the machine (another
-    run, a notebook) it finds two, gives up, and a Train run that Tune stopped
-    keeps its workers' CPUs reserved forever: the next trial never starts.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address not in (None, "auto", "local"):
-        ray.init(address=address, log_to_driver=True)
-        return
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    ray.init(
-        include_dashboard=True,
-        dashboard_port=port,
-        log_to_driver=True,
-        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
-    )
-
-
 def _kept(run_dir: str, options: StorageOptions) -> str:
     """Where the run's checkpoints are, or that there are none yet."""
-    kept = [n for n in storage.list_folder(run_dir, options) if n.startswith("epoch")]
+    kept = checkpoint_folders(storage.list_folder(run_dir, options))
     shown = storage.without_query(run_dir)
     if not kept:
         return f"no checkpoint was written (run folder {shown})"

@@ -34,7 +34,7 @@ from detr_ray.data.check import DatasetReport, check_dataset
 from detr_ray.data.labels import LabelMap
 from detr_ray.errors import CheckpointError, ConfigError, DataError
 from detr_ray.storage import DEFAULT_OPTIONS, StorageOptions, is_uri, open_location, without_query
-from detr_ray.tracking.store import check_tracking
+from detr_ray.tracking.store import check_tracking, find_tracking_uri, tracking_uri_of
 
 
 @dataclass
@@ -59,15 +59,8 @@ def prepare_run(
     """
     config = resolve_paths(config)
     check_checkpoints(config)
-    check_tracking(config.tracking.uri)
+    check_tracking(tracking_uri_of(config))
     check_storage(config.run.storage_path, config.run.storage)
-    if is_uri(config.run.storage_path) and config.tracking.uri is None:
-        raise ConfigError(
-            f"run.storage_path {without_query(config.run.storage_path)} is object storage, "
-            "where MLflow's default sqlite file cannot live: set tracking.uri to an http:// "
-            "MLflow server (its artifacts can go to the same store) or to "
-            "sqlite:////ABSOLUTE/LOCAL/PATH/mlflow.db"
-        )
     if config.scaling.use_gpu and local_cluster:
         check_local_gpus(config.scaling.num_workers)
     generate_synthetic_data_if_missing(config)
@@ -80,9 +73,9 @@ def prepare_run(
 
 def resolve_paths(config: ExperimentConfig) -> ExperimentConfig:
     """Absolute paths (``~`` is the home of the machine that runs this: inside a
-    cluster job, the head's); ``tracking.uri`` null takes MLflow's
-    ``MLFLOW_TRACKING_URI`` from the environment, if set, pinned here so that
-    workers on other nodes need not share the driver's environment."""
+    cluster job, the head's); the tracking URI resolved
+    (:func:`~detr_ray.tracking.store.resolve_tracking_uri`) and pinned here, so
+    that workers on other nodes need not share the driver's environment."""
     data = config.data
     for key in ("train_ann", "train_images", "val_ann", "val_images"):
         if is_uri(getattr(data, key)):
@@ -108,7 +101,7 @@ def resolve_paths(config: ExperimentConfig) -> ExperimentConfig:
         resume_from=_location_or_none(config.run.resume_from),
     )
     init = dataclasses.replace(config.init, init_from=_location_or_none(config.init.init_from))
-    uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    uri = find_tracking_uri(config.tracking.uri, run.storage_path)  # none: see prepare_run
     tracking = dataclasses.replace(config.tracking, uri=uri)
     return dataclasses.replace(config, data=data, run=run, init=init, tracking=tracking)
 
@@ -222,17 +215,6 @@ def check_local_gpus(num_workers: int) -> None:
             f"scaling.use_gpu (--gpu) asks for {num_workers} GPU(s), one per worker, but this "
             f"machine has {count} (and {os.cpu_count()} CPUs): drop --gpu to train on the CPU, "
             "or pass --address of a cluster with GPUs"
-        )
-
-
-def check_cluster_gpus(num_workers: int, resources: dict[str, float]) -> None:
-    """The same check against a running cluster's ``ray.cluster_resources()``."""
-    gpus = resources.get("GPU", 0.0)
-    if gpus < num_workers:
-        raise ConfigError(
-            f"scaling.use_gpu (--gpu) asks for {num_workers} GPU(s), one per worker, but the "
-            f"cluster has {gpus:g} GPU(s) and {resources.get('CPU', 0.0):g} CPU(s): add GPU "
-            "nodes, lower scaling.num_workers, or drop --gpu"
         )
 
 

@@ -20,94 +20,30 @@ interrupted trial from its last checkpoint.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
-import math
 import os
 import posixpath
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from detr_ray import storage
-from detr_ray.cluster.address import check_cluster_address
-from detr_ray.config import ExperimentConfig, ScalingConfig
-from detr_ray.data.labels import LabelMap
-from detr_ray.errors import ConfigError
-from detr_ray.storage import StorageOptions
+from detr_ray.cluster.address import check_cluster_address, is_local
+from detr_ray.cluster.resources import (
+    TRIAL_DRIVER_CPUS,
+    check_cluster_gpus,
+    fit_trial_to_cluster,
+    trials_at_once,
+)
+from detr_ray.cluster.session import init_ray, set_ray_env_defaults
+from detr_ray.config import ExperimentConfig
+from detr_ray.tracking.names import SWEEP_TAG, TRIALS_AT_ONCE_TAG
+from detr_ray.tracking.store import tracking_uri_of
+from detr_ray.train.prepare import prepare_run
+from detr_ray.tune.options import SweepOptions, check_search
+from detr_ray.tune.results import SweepOutcome, finish_sweep
+from detr_ray.tune.resume import check_resume, check_resumed_concurrency, record_concurrency
 from detr_ray.tune.space import SearchSpace
-
-if TYPE_CHECKING:
-    import pandas
-
-    from detr_ray.tracking.runs import SweepTracker
-
-SCHEDULERS = ("asha", "fifo")
-SEARCHERS = ("random", "optuna")
-# What a trial reports each epoch (see detr_ray.train.worker), named as in MLflow: -> mode.
-METRICS = {"val/AP": "max", "val/AP50": "max", "loss": "min"}
-METRIC_ALIASES = {"val_AP": "val/AP", "val_AP50": "val/AP50"}  # earlier spellings
-TRIAL_DRIVER_CPUS = 0.01  # the trial's own process only waits for its Train run
-CONCURRENCY_FILE = "detr_ray_sweep.json"  # in the sweep folder: trials at once
-
-
-@dataclass(frozen=True)
-class SweepOptions:
-    """How to search: ``detr-ray tune``'s flags."""
-
-    name: str
-    num_samples: int = 4
-    max_concurrent: int | None = None
-    scheduler: str = "asha"
-    search: str = "random"
-    metric: str = "val/AP"
-    grace_period: int = 1  # epochs every trial gets before ASHA may stop it
-    reduction_factor: float = 2.0
-    resume: bool = False
-    seed: int | None = None  # of the random search
-    register_model: str | None = None  # register the best trial's best checkpoint as this
-
-    def __post_init__(self):
-        def bad(key, value, what):
-            raise ConfigError(f"--{key.replace('_', '-')} must be {what}, got {value!r}")
-
-        if not self.name or "/" in self.name:
-            bad("name", self.name, "a non-empty name without '/'")
-        if self.num_samples < 1:
-            bad("num_samples", self.num_samples, ">= 1")
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            bad("max_concurrent", self.max_concurrent, ">= 1")
-        if self.scheduler not in SCHEDULERS:
-            bad("scheduler", self.scheduler, f"one of {SCHEDULERS}")
-        if self.search not in SEARCHERS:
-            bad("search", self.search, f"one of {SEARCHERS}")
-        if self.metric not in METRICS:
-            bad("metric", self.metric, f"one of {list(METRICS)}")
-        if self.grace_period < 1:
-            bad("grace_period", self.grace_period, ">= 1")
-        if self.reduction_factor <= 1:
-            bad("reduction_factor", self.reduction_factor, "> 1")
-        if self.register_model is not None and not self.register_model.strip():
-            bad("register_model", self.register_model, "a model name")
-
-    @property
-    def mode(self) -> str:
-        return METRICS[self.metric]
-
-
-@dataclass
-class SweepOutcome:
-    sweep_dir: str  # a local folder or an object-store URI
-    interrupted: bool
-    rows: list[dict]  # one per trial, as in results.csv
-    best: dict | None  # the best row
-    best_config_path: str | None
-    parent_run_id: str
-    tracking_uri: str
-    concurrency: str = ""  # how many trials ran at once, and why
+from detr_ray.tune.trial import run_trial, trial_folder
 
 
 def run_sweep(
@@ -121,20 +57,16 @@ def run_sweep(
     then is the MLflow parent run created and the first trial started.
     """
     from detr_ray.tracking.runs import SweepTracker
-    from detr_ray.tracking.store import tracking_uri
-    from detr_ray.train.launcher import RAY_ENV_DEFAULTS, init_ray
-    from detr_ray.train.prepare import check_cluster_gpus, prepare_run
 
     check_cluster_address(address)  # before any slow work: an unreachable one fails now
     check_search(options, space)
-    prepared = prepare_run(base, local_cluster=address in (None, "auto", "local"))
+    prepared = prepare_run(base, local_cluster=is_local(address))
     base = prepared.config
     options_storage = base.run.storage
     sweep_dir = storage.join(base.run.storage_path, "sweeps", options.name)
-    _check_resume(sweep_dir, options.resume, options_storage)
+    check_resume(sweep_dir, options.resume, options_storage)
 
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    set_ray_env_defaults()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's trial table (CLIReporter)
     import ray
     from ray import tune
@@ -146,9 +78,9 @@ def run_sweep(
         check_cluster_gpus(base.scaling.num_workers, resources)
     base = fit_trial_to_cluster(base, resources.get("CPU", 0.0))
     at_once, why = trials_at_once(base.scaling, resources, options.max_concurrent)
-    _check_resumed_concurrency(sweep_dir, options.resume, at_once, options_storage)
+    check_resumed_concurrency(sweep_dir, options.resume, at_once, options_storage)
 
-    uri = tracking_uri(base.tracking.uri, base.run.storage_path)
+    uri = tracking_uri_of(base)
     parent = SweepTracker(
         uri,
         base.tracking.experiment,
@@ -162,12 +94,12 @@ def run_sweep(
             Path(space.source).read_text() if Path(space.source).is_file() else repr(space),
             "search_space.yaml",
         )
-        parent.set_tags({"detr_ray.sweep": options.name})
-    parent.set_tags({"detr_ray.trials_at_once": str(at_once)})
+        parent.set_tags({SWEEP_TAG: options.name})
+    parent.set_tags({TRIALS_AT_ONCE_TAG: str(at_once)})
 
     trainable = tune.with_resources(
         tune.with_parameters(
-            _trial,
+            run_trial,
             base=base.to_dict(),
             label_map=prepared.label_map.to_dict(),
             space=space,
@@ -207,7 +139,7 @@ def run_sweep(
                 max_concurrent_trials=None if seeded else at_once,
                 scheduler=_scheduler(options, base.train.epochs),
                 search_alg=searcher,
-                trial_dirname_creator=_trial_folder,  # the trial's id, as in results.csv
+                trial_dirname_creator=trial_folder,  # the trial's id, as in results.csv
             ),
             run_config=tune.RunConfig(
                 name=options.name,
@@ -217,132 +149,13 @@ def run_sweep(
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
-        record = json.dumps({"trials_at_once": at_once}).encode()
-        storage.write_bytes(storage.join(sweep_dir, CONCURRENCY_FILE), record, options_storage)
+        record_concurrency(sweep_dir, at_once, options_storage)
     try:
         grid = tuner.fit()
     except BaseException:
         parent.finish("FAILED")
         raise
-    return _finish(grid, base, space, options, sweep_dir, parent, why)
-
-
-def fit_trial_to_cluster(base: ExperimentConfig, cluster_cpus: float) -> ExperimentConfig:
-    """Shrink ``scaling.cpus_per_worker`` so that one trial (its workers plus
-    its own driver's share) fits the cluster, e.g. 2 workers x 1 CPU on a
-    2-CPU laptop; an unchanged config would wait for resources forever."""
-    scaling = base.scaling
-    if base.scaling.use_gpu:
-        return base
-    need = scaling.num_workers * scaling.cpus_per_worker + TRIAL_DRIVER_CPUS
-    if need <= cluster_cpus:
-        return base
-    fitted = math.floor((cluster_cpus - TRIAL_DRIVER_CPUS) / scaling.num_workers * 100) / 100
-    if fitted <= 0:
-        raise ConfigError(
-            f"a trial needs scaling.num_workers={scaling.num_workers} workers but the cluster "
-            f"has {cluster_cpus:g} CPUs: lower scaling.num_workers"
-        )
-    print(
-        f"[detr-ray] a trial asks for {need:g} CPUs, the cluster has {cluster_cpus:g}: "
-        f"scaling.cpus_per_worker {scaling.cpus_per_worker:g} -> {fitted:g}"
-    )
-    return dataclasses.replace(base, scaling=dataclasses.replace(scaling, cpus_per_worker=fitted))
-
-
-def trials_at_once(
-    scaling: ScalingConfig, resources: Mapping[str, float], requested: int | None
-) -> tuple[int, str]:
-    """How many trials can run at once on a cluster with ``resources`` (Ray's
-    ``cluster_resources()``), and why, in a sentence.
-
-    Tune does not reserve the worker groups its trials start: a trial admitted
-    on its own small share starts a Train run whose workers may never find
-    room, and the sweep deadlocks. So a trial counts whole: its workers'
-    CPUs (and GPUs) plus its own share. ``requested`` (``--max-concurrent``)
-    can lower the number, never raise it past what fits.
-
-    Raises:
-        ConfigError: not even one trial fits.
-    """
-    workers = scaling.num_workers
-    cpus = resources.get("CPU", 0.0)
-    gpus = resources.get("GPU", 0.0)
-    cpu_need = workers * scaling.cpus_per_worker + TRIAL_DRIVER_CPUS
-    fits = math.floor(cpus / cpu_need + 1e-9)
-    per_worker = scaling.cpus_per_worker
-    need = f"{cpu_need:g} CPUs ({workers} workers x {per_worker:g} + {TRIAL_DRIVER_CPUS:g})"
-    have = f"{cpus:g} CPUs"
-    if scaling.use_gpu:
-        fits = min(fits, math.floor(gpus / workers + 1e-9))
-        need += f" and {workers} GPUs"
-        have += f" and {gpus:g} GPUs"
-    if fits < 1:
-        raise ConfigError(
-            f"one trial needs {need} but the cluster has {have}: lower scaling.num_workers "
-            "or scaling.cpus_per_worker, or add nodes"
-        )
-    at_once = min(fits, requested) if requested else fits
-    why = f"{at_once} trial(s) at once: each needs {need}, the cluster has {have}"
-    if requested and requested > fits:
-        why += (
-            f"; --max-concurrent {requested} lowered to {fits}: more trials would start worker "
-            "groups that can never all be placed"
-        )
-    elif requested:
-        why += f" (--max-concurrent {requested})"
-    return at_once, why
-
-
-def check_search(options: SweepOptions, space: SearchSpace) -> None:
-    """The search algorithm can sample this space and its package is installed."""
-    if options.search != "optuna":
-        return
-    if any(p.kind == "grid" for p in space.params):
-        raise ConfigError(
-            f"{space.source}: --search optuna cannot sample 'grid' entries; "
-            "use 'choice' or --search random"
-        )
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "--search optuna needs Optuna, which is not installed: pip install -e '.[optuna]' "
-            "(or pip install optuna), or use --search random"
-        ) from None
-
-
-# ---------------------------------------------------------------------- the trial
-def _trial(
-    params: dict,
-    base: dict,
-    label_map: dict,
-    space: SearchSpace,
-    train_dir: str,
-    tracking_uri: str,
-    parent_run_id: str,
-) -> None:
-    """One trial: the sampled config trained by Ray Train, reported to Tune."""
-    import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from detr_ray.train.launcher import launch
-    from detr_ray.train.prepare import PreparedRun
-
-    config = space.apply(base, {key: params[key] for key in space.keys})
-    trial_id = ray.tune.get_context().get_trial_id()
-    config = dataclasses.replace(
-        config,
-        run=dataclasses.replace(config.run, name=trial_id, storage_path=train_dir),
-        # Only the sweep's best trial is registered (tune --register-model), by the driver.
-        tracking=dataclasses.replace(
-            config.tracking, uri=tracking_uri, parent_run_id=parent_run_id, register_model=None
-        ),
-        # ASHA compares trials at every epoch: evaluate every epoch, report once.
-        train=dataclasses.replace(config.train, eval_every=1, report_every=None),
-    )
-    # The sweep's driver checked the base config and its data once, for every trial.
-    launch(PreparedRun(config, LabelMap.from_dict(label_map)), callbacks=[TuneReportCallback()])
+    return finish_sweep(grid, base, space, options, sweep_dir, parent, why)
 
 
 def to_tune_space(space: SearchSpace) -> dict:
@@ -403,179 +216,9 @@ def _reporter(space: SearchSpace, options: SweepOptions) -> Any:  # ray.tune.CLI
     )
 
 
-def _trial_folder(trial: Any) -> str:
-    return str(trial.trial_id)
-
-
-def _check_resumed_concurrency(
-    sweep_dir: str, resume: bool, at_once: int, options: StorageOptions
-) -> None:
-    """A resumed sweep keeps the number of trials at once it was started with
-    (Tune restores it): refuse to resume it on a cluster that holds fewer."""
-    record = storage.join(sweep_dir, CONCURRENCY_FILE)
-    if not resume or storage.kind(record, options) != "file":
-        return
-    started_with = int(json.loads(storage.read_bytes(record, options))["trials_at_once"])
-    if started_with > at_once:
-        raise ConfigError(
-            f"the sweep in {storage.without_query(sweep_dir)} was started running "
-            f"{started_with} trials at once and Tune resumes it so; this cluster holds "
-            f"{at_once}: resume it on a cluster as large as the first, or start a new sweep "
-            "(another --name)"
-        )
-
-
-def _check_resume(sweep_dir: str, resume: bool, options: StorageOptions) -> None:
-    state_exists = storage.kind(storage.join(sweep_dir, "tuner.pkl"), options) == "file"
-    shown = storage.without_query(sweep_dir)
-    if resume and not state_exists:
-        raise ConfigError(f"--resume: no sweep to resume in {shown}; drop --resume to start")
-    if not resume and storage.kind(sweep_dir, options) != "missing":
-        raise ConfigError(
-            f"a sweep already exists in {shown}: add --resume to continue it, or pick "
-            "another --name"
-        )
-
-
 def _sweep_params(space: SearchSpace, options: SweepOptions) -> dict:
     params = {f"sweep.{k}": v for k, v in dataclasses.asdict(options).items() if k != "resume"}
     params["sweep.space"] = space.source
     params["sweep.loss_weights"] = space.loss_weights
     params |= {f"space.{p.key}": p.describe() for p in space.params}
     return params
-
-
-# ---------------------------------------------------------------------- the end
-def _finish(
-    grid: Any,  # ray.tune.ResultGrid
-    base: ExperimentConfig,
-    space: SearchSpace,
-    options: SweepOptions,
-    sweep_dir: str,
-    parent: SweepTracker,
-    concurrency: str,
-) -> SweepOutcome:
-    """Results table, best config, plots; early-stopped children marked KILLED."""
-    children = parent.child_runs()  # trial id (the child's run name) -> (run id, status)
-    rows: list[dict[str, Any]] = []
-    interrupted = False
-    # Tune's public record of the sweep: one Result per trial (its folder is
-    # named by its trial id), with its sampled config, last result, error and
-    # metric history.
-    for result in grid:
-        metrics = result.metrics or {}
-        trial_id = posixpath.basename(str(result.path).rstrip("/"))
-        epochs = int(metrics.get("epoch", 0) or 0)
-        done = bool(metrics.get("done"))
-        status = _status(result.error is not None, done, epochs, base.train.epochs)
-        interrupted |= status == "unfinished"
-        run_id, run_status = children.get(trial_id, (None, None))
-        # Tune stops a trial right after the report that ends it (ASHA at max_t
-        # too), often before its Train run closes its MLflow run: close it here.
-        if run_id is not None and run_status == "RUNNING" and status == "stopped early":
-            parent.end_child(run_id, "KILLED", {"detr_ray.stopped_early": "true"})
-        elif run_id is not None and run_status == "RUNNING" and status == "finished":
-            parent.end_child(run_id, "FINISHED", {})
-        sampled = {key: (result.config or {}).get(key) for key in space.keys}
-        rows.append(
-            {
-                "trial": trial_id,
-                "status": status,
-                "epochs": epochs,
-                **sampled,
-                options.metric: _best_value(result.metrics_dataframe, options),
-                "last_loss": metrics.get("loss"),
-                "mlflow_run_id": run_id,
-                "train_dir": storage.without_query(storage.join(sweep_dir, "train", trial_id)),
-            }
-        )
-    ranked = [r for r in rows if r[options.metric] is not None]
-    sign = 1 if options.mode == "max" else -1
-    best = max(ranked, key=lambda r: sign * r[options.metric]) if ranked else None
-    best_config_path = None
-    table = _csv(rows)
-    storage.write_bytes(storage.join(sweep_dir, "results.csv"), table.encode(), base.run.storage)
-    parent.log_text(table, "results.csv")
-    if best is not None:
-        best_config = _best_config(base, space, best, options)
-        best_config_path = storage.join(sweep_dir, "best_config.yaml")
-        storage.write_bytes(best_config_path, best_config.to_yaml().encode(), base.run.storage)
-        parent.log_text(best_config.to_yaml(), "best_config.yaml")
-        best["checkpoint"] = parent.child_tag(best["mlflow_run_id"], "best_checkpoint")
-        parent.set_tags(
-            {
-                "best_trial": str(best["trial"]),
-                f"best_{options.metric}": f"{best[options.metric]:.4f}",
-            }
-        )
-        if options.register_model and best["checkpoint"]:
-            best["registered_model"] = _register_best(parent, best, options.register_model, base)
-    parent.log_sweep_plot(rows, space.keys, options.metric)
-    parent.finish("KILLED" if interrupted else "FINISHED")
-    return SweepOutcome(
-        sweep_dir=sweep_dir,
-        interrupted=interrupted,
-        rows=rows,
-        best=best,
-        best_config_path=best_config_path,
-        parent_run_id=parent.run_id,
-        tracking_uri=parent.uri,
-        concurrency=concurrency,
-    )
-
-
-def _register_best(parent: SweepTracker, best: dict, name: str, base: ExperimentConfig) -> str:
-    """The best trial's best checkpoint as a new version of ``name`` (in the trial's run)."""
-    from detr_ray.tracking.registry import register_checkpoint
-
-    val_ap = float(parent.child_tag(best["mlflow_run_id"], "best_val_AP") or "-1")
-    version = register_checkpoint(
-        parent.uri, best["mlflow_run_id"], best["checkpoint"], name, val_ap, base.run.storage
-    )
-    model = f"models:/{name}/{version}"
-    parent.set_tags({"detr_ray.registered_model": model})
-    return model
-
-
-def _status(errored: bool, done: bool, epochs_done: int, epochs: int) -> str:
-    """A trial's outcome. Tune marks ``done`` the last result of a trial that
-    returned or that its scheduler stopped; a sweep interrupted by Ctrl-C
-    leaves its running trials without it (and pending ones without results)."""
-    if errored:
-        return "error"
-    if not done:
-        return "unfinished"
-    return "finished" if epochs_done >= epochs else "stopped early"
-
-
-def _best_value(history: pandas.DataFrame | None, options: SweepOptions) -> float | None:
-    if history is None or options.metric not in history:
-        return None
-    values = [
-        v for v in history[options.metric].tolist() if v is not None and math.isfinite(v) and v >= 0
-    ]
-    if not values:
-        return None
-    return max(values) if options.mode == "max" else min(values)
-
-
-def _best_config(
-    base: ExperimentConfig, space: SearchSpace, best: dict, options: SweepOptions
-) -> ExperimentConfig:
-    """The best trial's config as a normal run of its own."""
-    config = space.apply(base.to_dict(), {key: best[key] for key in space.keys})
-    return dataclasses.replace(
-        config, run=dataclasses.replace(config.run, name=f"{options.name}-best")
-    )
-
-
-def _csv(rows: list[dict]) -> str:
-    out = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return out.getvalue()
-
-
-__all__ = ["METRICS", "SweepOptions", "SweepOutcome", "run_sweep", "to_tune_space"]

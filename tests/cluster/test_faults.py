@@ -1,0 +1,228 @@
+"""A Ray cluster of three nodes on this machine (a head without CPUs and two
+1-CPU worker nodes, one ``ray.cluster_utils.Cluster`` for the module): a run
+across nodes, and real faults.
+
+- two workers on two nodes: nothing assumes a single node (one storage path,
+  one MLflow run that says where its workers ran);
+- a node SIGKILLed in the middle of an elastic run's epoch: the run goes on
+  with one worker, then grows back to two when a node returns; every image of
+  every epoch goes into the model exactly once;
+- in a fixed-size run, a training worker SIGKILLed: restarted from the latest
+  checkpoint within ``run.max_failures``, the run FAILED past it; then the
+  driver SIGKILLed: the same command resumes the same MLflow run and marks the
+  dead driver's run KILLED as it starts (a stopped job's run ending KILLED is
+  tested in ``tests/cluster/test_jobs.py``).
+
+In every case MLflow holds one run whose loss history has no repeated step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from detr_ray.train.hooks import FaultHooks
+
+from tests.support.experiments import tiny_experiment
+from tests.support.fault_cluster import (
+    Driver,
+    attempts,
+    cluster_on_this_machine,
+    records,
+    trained_images_by_epoch,
+    wait_until,
+    write_config,
+)
+
+NUM_TRAIN = 24  # images: 6 steps an epoch with 2 workers x batch 2, 12 with one
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with cluster_on_this_machine(worker_nodes=2) as (cluster, nodes):
+        yield cluster, nodes
+
+
+@pytest.fixture(scope="module")
+def shapes(make_shapes):
+    return make_shapes(num_train=NUM_TRAIN, num_val=2, size=64, seed=3)
+
+
+def fault_config(shapes, tmp_path: Path, name: str, **sections) -> Path:
+    """A tiny run (a checkpoint every 2 steps); its driver's workers record
+    what they train on (:func:`recording`)."""
+    raw = tiny_experiment(shapes, tmp_path / "runs", name)
+    raw["train"].update(report_every=2, eval_every=10, log_every=1)
+    raw["tracking"].update(log_images=0, system_metrics_every=0)
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return write_config(raw, tmp_path / f"{name}.yaml")
+
+
+def recording(tmp_path: Path) -> FaultHooks:
+    """Every worker records each step into ``tmp_path/records``, slowed to about
+    0.3 s a step, so a test can act in the middle of an epoch."""
+    return FaultHooks(record_images=str(tmp_path / "records"), step_delay_s=0.3)
+
+
+def one_mlflow_run(tmp_path: Path, name: str):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("detr-ray")
+    runs = [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("detr_ray.run_dir", "").endswith(f"/{name}")
+    ]
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return client, runs[0]
+
+
+def assert_each_image_once_per_epoch(rows: list[dict], epochs: int, shapes) -> None:
+    import json
+
+    ids = sorted(im["id"] for im in json.loads(Path(shapes.train_ann).read_text())["images"])
+    by_epoch = trained_images_by_epoch(rows)
+    assert sorted(by_epoch) == list(range(epochs))
+    for epoch, images in by_epoch.items():
+        assert sorted(images) == ids, f"epoch {epoch}"
+
+
+def assert_no_repeated_steps(client, run, last_step: int) -> None:
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert sorted(steps) == list(range(1, last_step + 1))
+
+
+def test_two_workers_on_two_nodes_share_one_run(cluster, shapes, tmp_path):
+    # Each node has 1 CPU and each worker asks for 1: the workers cannot share a node.
+    ray_cluster, nodes = cluster
+    config = fault_config(
+        shapes, tmp_path, "two_nodes", train={"max_steps_per_epoch": 2, "eval_every": 1}
+    )
+    driver = Driver(config, ray_cluster.address, tmp_path / "driver.log")
+    assert driver.wait(300) == 0, driver.output()[-4000:]
+    assert "[detr-ray] 2 worker(s) on 2 node(s)" in driver.output()
+    # One checkpoint in the one storage path, written by the two-node run.
+    run_dir = tmp_path / "runs" / "two_nodes"
+    assert f"latest checkpoint: {run_dir / 'epoch0001_step0000002'}" in driver.output()
+    assert (run_dir / "epoch0001_step0000002" / "checkpoint.pt").is_file()
+    client, run = one_mlflow_run(tmp_path, "two_nodes")
+    worker_nodes = run.data.tags["detr_ray.worker_nodes"].split(",")
+    assert len(worker_nodes) == 2 and set(worker_nodes) == {n.node_id for n in nodes}
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "d0.loss_cls")] == [1, 2]
+    assert run.info.status == "FINISHED"
+
+
+def test_elastic_run_survives_a_lost_node_and_grows_back(cluster, shapes, tmp_path):
+    ray_cluster, nodes = cluster
+    config = fault_config(
+        shapes,
+        tmp_path,
+        "elastic",
+        # long enough with one worker (~30 s) to outlast Ray's view of the
+        # cluster catching up with the returning node (refreshed every 20 s)
+        train={"epochs": 5},
+        scaling={"resize_interval_s": 1.0},
+        run={"max_failures": 3},
+    )
+    folder = tmp_path / "records"
+    driver = Driver(
+        config,
+        ray_cluster.address,
+        tmp_path / "driver.log",
+        "--num-workers",
+        "1:2",
+        hooks=recording(tmp_path),
+    )
+
+    def at(world: int, after_step: int = 0):
+        def found() -> list[dict]:
+            return [r for r in records(folder) if r["world"] == world and r["step"] > after_step]
+
+        return found
+
+    wait_until(lambda: [r for r in at(2)() if r["step"] >= 3], 120, "step 3 with 2 workers", driver)
+    lost = nodes.pop()  # the node of one worker (the head has no CPU for either)
+    ray_cluster.remove_node(lost, allow_graceful=False)  # SIGKILL of its processes
+    shrunk = wait_until(at(1), 120, "a step with 1 worker", driver)
+    nodes.append(ray_cluster.add_node(num_cpus=1))  # capacity returns
+    wait_until(at(2, after_step=max(r["step"] for r in shrunk)), 120, "2 workers again", driver)
+    assert driver.wait(300) == 0, driver.output()[-4000:]
+
+    rows = records(folder)
+    worlds = [a["world"] for a in attempts(rows)]
+    assert worlds[0] == 2 and 1 in worlds and worlds[-1] == 2, worlds
+    assert_each_image_once_per_epoch(rows, 5, shapes)
+    client, run = one_mlflow_run(tmp_path, "elastic")
+    assert run.info.status == "FINISHED"
+    last_step = max(r["step"] for r in rows)
+    assert_no_repeated_steps(client, run, last_step)
+    history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "world_size")}
+    assert {1.0, 2.0} <= set(history.values())
+    batches = client.get_metric_history(run.info.run_id, "global_batch")
+    assert {m.value for m in batches} == {2.0, 4.0}
+    redone = client.get_metric_history(run.info.run_id, "restart/steps_redone")
+    assert len(redone) == len(worlds) - 1  # one count per restart
+
+
+def test_killed_workers_then_a_killed_driver_end_in_one_finished_run(cluster, shapes, tmp_path):
+    # One fixed-size run of 2 workers (6 steps an epoch, a checkpoint every 2),
+    # run by the same command three times:
+    #   A: rank 1 SIGKILLed -> restart from a checkpoint (run.max_failures=1);
+    #      rank 1 SIGKILLed again -> past max_failures: exit 1, run FAILED;
+    #   B: resumes; its driver's process group SIGKILLed -> run left RUNNING;
+    #   C: marks B's run KILLED as it starts, resumes it and finishes.
+    ray_cluster, _ = cluster
+    folder = tmp_path / "records"
+    config = fault_config(shapes, tmp_path, "fixed", train={"epochs": 3}, run={"max_failures": 1})
+
+    def driver(log: str) -> Driver:
+        return Driver(config, ray_cluster.address, tmp_path / log, hooks=recording(tmp_path))
+
+    def new_attempt_past(step: int, seen: set[str], driver: Driver, rank: int = 0) -> dict:
+        def found() -> list[dict]:
+            rows = records(folder)
+            return [
+                r
+                for r in rows
+                if r["attempt"] not in seen and r["rank"] == rank and r["step"] > step
+            ]
+
+        return wait_until(found, 120, f"rank {rank} of a new attempt past step {step}", driver)[0]
+
+    def attempt_ids() -> set[str]:
+        return {a["attempt"] for a in attempts(records(folder))}
+
+    a = driver("a.log")
+    row = new_attempt_past(2, set(), a, rank=1)
+    os.kill(row["pid"], signal.SIGKILL)  # the first failure: restarted
+    restart = new_attempt_past(0, {row["attempt"]}, a, rank=1)
+    os.kill(restart["pid"], signal.SIGKILL)  # the second: past run.max_failures=1
+    assert a.wait(120) == 1
+    assert "training failed after 1 restart(s) (run.max_failures)" in a.output()
+    assert "checkpoints are kept in" in a.output()
+    _, run = one_mlflow_run(tmp_path, "fixed")
+    assert run.info.status == "FAILED"
+    run_id = run.info.run_id
+    first_two = attempts(records(folder))
+    assert [x["world"] for x in first_two] == [2, 2] and first_two[1]["start"] in (0, 2, 4)
+
+    b = driver("b.log")
+    new_attempt_past(0, attempt_ids(), b)  # it trains again...
+    b.kill(signal.SIGKILL)  # ...and dies with its process group
+    b.wait(30)
+    _, run = one_mlflow_run(tmp_path, "fixed")
+    assert run.info.status == "RUNNING"  # nobody was left to say otherwise
+
+    c = driver("c.log")
+    assert c.wait(300) == 0, c.output()[-4000:]
+    assert "was left RUNNING by a driver that died: marked KILLED" in c.output()
+    rows = records(folder)
+    assert len(attempts(rows)) == 4 and {x["world"] for x in attempts(rows)} == {2}
+    assert_each_image_once_per_epoch(rows, 3, shapes)
+    client, run = one_mlflow_run(tmp_path, "fixed")  # one run all along
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert_no_repeated_steps(client, run, 18)

@@ -1,0 +1,341 @@
+"""Cluster jobs against a real local Ray head with token authentication on.
+
+The head is started once for the module (``ray start --head --block`` in its own
+process group, dashboard on 127.0.0.1, its own temp dir, a random token), and
+every command runs as a user would run it: ``detr-ray`` or ``ray`` in a
+subprocess, from the repository root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support.ports import free_port, free_ports
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TINY = [  # one epoch of two steps, both logged, evaluated on 8 images of a small dataset
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.max_steps_per_epoch=2",
+    "--set",
+    "train.log_every=1",
+    "--set",
+    "train.eval_every=1",
+    "--set",
+    "data.val_max_images=8",
+    "--set",
+    "data.synthetic.num_train=32",
+]
+
+
+class Head:
+    def __init__(self, root: Path, address: str, token: Path):
+        self.root, self.address, self.token = root, address, token
+
+    def env(self, **extra: str) -> dict:
+        """A user's shell: the venv on PATH, a home without a Ray token, no Ray address."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(
+                ("RAY_AUTH", "RAY_ADDRESS", "RAY_API_SERVER", "MLFLOW_TRACKING_URI")
+            )
+        }
+        env.update(
+            PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            HOME=str(self.root / "home"),
+            RAY_USAGE_STATS_ENABLED="0",
+            MLFLOW_DISABLE_TELEMETRY="true",
+        )
+        env.update(extra)
+        return env
+
+    def run(self, *args: str, timeout: float = 240, **extra_env: str):
+        return subprocess.run(
+            list(args),
+            cwd=ROOT,
+            env=self.env(**extra_env),
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+
+    def detr(self, *args: str, **kwargs):
+        """``detr-ray ARGS`` with the cluster's token file at hand (RAY_AUTH_MODE unset)."""
+        kwargs.setdefault("RAY_AUTH_TOKEN_PATH", str(self.token))
+        return self.run(str(BIN / "detr-ray"), *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def head():
+    root = Path(tempfile.mkdtemp(prefix="drh-", dir="/tmp"))  # short: Ray's socket paths
+    (root / "home").mkdir()
+    token = root / "token"
+    token.write_text(secrets.token_hex(32))
+    # Every port of the head its own, so a developer's running head does not clash.
+    dashboard, gcs, client, agent_http, agent_grpc, runtime_env, metrics = free_ports(7)
+    h = Head(root, f"http://127.0.0.1:{dashboard}", token)
+    command = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus=2",
+        f"--port={gcs}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent_http}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--metrics-export-port={metrics}",
+        f"--temp-dir={root / 'ray'}",
+    ]
+    # A throwaway head need not drain for Ray's default 30 s when the module ends.
+    env = h.env(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token),
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="3",
+    )
+    log = open(root / "head.log", "w")
+    process = subprocess.Popen(
+        command, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{h.address}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError as e:  # it answers, and wants the token
+                assert e.code == 401, e
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "the Ray head did not start:\n" + (root / "head.log").read_text()
+                    ) from None
+                time.sleep(0.5)
+        yield h
+    finally:
+        process.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _job_id(stdout: str) -> str:
+    match = re.search(r"\[detr-ray\] submitted (\S+) to ", stdout)
+    assert match, stdout
+    return match.group(1)
+
+
+def _mlflow_run(storage: Path, name: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("detr-ray")
+    runs = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'")
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return client, runs[0]
+
+
+def test_submit_follow_trains_the_shipped_spec_and_logs_to_mlflow(head, tmp_path):
+    storage = tmp_path / "runs"
+    out = head.detr(
+        "submit",
+        "jobs/train_shapes_local.yaml",
+        "--address",
+        head.address,
+        "--follow",
+        "--set",
+        f"run.storage_path={storage}",
+        "--set",
+        "run.name=submitted",
+        *TINY,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    job_id = _job_id(out.stdout)
+    # The job's own output streamed through --follow, then its final status.
+    assert "Running entrypoint for job" in out.stdout
+    assert "[detr-ray] run 'submitted': 2 worker(s)" in out.stdout
+    assert "[detr-ray] finished 1 epochs (2 steps)" in out.stdout
+    assert out.stdout.rstrip().endswith(f"[detr-ray] job {job_id} SUCCEEDED")
+
+    client, run = _mlflow_run(storage, "submitted")
+    assert run.info.status == "FINISHED"
+    for key in ("loss", "d0.loss_cls", "d0.loss_iou", "loss_bbox"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
+    assert run.data.params["run.storage_path"] == str(storage)
+    assert any((storage / "submitted").glob("epoch0001_step0000002"))
+
+    # The same job through the other commands; the address from RAY_API_SERVER_ADDRESS.
+    listed = head.detr("jobs", "list", RAY_API_SERVER_ADDRESS=head.address)
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(rf"^{job_id}\s+SUCCEEDED", listed.stdout, re.M), listed.stdout
+    status = head.detr("jobs", "status", job_id, RAY_ADDRESS=head.address)
+    assert status.stdout.startswith(f"{job_id}: SUCCEEDED"), status.stdout + status.stderr
+    logs = head.detr("jobs", "logs", job_id, "--address", head.address)
+    assert "[detr-ray] finished 1 epochs (2 steps)" in logs.stdout
+
+
+def test_rays_own_job_submit_runs_the_same_spec(head, tmp_path):
+    storage = tmp_path / "runs"
+    printed = head.detr(
+        "submit",
+        "jobs/train_shapes_local.yaml",
+        "--print-ray-command",
+        "--address",
+        head.address,
+        "--submission-id",
+        "via-ray-cli",
+        "--set",
+        f"run.storage_path={storage}",
+        "--set",
+        "run.name=ray_cli",
+        *TINY,
+    )
+    assert printed.returncode == 0, printed.stderr
+    argv = shlex.split(printed.stdout)
+    assert argv[:3] == ["ray", "job", "submit"]
+    # Ray's own CLI, as PLATFORM.md says it needs the token: mode and path in the environment.
+    out = head.run(
+        str(BIN / "ray"), *argv[1:], RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(head.token)
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    status = head.detr("jobs", "status", "via-ray-cli", "--address", head.address)
+    assert status.stdout.startswith("via-ray-cli: SUCCEEDED"), status.stdout + status.stderr
+    _, run = _mlflow_run(storage, "ray_cli")
+    assert run.info.status == "FINISHED"
+
+
+def test_a_stopped_job_ends_its_run_killed_and_the_spec_resubmitted_resumes_it(head, tmp_path):
+    storage = tmp_path / "runs"
+
+    def submit(*overrides: str):
+        return head.detr(
+            "submit",
+            "jobs/train_shapes_local.yaml",
+            "--address",
+            head.address,
+            "--submission-id",
+            "stop-me",
+            "--set",
+            f"run.storage_path={storage}",
+            "--set",
+            "run.name=stopped",
+            "--set",
+            "data.synthetic.num_train=64",
+            "--set",
+            "train.log_every=1",
+            *overrides,
+        )
+
+    # the demo on fewer images, for minutes: it must still run when stopped
+    out = submit("--set", "train.epochs=100")
+    assert out.returncode == 0, out.stderr
+    deadline = time.monotonic() + 180
+    while (
+        "epoch 2/100 step 1/"  # past epoch 1's checkpoint
+        not in head.detr("jobs", "logs", "stop-me", "--address", head.address).stdout
+    ):
+        assert time.monotonic() < deadline, "the job never trained past epoch 1"
+        time.sleep(2)
+    stop = head.detr("jobs", "stop", "stop-me", "--address", head.address)
+    assert stop.returncode == 0 and "stop requested" in stop.stdout, stop.stdout + stop.stderr
+    # --follow on a stopped job ends at once, with the exit code of "stopped".
+    follow = head.detr("jobs", "logs", "stop-me", "--follow", "--address", head.address)
+    assert follow.returncode == 3, follow.stdout[-2000:] + follow.stderr
+    status = head.detr("jobs", "status", "stop-me", "--address", head.address)
+    assert status.stdout.startswith("stop-me: STOPPED"), status.stdout
+    _, run = _mlflow_run(storage, "stopped")
+    assert run.info.status == "KILLED"  # its driver said so as it was stopped
+
+    # The same spec again (its id is taken): it runs as stop-me-2 and resumes the
+    # run, here to a shorter end that its checkpoints have already passed.
+    again = submit("--set", "train.epochs=1", "--set", "tracking.register_model=null", "--follow")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr
+    assert "job stop-me ended STOPPED: submitting it again as stop-me-2" in again.stdout
+    assert "resumed at epoch" in again.stdout
+    _, resumed = _mlflow_run(storage, "stopped")  # the same, one run
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+
+
+def test_authentication_and_unreachable_addresses_fail_clearly(head):
+    # No token anywhere (RAY_AUTH_TOKEN_PATH empty, no ~/.ray/auth_token): what to set.
+    out = head.detr("jobs", "list", "--address", head.address, RAY_AUTH_TOKEN_PATH="")
+    assert out.returncode == 1
+    assert "requires token authentication" in out.stderr
+    assert "no token was found: set RAY_AUTH_TOKEN_PATH" in out.stderr
+    # A wrong token: which one was rejected.
+    out = head.detr("jobs", "list", "--address", head.address, RAY_AUTH_TOKEN="0" * 64)
+    assert out.returncode == 1 and "the token from RAY_AUTH_TOKEN was rejected" in out.stderr
+    # The token in ~/.ray/auth_token is found without any environment variable.
+    home_token = head.root / "home" / ".ray" / "auth_token"
+    home_token.parent.mkdir(exist_ok=True)
+    home_token.write_text(head.token.read_text())
+    try:
+        out = head.detr("jobs", "list", "--address", head.address, RAY_AUTH_TOKEN_PATH="")
+        assert out.returncode == 0, out.stderr
+    finally:
+        home_token.unlink()
+    # Nothing listening: a clear error within seconds, naming the address and its source.
+    closed = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    out = head.detr("submit", "jobs/train_shapes_local.yaml", "--address", closed)
+    assert time.monotonic() - started < 20
+    assert out.returncode == 1
+    assert f"cannot reach the Ray cluster at {closed} (from --address)" in out.stderr
+    out = head.detr("jobs", "list", RAY_ADDRESS=closed)
+    assert f"cannot reach the Ray cluster at {closed} (from RAY_ADDRESS)" in out.stderr
+    # An unknown job id is the Jobs API's 404, said plainly.
+    out = head.detr("jobs", "status", "no-such-job", "--address", head.address)
+    assert out.returncode == 1 and "no-such-job does not exist" in out.stderr
+
+
+def test_follow_of_a_failing_job_exits_1_and_says_why(head, tmp_path):
+    spec = tmp_path / "fails.yaml"
+    spec.write_text('entrypoint: python -c "raise SystemExit(3)"\nsubmission_id: fails-1\n')
+    out = head.detr("submit", str(spec), "--address", head.address, "--follow")
+    assert out.returncode == 1, out.stdout + out.stderr
+    # Ray's status message, printed by --follow after the (empty) log stream.
+    assert "[detr-ray] fails-1: Job entrypoint command failed with exit code 3" in out.stdout
+    assert out.stdout.rstrip().endswith("[detr-ray] job fails-1 FAILED")
+
+
+def test_the_one_private_ray_api_still_refreshes_the_auth_mode():
+    """``refresh_ray_auth_mode`` uses ``ray._raylet.Config.initialize`` (Ray 2.60).
+    If an upgrade removes it or stops it re-reading RAY_AUTH_MODE, this fails."""
+    code = (
+        "import os, ray._raylet\n"
+        "from ray._private.authentication.authentication_utils import is_token_auth_enabled\n"
+        "from detr_ray.jobs.client import refresh_ray_auth_mode\n"
+        "before = is_token_auth_enabled()\n"
+        "os.environ['RAY_AUTH_MODE'] = 'token'\n"
+        "cached = is_token_auth_enabled()\n"
+        "refresh_ray_auth_mode()\n"
+        "print(before, cached, is_token_auth_enabled())\n"
+    )
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "True"]

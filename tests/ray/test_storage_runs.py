@@ -1,0 +1,122 @@
+"""Training runs and sweeps in object storage: a real S3 API (moto's server) on loopback.
+
+The server is started by this module on 127.0.0.1 and stopped by its handle.
+Training checkpoints to the bucket, is resumed from it, a sweep stores its
+trials there, and ``predict`` and ``eval`` read the best checkpoint from it.
+"""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from mlflow.tracking import MlflowClient
+
+from detr_ray.cli import main as cli_main
+from detr_ray.config import ExperimentConfig
+from detr_ray.train.launcher import run_training
+
+from tests.support.experiments import tiny_experiment
+from tests.support.servers import S3_REGION, s3_server
+
+BUCKET = "detr-runs"
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with s3_server(BUCKET) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def shapes(make_shapes):
+    return make_shapes(num_train=8, num_val=2, size=64, seed=6)
+
+
+def _objects(endpoint: str, prefix: str) -> list[str]:
+    client = boto3.client("s3", endpoint_url=endpoint, region_name=S3_REGION)
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    keys = (o["Key"] for page in pages for o in page.get("Contents", []))
+    return sorted(k for k in keys if not k.endswith("/"))  # not pyarrow's folder markers
+
+
+def _s3_config(shapes, s3, tmp_path, name, **sections) -> ExperimentConfig:
+    raw = tiny_experiment(shapes, f"s3://{BUCKET}/runs", name, **sections)
+    raw["run"]["storage_endpoint"] = s3
+    raw["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "log_images": 0}
+    return ExperimentConfig.from_dict(raw)
+
+
+def test_training_checkpoints_to_s3_resumes_from_it_and_serves_predict_and_eval(
+    shapes, s3, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # a relative "s3:" folder would appear here
+    first = run_training(_s3_config(shapes, s3, tmp_path, "s3run", train={"epochs": 1}))
+    assert first.latest_checkpoint == f"s3://{BUCKET}/runs/s3run/epoch0001_step0000002"
+    assert "runs/s3run/epoch0001_step0000002/checkpoint.pt" in _objects(s3, "runs/s3run/")
+    assert not any(p.name.startswith("s3") for p in tmp_path.iterdir())  # no local "s3:" dir
+    # the same command with more epochs continues from the bucket's checkpoint
+    more = run_training(_s3_config(shapes, s3, tmp_path, "s3run", train={"epochs": 2}))
+    assert (more.epoch, more.global_step) == (2, 4)
+    client = MlflowClient(more.tracking_uri)
+    run = client.get_run(more.mlflow_run_id)
+    assert run.info.run_id == first.mlflow_run_id  # one MLflow run across the resume
+    best = run.data.tags["best_checkpoint"]
+    assert best.startswith(f"s3://{BUCKET}/runs/s3run/epoch")
+    # predict and eval read the best checkpoint from the bucket (endpoint from the environment)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3)
+    image = sorted(shapes.val_images.glob("*.png"))[0]
+    out = tmp_path / "predicted"
+    assert cli_main(["predict", "--checkpoint", best, "--out", str(out), str(image)]) == 0
+    assert (out / "detections.json").is_file()
+    argv = [
+        "eval",
+        "--ann",
+        str(shapes.val_ann),
+        "--images",
+        str(shapes.val_images),
+        "--checkpoint",
+        best,
+        "--json",
+    ]
+    assert cli_main(argv) == 0
+    # --resume-from and model.init_from take the bucket's checkpoints too
+    resumed = run_training(
+        _s3_config(
+            shapes,
+            s3,
+            tmp_path,
+            "other",
+            train={"epochs": 3},
+            run={"resume_from": more.latest_checkpoint},
+        )
+    )
+    assert resumed.global_step == 6
+    tuned = run_training(_s3_config(shapes, s3, tmp_path, "finetuned", model={"init_from": best}))
+    assert tuned.global_step == 2
+
+
+def test_a_sweep_stores_its_trials_in_s3(shapes, s3, tmp_path, monkeypatch):
+    import ray
+
+    from detr_ray.tune.options import SweepOptions
+    from detr_ray.tune.space import parse_space
+    from detr_ray.tune.sweep import run_sweep
+
+    monkeypatch.chdir(tmp_path)  # a relative "s3:" folder would appear here
+    base = _s3_config(shapes, s3, tmp_path, "base", scaling={"num_workers": 1})
+    space = parse_space({"params": {"loss.bg_cls_weight": {"grid": [0.05, 0.2]}}}, "grid")
+    options = SweepOptions(name="s3sweep", num_samples=1, scheduler="fifo", metric="loss")
+    outcome = run_sweep(base, space, options, address=ray.get_runtime_context().gcs_address)
+    assert len(outcome.rows) == 2 and all(r["status"] == "finished" for r in outcome.rows)
+    keys = _objects(s3, "runs/sweeps/s3sweep/")
+    assert "runs/sweeps/s3sweep/results.csv" in keys
+    assert "runs/sweeps/s3sweep/best_config.yaml" in keys
+    for row in outcome.rows:
+        assert row["train_dir"].startswith(f"s3://{BUCKET}/runs/sweeps/s3sweep/train/")
+        trial = row["train_dir"].removeprefix(f"s3://{BUCKET}/")
+        assert any(k.startswith(f"{trial}/epoch0001") for k in keys), trial
+    # the sweep's own artifacts sit beside its sqlite store, not in a local "s3:" folder
+    parent = MlflowClient(outcome.tracking_uri).get_run(outcome.parent_run_id)
+    assert parent.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+    assert not any(p.name.startswith("s3") for p in tmp_path.iterdir())

@@ -1,0 +1,292 @@
+"""A real Ray Tune sweep of a tiny DETR: ASHA, MLflow parent/children, Ctrl-C and resume.
+
+One sweep, four trials (a grid over ``loss.bbox_weight``, with
+``matcher.cls_cost`` sampled), ranked by training loss: a larger box weight
+scales the loss up, so ASHA must stop the later trials at their first rung.
+The sweep runs as ``detr-ray tune`` in a subprocess that gets SIGINT once
+two trials are done; ``--resume`` then runs only the other two.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from detr_ray.config import ExperimentConfig, load_config
+from detr_ray.criterion.loss_keys import loss_keys
+from detr_ray.data.synthetic import generate
+from detr_ray.train.launcher import run_training
+from detr_ray.tune.options import SweepOptions
+from detr_ray.tune.space import load_space
+from detr_ray.tune.sweep import run_sweep
+
+from tests.support.experiments import tiny_experiment
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+ROOT = Path(__file__).resolve().parents[2]
+EPOCHS = 3
+GRID = [1.0, 4.0, 8.0, 16.0]
+
+
+def _write_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    shapes = generate(tmp_path / "shapes", num_train=8, num_val=4, size=64, seed=3)
+    config = tiny_experiment(
+        shapes,
+        tmp_path / "runs",
+        "base",
+        train={"epochs": EPOCHS, "batch_size": 4},
+        scaling={"num_workers": 1},
+        tracking={"log_images": 0},
+    )
+    space = {
+        "params": {
+            "loss.bbox_weight": {"grid": GRID},
+            "matcher.cls_cost": {"loguniform": [0.5, 4.0]},
+        }
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    return tmp_path / "tiny.yaml", tmp_path / "space.yaml"
+
+
+def _interrupt_after_two_trials(
+    command: list[str], train_dir: Path, log_path: Path
+) -> tuple[int, str]:
+    """Start the sweep; SIGINT it once the third trial has started."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and process.poll() is None:
+            if train_dir.is_dir() and len(list(train_dir.iterdir())) >= 3:
+                break
+            time.sleep(0.5)
+        assert process.poll() is None, "the sweep ended before it could be interrupted"
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=180)
+    return code, log_path.read_text()
+
+
+def _checkpoints(train_dir: Path, trial: str) -> list[str]:
+    return sorted(p.name for p in (train_dir / trial).iterdir() if p.name.startswith("epoch"))
+
+
+def test_sweep_stops_bad_trials_tracks_children_and_resumes_only_what_was_left(tmp_path):
+    import ray
+
+    config_path, space_path = _write_inputs(tmp_path)
+    sweep_dir = tmp_path / "runs" / "sweeps" / "costs"
+    train_dir = sweep_dir / "train"
+    command = [
+        sys.executable,
+        "-m",
+        "detr_ray.cli",
+        "tune",
+        str(config_path),
+        "--space",
+        str(space_path),
+        "--name",
+        "costs",
+        "--num-samples",
+        "1",
+        "--max-concurrent",
+        "1",
+        "--metric",
+        "loss",
+        "--seed",
+        "0",
+        "--address",
+        ray.get_runtime_context().gcs_address,
+    ]
+    code, output = _interrupt_after_two_trials(command, train_dir, tmp_path / "first.log")
+    assert code == 130, output[-3000:]
+    assert "interrupted" in output
+    first_two = sorted(p.name for p in train_dir.iterdir())[:2]
+    before = {trial: _checkpoints(train_dir, trial) for trial in first_two}
+    assert len(before[first_two[0]]) >= EPOCHS - 1  # kept checkpoints of the finished trial
+
+    # --resume: the two finished trials stay as they are; the others run.
+    base = load_config(config_path)
+    space = load_space(space_path, base.to_dict())
+    # and the best trial's best checkpoint becomes a registered model
+    options = SweepOptions(
+        name="costs",
+        num_samples=1,
+        max_concurrent=1,
+        metric="loss",
+        resume=True,
+        register_model="costs-best",
+    )
+    outcome = run_sweep(base, space, options)
+    assert not outcome.interrupted
+    rows = {row["trial"]: row for row in outcome.rows}
+    assert len(rows) == 4
+    assert {trial: _checkpoints(train_dir, trial) for trial in first_two} == before
+    by_weight = sorted(rows.values(), key=lambda r: r["loss.bbox_weight"])
+    assert [r["loss.bbox_weight"] for r in by_weight] == GRID
+    assert by_weight[0]["status"] == "finished" and by_weight[0]["epochs"] == EPOCHS
+    stopped = [r for r in rows.values() if r["status"] == "stopped early"]
+    assert stopped and all(r["epochs"] < EPOCHS for r in stopped)
+    assert outcome.best["trial"] == by_weight[0]["trial"]  # the lowest loss
+
+    # MLflow: one parent, exactly four children with their sampled values and
+    # every decoder layer's losses; early-stopped children are closed as KILLED.
+    client = MlflowClient(outcome.tracking_uri)
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert sorted(c.info.run_name for c in children) == sorted(rows)
+    num_layers = base.model.num_decoder_layers
+    for child in children:
+        row = rows[child.info.run_name]
+        assert float(child.data.params["loss.bbox_weight"]) == row["loss.bbox_weight"]
+        assert float(child.data.params["matcher.cls_cost"]) == pytest.approx(
+            row["matcher.cls_cost"]
+        )
+        for key in loss_keys(num_layers):
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+            assert steps and len(steps) == len(set(steps)), key
+        expected = "KILLED" if row["status"] == "stopped early" else "FINISHED"
+        assert child.info.status == expected, row
+    # registered into the best trial's run, whose status stayed as it was (checked above)
+    version = client.get_model_version_by_alias("costs-best", "champion")
+    assert outcome.best["registered_model"] == f"models:/costs-best/{version.version}"
+    assert version.run_id == outcome.best["mlflow_run_id"]
+    assert version.tags["checkpoint"] == outcome.best["checkpoint"]
+    assert len(client.search_model_versions("name = 'costs-best'")) == 1
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"results.csv", "best_config.yaml", "plots"} <= artifacts
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "plots")] == [
+        "plots/loss_vs_params.png"
+    ]
+    assert (sweep_dir / "results.csv").read_text().count("\n") == 5  # header + 4 trials
+
+    # The best config is an ordinary config that detr-ray train accepts.
+    best = load_config(outcome.best_config_path)
+    assert best.loss.bbox_weight == GRID[0]
+    assert best.matcher.cls_cost == pytest.approx(outcome.best["matcher.cls_cost"])
+    assert best.tracking.parent_run_id is None
+    trained = run_training(
+        ExperimentConfig.from_dict(
+            best.to_dict() | {"train": best.to_dict()["train"] | {"epochs": 1}}
+        )
+    )
+    assert trained.status == "completed" and trained.epoch == 1
+
+
+def test_resuming_a_missing_sweep_or_reusing_a_name_is_an_error(tmp_path):
+    from detr_ray.errors import ConfigError
+
+    config_path, space_path = _write_inputs(tmp_path)
+    base = load_config(config_path)
+    space = load_space(space_path, base.to_dict())
+    with pytest.raises(ConfigError, match="no sweep to resume in .*sweeps/nothing"):
+        run_sweep(base, space, SweepOptions(name="nothing", resume=True))
+    (tmp_path / "runs" / "sweeps" / "taken").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="already exists .* add --resume"):
+        run_sweep(base, space, SweepOptions(name="taken"))
+    with pytest.raises(ConfigError, match="--metric must be one of"):
+        SweepOptions(name="x", metric="AP")
+
+
+def _scaling(**values):
+    from detr_ray.config import ScalingConfig
+
+    return ScalingConfig(**values)
+
+
+def test_trials_at_once_counts_whole_trials_on_cpu_and_gpu_clusters():
+    from detr_ray.cluster.resources import trials_at_once
+    from detr_ray.errors import ConfigError
+
+    # CPU: 2 workers x 0.99 CPU + 0.01 for the trial itself = 1.99 CPUs a trial
+    small = _scaling(num_workers=2, cpus_per_worker=0.99)
+    assert trials_at_once(small, {"CPU": 2.0}, None)[0] == 1
+    assert trials_at_once(small, {"CPU": 4.0}, None)[0] == 2  # 4 / 1.99
+    assert trials_at_once(small, {"CPU": 3.97}, None)[0] == 1
+    at_once, why = trials_at_once(small, {"CPU": 16.0}, None)
+    assert at_once == 8 and "each needs 1.99 CPUs (2 workers x 0.99 + 0.01)" in why
+    # --max-concurrent lowers it, never raises it (and says so)
+    assert trials_at_once(small, {"CPU": 16.0}, 3)[0] == 3
+    at_once, why = trials_at_once(small, {"CPU": 4.0}, 5)
+    assert at_once == 2 and "--max-concurrent 5 lowered to 2" in why
+    # GPU: whichever runs out first; 8 GPUs hold two 4-worker trials
+    gpu = _scaling(num_workers=4, cpus_per_worker=4.0, use_gpu=True)
+    assert trials_at_once(gpu, {"CPU": 64.0, "GPU": 8.0}, None)[0] == 2
+    assert trials_at_once(gpu, {"CPU": 20.0, "GPU": 8.0}, None)[0] == 1  # 16.01 CPUs a trial
+    at_once, why = trials_at_once(gpu, {"CPU": 64.0, "GPU": 15.0}, None)
+    assert at_once == 3 and "and 4 GPUs" in why and "15 GPUs" in why
+    with pytest.raises(ConfigError, match=r"one trial needs 16.01 CPUs .* and 4 GPUs but the "):
+        trials_at_once(gpu, {"CPU": 64.0, "GPU": 3.0}, None)
+
+
+def test_a_sweep_without_max_concurrent_fits_the_machine(tmp_path):
+    """The issue's command (3 trials of 2 workers each, no --max-concurrent) on this
+    2-CPU machine: one trial at a time, all three finish (no worker-group deadlock)."""
+    storage = tmp_path / "runs"
+    command = [
+        sys.executable,
+        "-m",
+        "detr_ray.cli",
+        "tune",
+        str(ROOT / "configs" / "shapes_tiny.yaml"),
+        "--space",
+        str(ROOT / "tune_spaces" / "bg_cls_weight.yaml"),
+        "--num-samples",
+        "3",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.max_steps_per_epoch=2",
+        "--set",
+        f"run.storage_path={storage}",
+        "--set",
+        f"data.synthetic.root={tmp_path / 'shapes'}",
+        "--set",
+        f"data.train_ann={tmp_path / 'shapes/annotations/train.json'}",
+        "--set",
+        f"data.train_images={tmp_path / 'shapes/train'}",
+        "--set",
+        f"data.val_ann={tmp_path / 'shapes/annotations/val.json'}",
+        "--set",
+        f"data.val_images={tmp_path / 'shapes/val'}",
+        "--set",
+        "data.synthetic.num_train=64",
+        "--set",
+        "data.synthetic.num_val=8",
+        "--set",
+        "tracking.log_images=0",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    out = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    cpus = os.cpu_count() or 1
+    if cpus >= 2.01:  # the trial fits as configured: 2 workers x 1 CPU
+        expected = f"{int(cpus // 2.01)} trial(s) at once: each needs 2.01 CPUs (2 workers x 1 "
+    else:  # 2 CPUs: the workers are given 0.99 CPU each so that one trial fits
+        expected = "1 trial(s) at once: each needs 1.99 CPUs (2 workers x 0.99 "
+    assert expected in out.stdout, out.stdout[-2000:]
+    lines = [x for x in out.stdout.splitlines() if x.startswith("  ") and "finished" in x]
+    assert len(lines) == 3, out.stdout[-2000:]
+    # each trial logged every decoder layer's losses at its epochs' last steps
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("detr-ray")
+    children = client.search_runs([experiment.experiment_id], "tags.`mlflow.parentRunId` != ''")
+    assert len(children) == 3
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "d0.loss_cls")]
+        assert sorted(steps) == [2, 4]
+        assert "val/AP" in child.data.metrics

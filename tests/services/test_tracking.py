@@ -1,0 +1,85 @@
+"""Tracking against a real MLflow server on loopback that goes down mid-run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from mlflow.tracking import MlflowClient
+
+from detr_ray.tracking.runs import RunTracker
+
+from tests.support.ports import free_port
+from tests.support.servers import start_mlflow_server, stop_mlflow_server
+
+
+def test_a_server_down_for_a_while_delays_no_step_and_loses_no_point(tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_mlflow_server(tmp_path, port)
+    try:
+        tracker = RunTracker(uri, "outage", "run", tmp_path / "run")
+        for step in range(5):
+            tracker.log_metrics(step, {"loss": 10.0 - step, "lr": 1e-4})
+        tracker.flush(60)
+
+        stop_mlflow_server(server)
+        started = time.monotonic()
+        for step in range(5, 15):
+            tracker.log_metrics(step, {"loss": 10.0 - step, "lr": 1e-4})
+        assert time.monotonic() - started < 2.0  # no step waited for the dead server
+
+        server = start_mlflow_server(tmp_path, port)  # back, same store, same address
+        tracker.flush(300)
+        assert tracker.dropped_points == 0
+        tracker.finish()
+        client = MlflowClient(uri)
+        history = sorted(
+            (m.step, m.value) for m in client.get_metric_history(tracker.run_id, "loss")
+        )
+        assert history == [(step, 10.0 - step) for step in range(15)]
+        assert client.get_run(tracker.run_id).info.status == "FINISHED"
+    finally:
+        stop_mlflow_server(server)
+
+
+def test_runs_of_dead_drivers_on_this_host_are_closed_and_no_others(tmp_path):
+    from detr_ray.tracking.lifecycle import close_abandoned_runs
+    from detr_ray.tracking.names import DRIVER_TAG, PARENT_TAG
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(finished.stdout)  # a process that has ended
+    drivers = {
+        "dead": f"here:{dead_pid}",
+        "alive": f"here:{os.getpid()}",
+        "elsewhere": f"there:{dead_pid}",  # another host's driver cannot be checked
+        "untagged": None,
+        "trial": f"here:{dead_pid}",  # a sweep's trial: its sweep closes it
+    }
+    ids = {}
+    for name, driver in drivers.items():
+        tracker = RunTracker(uri, "exp", name, tmp_path / name, asynchronous=False)
+        if driver:
+            tracker.set_tags({DRIVER_TAG: driver})
+        if name == "trial":
+            tracker.set_tags({PARENT_TAG: ids["dead"]})
+        ids[name] = tracker.run_id
+    assert close_abandoned_runs(uri, "exp", "here") == ["dead"]
+    client = MlflowClient(uri)
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {
+        "dead": "KILLED",
+        "alive": "RUNNING",
+        "elsewhere": "RUNNING",
+        "untagged": "RUNNING",
+        "trial": "RUNNING",
+    }
+    assert close_abandoned_runs(uri, "exp", "here") == []  # nothing twice

@@ -1,0 +1,68 @@
+"""The tiny experiment the Ray tests train (``detr_r18_tiny`` on generated
+shapes), and the command line run in a fresh interpreter that says whether
+it imported Ray."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+# `detr-ray ARGS`, then a last line "RAY IMPORTED" or "NO RAY": the checks
+# before Ray must stop a bad run without importing it.
+_CLI_REPORTING_RAY = (
+    "import sys\n"
+    "from detr_ray.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print('RAY IMPORTED' if 'ray' in sys.modules else 'NO RAY', flush=True)\n"
+    "sys.exit(code)\n"
+)
+
+
+def run_cli_reporting_ray(cwd: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    """``detr-ray *argv`` in a new interpreter in ``cwd``; see ``_CLI_REPORTING_RAY``."""
+    return subprocess.run(
+        [sys.executable, "-c", _CLI_REPORTING_RAY, *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def tiny_experiment(shapes, storage: Path, name: str, **sections: dict) -> dict:
+    """A config dict (YAML's shape) for a few steps on ``shapes`` (a generated
+    ``SyntheticDataset``), stored in ``storage``; ``sections`` update its sections."""
+    raw: dict = {
+        "model": {"preset": "detr_r18_tiny"},
+        "data": {
+            "train_ann": str(shapes.train_ann),
+            "train_images": str(shapes.train_images),
+            "val_ann": str(shapes.val_ann),
+            "val_images": str(shapes.val_images),
+            "augmentation": {"scaled_to": 64},
+            "num_workers": 0,
+        },
+        "optim": {"lr": 1e-3, "backbone_lr": 1e-3},
+        "train": {"epochs": 1, "batch_size": 2, "log_every": 1, "lr_drop_epochs": []},
+        "scaling": {"num_workers": 2, "cpus_per_worker": 1},
+        "run": {"name": name, "storage_path": str(storage), "max_failures": 0},
+        "tracking": {"log_images": 1},
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return raw
+
+
+# Every image resized to a long side of 64 and padded to 64 x 64, whatever its
+# batch, no random flip or crop: workers see exactly what one worker would.
+FIXED_DATA = {
+    "augmentation": {
+        "train_scales": [64],
+        "crop_prob": 0.0,
+        "flip_prob": 0.0,
+        "max_size": 64,
+        "val_scale": 64,
+    },
+    "size_divisor": 64,
+}

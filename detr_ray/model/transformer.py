@@ -204,7 +204,7 @@ class Transformer(nn.Module):
 
         ``num_groups`` > 1: the queries are that many equal groups whose
         self-attention stays within the group (training with query groups,
-        see :mod:`detr_ray.model.query_groups`); 1 for DETR.
+        see :mod:`detr_ray.model.training_detr`); 1 for DETR.
         """
         batch = encoded.memory.shape[0]
         query_pos = query_embed[None].expand(batch, -1, -1)  # (B, Q, C)

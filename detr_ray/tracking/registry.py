@@ -36,8 +36,8 @@ from detr_ray import storage
 from detr_ray.checkpoint import CHECKPOINT_FILE, resolve_checkpoint_path
 from detr_ray.errors import CheckpointError, ConfigError, DataError
 from detr_ray.storage import StorageOptions
+from detr_ray.tracking.names import CHAMPION_ALIAS, VERSION_AP_TAG, VERSION_CHECKPOINT_TAG
 
-CHAMPION = "champion"
 REQUIREMENTS = (
     "torch",
     "numpy",
@@ -49,7 +49,6 @@ REQUIREMENTS = (
     "pandas",
     "mlflow",
 )
-AP_TAG = "val_AP"
 DEFAULT_THRESHOLD = 0.5
 OUTPUT_COLUMNS = (
     ("image_index", "long"),
@@ -140,15 +139,17 @@ def register_checkpoint(
             )
     client.update_run(run_id, status=status)  # the fluent run's end changed it
     version = str(info.registered_model_version)
-    client.set_model_version_tag(name, version, AP_TAG, f"{val_ap:.6f}")
-    client.set_model_version_tag(name, version, "checkpoint", storage.without_query(checkpoint))
+    client.set_model_version_tag(name, version, VERSION_AP_TAG, f"{val_ap:.6f}")
+    client.set_model_version_tag(
+        name, version, VERSION_CHECKPOINT_TAG, storage.without_query(checkpoint)
+    )
     try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
-        best = float(current.tags.get(AP_TAG, "-1"))
+        current = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+        best = float(current.tags.get(VERSION_AP_TAG, "-1"))
     except mlflow.exceptions.MlflowException:
         best = -1.0  # no champion yet
     if val_ap > best:
-        client.set_registered_model_alias(name, CHAMPION, version)
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
     return version
 
 

@@ -140,7 +140,7 @@ class RunTracker(_TrackedRun):
     Steps an earlier attempt of the run logged already (before a restart) are
     not logged again. ``loss_series`` names the loss keys of the plot, per
     term, one key per decoder layer in layer order (see
-    :func:`detr_ray.criterion.set_loss.loss_names_by_term`); their history is kept in
+    :func:`detr_ray.criterion.loss_keys.keys_by_term`); their history is kept in
     memory, so drawing the plot never reads the whole history back from the
     tracking store.
     """

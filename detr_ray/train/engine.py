@@ -18,7 +18,6 @@ those and the world size it finds.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 
@@ -34,7 +33,7 @@ from detr_ray.criterion.matcher import FlatTargets
 from detr_ray.data.collate import Batch, PadCollate
 from detr_ray.data.epoch_plan import EpochPlan, full_epoch_steps
 from detr_ray.data.labels import LabelMap
-from detr_ray.errors import ConfigError, TrainingStopped
+from detr_ray.errors import ConfigError
 from detr_ray.evaluation.distributed import GatheredResults, detect_on_workers
 from detr_ray.model.training_detr import TrainingDETR, groups_as_layers, reference_detr
 from detr_ray.ops import dist
@@ -42,10 +41,9 @@ from detr_ray.train.hooks import WorkerHooks
 from detr_ray.train.optimizer import build_optimizer
 from detr_ray.train.schedule import lr_factor
 from detr_ray.train.seeds import epoch_seed, seed_everything
+from detr_ray.train.skips import NON_FINITE, SkippedSteps
 from detr_ray.train.state import TrainState
 from detr_ray.train.step_stats import StepLog, StepResult, average_over_workers, worker_row
-
-log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -125,8 +123,7 @@ class Engine:
             torch.channels_last if config.train.channels_last else torch.contiguous_format
         )
         self.state = TrainState()
-        # (step, 1.0 if its update was skipped): read at the next logged step
-        self._unsettled: list[tuple[int, torch.Tensor]] = []
+        self.skips = SkippedSteps(config.train.max_nan_steps, self.rank)
         self.collate = PadCollate(config.data.size_divisor)
 
     # ------------------------------------------------------------------ state
@@ -160,7 +157,7 @@ class Engine:
             self.scaler.load_state_dict(checkpoint["scaler"])
         full_batch = self.world_size * self.config.train.batch_size
         self.state = TrainState.from_checkpoint(checkpoint["train_state"], full_batch)
-        self._unsettled = []
+        self.skips.clear()
 
     @property
     def finished(self) -> bool:
@@ -308,9 +305,9 @@ class Engine:
             grad_bad = (~torch.isfinite(grad_norm)).float()  # 0-dim, like the optimiser steps
             if self.skips_on_device:
                 self.optimizer.found_inf = grad_bad  # type: ignore[attr-defined]
-                self._unsettled.append((step_number, grad_bad))
+                self.skips.defer(step_number, grad_bad)
             elif grad_bad.item():  # an optimiser without found_inf: read it now
-                return self._skip("a non-finite loss or gradient")
+                return self._skip(NON_FINITE)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         reference = matching.layers(slice(None, None, self.num_groups))  # group 0 of each layer
@@ -331,44 +328,15 @@ class Engine:
         return bool(self.optimizer.defaults.get("fused"))
 
     def settle_skips(self) -> None:
-        """Read the flags of the steps whose gradients were checked on the device
-        (one copy), count the skipped ones, and stop the run past
-        ``train.max_nan_steps`` in a row. Called at logged steps and reports."""
-        if not self._unsettled:
-            return
-        steps, flags = zip(*self._unsettled)
-        self._unsettled = []
-        for step_number, bad in zip(steps, torch.stack(flags).tolist()):
-            if bad:
-                self._count_skip(step_number, "a non-finite loss or gradient")
-            else:
-                self.state.nan_streak = 0
+        """Count the steps whose skip flags are still on the device
+        (:class:`~detr_ray.train.skips.SkippedSteps`); called at logged steps and reports."""
+        self.skips.settle(self.state)
 
     def _skip(self, why: str) -> StepResult:
         self.optimizer.zero_grad(set_to_none=True)
         self.settle_skips()  # the earlier steps first, for the count of skips in a row
-        self._count_skip(self.state.global_step + 1, why)
+        self.skips.count(self.state, self.state.global_step + 1, why)
         return StepResult(skipped=True)
-
-    def _count_skip(self, step_number: int, why: str) -> None:
-        state = self.state
-        state.nan_streak += 1
-        state.skipped_steps.append(step_number)
-        if self.rank == 0:
-            log.warning(
-                "step %d: %s; step skipped (%d in a row, limit train.max_nan_steps=%d)",
-                step_number,
-                why,
-                state.nan_streak,
-                self.config.train.max_nan_steps,
-            )
-        if state.nan_streak > self.config.train.max_nan_steps:
-            raise TrainingStopped(
-                f"stopped at step {step_number} (epoch {state.epoch + 1}): {why} for "
-                f"{state.nan_streak} steps in a row (train.max_nan_steps="
-                f"{self.config.train.max_nan_steps}). The model diverged; lower optim.lr, "
-                "check the data, or resume from the last checkpoint."
-            )
 
     def autocast(self):
         if self.config.train.amp == "off":

@@ -39,11 +39,10 @@ from detr_ray.tracking.store import check_tracking, find_tracking_uri, tracking_
 
 @dataclass
 class PreparedRun:
-    """A config ready to run and what was learnt checking it."""
+    """A config ready to run, and the label map of its training categories."""
 
     config: ExperimentConfig
     label_map: LabelMap
-    data_reports: tuple[DatasetReport, ...] = ()
 
 
 def prepare_run(
@@ -64,11 +63,10 @@ def prepare_run(
     if config.scaling.use_gpu and local_cluster:
         check_local_gpus(config.scaling.num_workers)
     generate_synthetic_data_if_missing(config)
-    reports: tuple[DatasetReport, ...] = ()
     if check_data:
-        reports = tuple(check_datasets(config))
+        check_datasets(config)
     label_map = LabelMap.from_categories(load_coco_json(config.data.train_ann)["categories"])
-    return PreparedRun(with_num_classes(config, label_map), label_map, reports)
+    return PreparedRun(with_num_classes(config, label_map), label_map)
 
 
 def resolve_paths(config: ExperimentConfig) -> ExperimentConfig:

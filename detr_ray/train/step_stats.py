@@ -28,7 +28,7 @@ from detr_ray.criterion.matcher import Matching, matching_changes
 class StepResult:
     """One optimiser step on this worker.
 
-    ``losses`` (keyed as :func:`detr_ray.criterion.set_loss.loss_names`), ``matching`` and
+    ``losses`` (keyed as :func:`detr_ray.criterion.loss_keys.loss_keys`), ``matching`` and
     ``grad_norm`` (the same on every worker: gradients are all-reduced) are
     ``None`` when the step was skipped on every worker. ``bad`` (0-dim) is
     1.0 when the optimiser skipped the update on the device for non-finite

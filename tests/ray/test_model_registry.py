@@ -26,8 +26,11 @@ from mlflow.tracking import MlflowClient
 
 from detr_ray.cli import main as cli_main
 from detr_ray.config import ExperimentConfig
-from detr_ray.tracking.registry import AP_TAG, CHAMPION, register_checkpoint
-from detr_ray.tracking.runs import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, RunTracker
+from detr_ray.tracking.names import CHAMPION_ALIAS as CHAMPION
+from detr_ray.tracking.names import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+from detr_ray.tracking.names import VERSION_AP_TAG as AP_TAG
+from detr_ray.tracking.registry import register_checkpoint
+from detr_ray.tracking.runs import RunTracker
 from detr_ray.train.launcher import run_training
 
 from tests.support.experiments import tiny_experiment

@@ -31,9 +31,10 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(BIN)/python -c "import torch, ray, mlflow, pycocotools, scipy"
 	touch $(STAMP)
 
-# Every tier (tests/conftest.py): unit, engine, services, ray, cluster.
+# Every tier (tests/conftest.py): unit, engine, services, ray, cluster; the ray
+# tier in one pytest process beside the others in another (tests/lanes.py).
 test: check
-	$(BIN)/python -m pytest -q --durations=20 tests
+	$(BIN)/python tests/lanes.py -q --durations=15
 
 # The unit tier alone: in-process and fast (about a minute and a half).
 test-fast: $(STAMP)

@@ -8,17 +8,24 @@ Each test lives in the folder of its tier, and the folder gives it its marker
   over gloo, no Ray);
 - ``services/``: real servers on loopback (MLflow, moto's S3), no Ray;
 - ``ray/``: Ray Train and Tune on the session's one local Ray (``ray_session``);
-- ``cluster/``: Ray clusters of several nodes on this machine, Ray's Jobs
-  server, real faults.
+- ``cluster/``: Ray clusters the test starts itself (several nodes on this
+  machine, Ray's Jobs server, a fresh local Ray), real faults.
 
 Every test has a timeout (``pytest-timeout``; pyproject's default, longer for
-the cluster tier): a hang fails, naming the test, instead of running into
-CI's limit.
+the ray and cluster tiers): a hang fails, naming the test, instead of running
+into CI's limit.
+
+``make test`` runs the suite in two lanes at once (``tests/lanes.py``): the
+ray tier in one pytest process, every other tier in another, so that one
+lane's waits overlap the other's work. A test that starts a Ray of its own
+gives it a private Ray temp folder (``RAY_TMPDIR``), so that no test ever
+joins another's cluster by its record there.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -125,8 +132,13 @@ def ray_session():
     # set before Ray starts, so that its workers have them too.
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         os.environ.setdefault(key, "testing")
+    # A Ray temp folder of the session's own (short: Ray's socket paths): Ray
+    # Train's placement-group cleaner finds "its" cluster's State API by the
+    # record there, and must never find another Ray running on this machine.
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rs-", dir="/tmp")
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # "local": a new Ray of this session's own, whatever other Ray runs on the machine
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

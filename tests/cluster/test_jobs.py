@@ -60,6 +60,8 @@ class Head:
         env.update(
             PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
             HOME=str(self.root / "home"),
+            # its own Ray temp folder: the head's record of itself is no other test's
+            RAY_TMPDIR=str(self.root),
             RAY_USAGE_STATS_ENABLED="0",
             MLFLOW_DISABLE_TELEMETRY="true",
         )

@@ -134,17 +134,22 @@ def test_worker_failure_restarts_from_checkpoint_with_one_continuous_mlflow_run(
     assert run.info.status == "FINISHED"
 
 
-def test_resumed_run_equals_an_uninterrupted_one(shapes, tmp_path):
+def test_a_resumed_run_equals_an_uninterrupted_one_and_passes_over_a_torn_checkpoint(
+    shapes, tmp_path
+):
+    # 16 images / 1 worker / batch 2 = 8 steps an epoch: checkpoints at steps 8, 16, 24.
     model = {"dropout": 0.1}  # random, but reseeded every epoch
     scaling = {"num_workers": 1}
-    first = tiny_config(
-        shapes, tmp_path, "resumed", model=model, scaling=scaling, train={"epochs": 1}
-    )
-    run_training(first)
-    more = tiny_config(
-        shapes, tmp_path, "resumed", model=model, scaling=scaling, train={"epochs": 2}
-    )
-    resumed = run_training(more)  # same name and storage: continues from epoch 1
+
+    def resumed_run(epochs: int):  # same name and storage: continues from its latest
+        return run_training(
+            tiny_config(
+                shapes, tmp_path, "resumed", model=model, scaling=scaling, train={"epochs": epochs}
+            )
+        )
+
+    resumed_run(1)
+    resumed = resumed_run(2)  # continues from epoch 1
     straight = run_training(
         tiny_config(shapes, tmp_path, "straight", model=model, scaling=scaling, train={"epochs": 2})
     )
@@ -152,6 +157,26 @@ def test_resumed_run_equals_an_uninterrupted_one(shapes, tmp_path):
     a, b = final_weights(resumed), final_weights(straight)
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
+
+    # The latest checkpoint torn (a write cut short by a dying node): the run
+    # resumes from the newest readable one, epoch 1's, and says which it passed over.
+    folder = tmp_path / "runs" / "resumed"
+    latest = folder / "epoch0002_step0000016" / "checkpoint.pt"
+    data = latest.read_bytes()
+    latest.write_bytes(data[: len(data) // 2])
+    again = resumed_run(3)
+    assert again.unreadable_checkpoints == ["epoch0002_step0000016"]
+    assert again.started_at_step == 8  # from epoch 1's checkpoint, the newest readable
+    assert (again.epoch, again.global_step) == (3, 24)
+    # The redone epoch 2 wrote a good checkpoint in place of the torn one; every
+    # checkpoint the run keeps now loads (older ones go only once newer good ones exist).
+    kept = sorted(p.name for p in folder.glob("epoch*"))
+    assert kept[-1] == "epoch0003_step0000024" and "epoch0002_step0000016" in kept
+    for name in kept:
+        load_checkpoint(folder / name)
+    client, run = mlflow_run(again)
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert sorted(steps) == list(range(1, 25))  # the redone steps 9-16 are not logged twice
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(shapes, tmp_path, caplog):
@@ -198,25 +223,3 @@ def test_an_evaluation_error_keeps_the_epoch_and_is_not_retried(shapes, tmp_path
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("detr-ray").experiment_id])
     assert run.info.status == "FAILED" and "injected" in run.data.tags["detr_ray.error"]
-
-
-def test_an_unreadable_latest_checkpoint_is_passed_over_for_the_newest_good_one(shapes, tmp_path):
-    # 16 images / 2 workers / batch 2 = 4 steps an epoch: checkpoints at steps 4 and 8.
-    run_training(tiny_config(shapes, tmp_path, "torn", train={"epochs": 2}))
-    folder = tmp_path / "runs" / "torn"
-    latest = folder / "epoch0002_step0000008" / "checkpoint.pt"
-    data = latest.read_bytes()
-    latest.write_bytes(data[: len(data) // 2])  # a write cut short by a dying node
-    resumed = run_training(tiny_config(shapes, tmp_path, "torn", train={"epochs": 3}))
-    assert resumed.unreadable_checkpoints == ["epoch0002_step0000008"]
-    assert resumed.started_at_step == 4  # from epoch 1's checkpoint, the newest readable
-    assert (resumed.epoch, resumed.global_step) == (3, 12)
-    # The redone epoch 2 wrote a good checkpoint in place of the torn one; every
-    # checkpoint the run keeps now loads (older ones go only once newer good ones exist).
-    kept = sorted(p.name for p in folder.glob("epoch*"))
-    assert kept[-1] == "epoch0003_step0000012" and "epoch0002_step0000008" in kept
-    for name in kept:
-        load_checkpoint(folder / name)
-    client, run = mlflow_run(resumed)
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
-    assert sorted(steps) == list(range(1, 13))  # the redone steps 5-8 are not logged twice

@@ -4,8 +4,11 @@ it imported Ray."""
 
 from __future__ import annotations
 
+import functools
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # `detr-ray ARGS`, then a last line "RAY IMPORTED" or "NO RAY": the checks
@@ -30,9 +33,28 @@ def run_cli_reporting_ray(cwd: Path, argv: list[str]) -> subprocess.CompletedPro
     )
 
 
-def tiny_experiment(shapes, storage: Path, name: str, **sections: dict) -> dict:
+@functools.cache
+def _empty_mlflow_store() -> Path:
+    """A new sqlite MLflow store, made once per process: creating one (MLflow's
+    table migrations) costs about 2 s of CPU, and the tiny runs make dozens."""
+    from mlflow.tracking import MlflowClient
+
+    path = Path(tempfile.mkdtemp(prefix="mlflow-store-")) / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def tiny_experiment(shapes, storage: Path | str, name: str, **sections: dict) -> dict:
     """A config dict (YAML's shape) for a few steps on ``shapes`` (a generated
-    ``SyntheticDataset``), stored in ``storage``; ``sections`` update its sections."""
+    ``SyntheticDataset``), stored in ``storage``; ``sections`` update its sections.
+
+    A local ``storage`` gets a copy of an empty MLflow store, the same file
+    MLflow would create there, made once (the store's creation itself is
+    tested where detr-ray creates it: the jobs, the dashboard, the demo).
+    """
+    if "://" not in str(storage) and not (Path(storage) / "mlflow.db").exists():
+        Path(storage).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_empty_mlflow_store(), Path(storage) / "mlflow.db")
     raw: dict = {
         "model": {"preset": "detr_r18_tiny"},
         "data": {

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,8 +49,12 @@ def cluster_on_this_machine(worker_nodes: int):
     this process's environment restored) on exit."""
     from ray.cluster_utils import Cluster
 
-    saved = {key: os.environ.get(key) for key in TRAIN_ENV}
-    os.environ.update(TRAIN_ENV)
+    # A Ray temp folder of its own (short: Ray's socket paths): the cluster's
+    # record of itself, which its placement-group cleaner reads to find its
+    # State API, is no other Ray's on this machine.
+    private = {**TRAIN_ENV, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rc-", dir="/tmp")}
+    saved = {key: os.environ.get(key) for key in private}
+    os.environ.update(private)
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": HEALTH_CHECKS}
     )

@@ -7,7 +7,6 @@ trials there, and ``predict`` and ``eval`` read the best checkpoint from it.
 
 from __future__ import annotations
 
-import boto3
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -16,7 +15,7 @@ from detr_ray.config import ExperimentConfig
 from detr_ray.train.launcher import run_training
 
 from tests.support.experiments import tiny_experiment
-from tests.support.servers import S3_REGION, s3_server
+from tests.support.servers import s3_keys, s3_server
 
 BUCKET = "detr-runs"
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -34,10 +33,7 @@ def shapes(make_shapes):
 
 
 def _objects(endpoint: str, prefix: str) -> list[str]:
-    client = boto3.client("s3", endpoint_url=endpoint, region_name=S3_REGION)
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-    keys = (o["Key"] for page in pages for o in page.get("Contents", []))
-    return sorted(k for k in keys if not k.endswith("/"))  # not pyarrow's folder markers
+    return s3_keys(endpoint, BUCKET, prefix)
 
 
 def _s3_config(shapes, s3, tmp_path, name, **sections) -> ExperimentConfig:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import boto3
 import pytest
 
 from detr_ray import storage
@@ -20,7 +19,7 @@ from detr_ray.storage import StorageOptions
 
 from tests.support.experiments import run_cli_reporting_ray
 from tests.support.ports import free_port
-from tests.support.servers import s3_server
+from tests.support.servers import s3_keys, s3_server
 
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "detr-runs"
@@ -34,10 +33,7 @@ def s3():
 
 
 def _objects(endpoint: str, prefix: str) -> list[str]:
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-    keys = (o["Key"] for page in pages for o in page.get("Contents", []))
-    return sorted(k for k in keys if not k.endswith("/"))  # not pyarrow's folder markers
+    return s3_keys(endpoint, BUCKET, prefix)
 
 
 def test_the_storage_api_on_s3_and_on_disk(s3, tmp_path):

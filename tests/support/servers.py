@@ -88,3 +88,13 @@ def s3_server(*buckets: str) -> Iterator[str]:
         yield endpoint
     finally:
         server.stop()
+
+
+def s3_keys(endpoint: str, bucket: str, prefix: str) -> list[str]:
+    """The keys of the objects under ``prefix`` in ``bucket`` (not pyarrow's folder markers)."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name=S3_REGION)
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    keys = (o["Key"] for page in pages for o in page.get("Contents", []))
+    return sorted(k for k in keys if not k.endswith("/"))

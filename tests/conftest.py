@@ -35,6 +35,7 @@ from detr_ray.config import AugmentationConfig, preset_config
 from detr_ray.model.build import build_model
 
 from tests.support.datasets import SHAPE_LABELS, shapes_factory
+from tests.support.ports import free_port
 
 TIERS = ("unit", "engine", "services", "ray", "cluster")
 TIMEOUT_S = {"cluster": 900, "ray": 600}  # the others: pyproject's timeout
@@ -138,7 +139,18 @@ def ray_session():
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rs-", dir="/tmp")
     import ray
 
-    # "local": a new Ray of this session's own, whatever other Ray runs on the machine
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # "local": a new Ray of this session's own, whatever other Ray runs on the machine.
+    # Its dashboard is the State API through which Ray Train's placement-group
+    # cleaner sees that a run's controller died (a sweep's stopped trial): without
+    # it, the run's workers' CPUs stay reserved (detr-ray's own init_ray does the same).
+    dashboard = free_port()
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=True,
+        dashboard_port=dashboard,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard}"}},
+    )
     yield
     ray.shutdown()

@@ -66,9 +66,3 @@ def probe(address: str, source: str) -> None:
             "`ray dashboard cluster.yaml` (keeps http://127.0.0.1:8265 open); for a local "
             "head, `ray start --head` prints its address."
         ) from None
-
-
-def check_cluster_address(address: str | None) -> None:
-    """Before ``ray.init(address=...)``: a concrete address that does not answer fails now."""
-    if not is_local(address):
-        probe(str(address), "--address")

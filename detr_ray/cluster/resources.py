@@ -1,25 +1,88 @@
 """What a run's workers need of a Ray cluster, and how many runs fit: pure arithmetic.
 
-Read against ``ray.cluster_resources()`` (a mapping of resource names to
-totals) by the driver of a run and of a sweep. Tune does not reserve the
-worker groups its trials start, so a sweep counts each trial whole. No Ray
-import here.
+Read against ``ray.cluster_resources()`` / ``ray.available_resources()``
+(mappings of resource names to amounts) and the nodes' totals, by the driver
+of a run (:mod:`detr_ray.cluster.waiting`) and of a sweep. Tune does not
+reserve the worker groups its trials start, so a sweep counts each trial
+whole. No Ray import here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from detr_ray.config import ExperimentConfig, ScalingConfig
 from detr_ray.errors import ConfigError
 
 TRIAL_DRIVER_CPUS = 0.01  # a sweep trial's own process only waits for its Train run
+CHANGE_KEYS = "--num-workers, scaling.cpus_per_worker or --gpu"
+
+
+@dataclass(frozen=True)
+class WorkerNeed:
+    """What a run cannot start without: ``workers`` workers (an elastic run's
+    ``min_workers``) of ``cpus`` CPUs and ``gpus`` GPUs each. Each worker is
+    one bundle of one placement group: it must fit on one node."""
+
+    workers: int
+    cpus: float
+    gpus: int = 0
+
+    @classmethod
+    def of(cls, scaling: ScalingConfig) -> WorkerNeed:
+        return cls(
+            workers=scaling.min_workers or scaling.num_workers,  # null: a fixed size
+            cpus=scaling.cpus_per_worker,
+            gpus=1 if scaling.use_gpu else 0,
+        )
+
+    def __str__(self) -> str:
+        """``2 workers x 1 CPU`` or ``8 workers x 1 CPU + 1 GPU``."""
+        each = f"{self.cpus:g} CPU" + (f" + {self.gpus} GPU" if self.gpus else "")
+        return f"{self.workers} worker(s) x {each}"
+
+    def per_node(self, node: Mapping[str, float]) -> int:
+        """How many of these workers one node with resources ``node`` holds."""
+        fits = math.floor(node.get("CPU", 0.0) / self.cpus + 1e-9)
+        if self.gpus:
+            fits = min(fits, math.floor(node.get("GPU", 0.0) / self.gpus + 1e-9))
+        return fits
+
+    def held_by(self, nodes: Sequence[Mapping[str, float]]) -> int:
+        """How many of these workers the nodes hold together (each on one node)."""
+        return sum(self.per_node(node) for node in nodes)
+
+    def shortfall(self, nodes: Sequence[Mapping[str, float]], what: str) -> str | None:
+        """``None`` if the nodes hold the workers, else a sentence naming the
+        numbers: ``what`` says which amounts they are (``in total``, ``free``)."""
+        if self.held_by(nodes) >= self.workers:
+            return None
+        cpus = sum(node.get("CPU", 0.0) for node in nodes)
+        gpus = sum(node.get("GPU", 0.0) for node in nodes)
+        largest = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
+        have = f"{cpus:g} CPU(s) {what}" + (f" and {gpus:g} GPU(s)" if self.gpus else "")
+        if len(nodes) > 1:
+            have += f" on {len(nodes)} nodes (at most {largest:g} CPU(s) on one)"
+        return f"the run needs {self} but the cluster has {have}"
+
+
+def check_fits_ever(need: WorkerNeed, node_totals: Sequence[Mapping[str, float]]) -> None:
+    """A cluster that cannot grow (started here, no autoscaler) whose nodes in
+    total cannot hold ``need``: an error now rather than a wait for ever.
+
+    Raises:
+        ConfigError: naming both numbers and the keys to change.
+    """
+    short = need.shortfall(node_totals, "in total")
+    if short:
+        raise ConfigError(f"{short}: it can never start; change {CHANGE_KEYS}, or add nodes")
 
 
 def check_cluster_gpus(num_workers: int, resources: Mapping[str, float]) -> None:
-    """The same check against a running cluster's ``ray.cluster_resources()``."""
+    """``--gpu`` on a cluster (``ray.cluster_resources()``) without a GPU a worker."""
     gpus = resources.get("GPU", 0.0)
     if gpus < num_workers:
         raise ConfigError(

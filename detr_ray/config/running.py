@@ -15,13 +15,18 @@ class ScalingConfig:
     elastic: it starts with as many workers as fit (at least ``min_workers``),
     goes on with fewer when a node is lost and grows back (checked every
     ``resize_interval_s``) when capacity returns; each resize restarts the
-    workers from the latest checkpoint."""
+    workers from the latest checkpoint.
+
+    ``start_timeout_s`` bounds the wait for the workers' resources on a
+    cluster that may grow (0: wait for ever); a Ray this command starts
+    cannot grow, so a run it can never hold is refused at once."""
 
     num_workers: int = 2  # the most workers (all of them in a fixed-size run)
     min_workers: int | None = None  # null: num_workers (a fixed size)
     resize_interval_s: float = 60.0  # how often an elastic run looks for room to grow
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    start_timeout_s: float = 300.0  # the wait for the workers' resources (0: for ever)
 
     @property
     def elastic(self) -> bool:
@@ -39,6 +44,12 @@ class ScalingConfig:
             self.resize_interval_s > 0, "resize_interval_s", self.resize_interval_s, "> 0 seconds"
         )
         require(self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "> 0")
+        require(
+            self.start_timeout_s >= 0,
+            "start_timeout_s",
+            self.start_timeout_s,
+            ">= 0 seconds (0: wait for ever)",
+        )
 
 
 @dataclass(frozen=True)

@@ -50,14 +50,15 @@ def end_run(
     status: str,
     tags: Mapping[str, str],
     only_running: bool = False,
-) -> None:
+) -> bool:
     """End the run of ``run_dir`` (if it has one) with ``status`` (FAILED,
     KILLED) and ``tags``; with ``only_running``, only if it is still RUNNING
-    (a driver stopped just after its run FINISHED leaves it FINISHED)."""
+    (a driver stopped just after its run FINISHED leaves it FINISHED).
+    Returns whether ``run_dir`` has a run."""
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        return
+        return False
     runs = client.search_runs(
         [found.experiment_id], filter_string=f"tags.`{RUN_DIR_TAG}` = '{run_dir}'", max_results=1
     )
@@ -67,6 +68,7 @@ def end_run(
         for key, value in tags.items():
             client.set_tag(run.info.run_id, key, value)
         client.set_terminated(run.info.run_id, status=status)
+    return bool(runs)
 
 
 def close_abandoned_runs(uri: str, experiment: str, host: str) -> list[str]:

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import threading
 
 from detr_ray import storage
 from detr_ray.checkpoint import checkpoint_folders
-from detr_ray.cluster.address import check_cluster_address, is_local
-from detr_ray.cluster.resources import check_cluster_gpus
+from detr_ray.cluster.address import is_local
+from detr_ray.cluster.local import ClusterChoice, choose_cluster
+from detr_ray.cluster.resources import WorkerNeed
 from detr_ray.cluster.session import RAY_ENV_DEFAULTS, init_ray, set_ray_env_defaults
+from detr_ray.cluster.signals import sigterm_as_interrupt
+from detr_ray.cluster.waiting import wait_for_workers
 from detr_ray.config import ExperimentConfig
-from detr_ray.errors import TrainingStopped, error_kind
+from detr_ray.errors import ClusterError, TrainingStopped, error_kind
 from detr_ray.storage import StorageOptions
 from detr_ray.tracking.names import ENDED_TAG, ERROR_TAG, MAX_TAG_LENGTH, VAL_AP
 from detr_ray.tracking.store import tracking_uri_of
@@ -50,22 +51,27 @@ def run_training(
         TrainingStopped: the run stopped itself (e.g. diverged), or its workers
             kept failing beyond ``run.max_failures``; checkpoints are kept.
     """
-    check_cluster_address(address)  # before any slow work: an unreachable one fails now
+    cluster = choose_cluster(address)  # before any slow work: a dead address fails now
     prepared = prepare_run(config, local_cluster=is_local(address))
-    return launch(prepared, address=address, hooks=hooks)
+    return launch(prepared, cluster=cluster, hooks=hooks)
 
 
 def launch(
     prepared: PreparedRun,
-    address: str | None = None,
+    cluster: ClusterChoice | None = None,
     callbacks: list | None = None,
     hooks: FaultHooks | None = None,
 ) -> RunOutcome:
     """Run a :class:`PreparedRun` on Ray Train (a sweep's trial starts here:
-    its driver checked the config once for every trial).
+    its driver checked the config once for every trial, and fitted the trials
+    to the cluster).
 
-    ``callbacks`` go to Ray Train's ``RunConfig`` (a sweep passes Tune's
-    ``TuneReportCallback`` to forward every report to its trial).
+    ``cluster``: where to run, for a command's own driver; then the driver
+    first waits, bounded, for room for the workers
+    (:func:`~detr_ray.cluster.waiting.wait_for_workers`). ``None``: this
+    process is connected already (a trial). ``callbacks`` go to Ray Train's
+    ``RunConfig`` (a sweep passes Tune's ``TuneReportCallback`` to forward
+    every report to its trial).
     """
     config, label_map = prepared.config, prepared.label_map
     hooks = hooks or FaultHooks.from_env()
@@ -73,19 +79,85 @@ def launch(
 
     import ray
     import ray.train
+
+    scaling = config.scaling
+    options = config.run.storage
+    run_dir = storage.join(config.run.storage_path, config.run.name)
+    clear_fatal_error(run_dir, options)  # an earlier run's, whose cause the user has fixed
+    workers = (
+        f"{scaling.min_workers}-{scaling.num_workers} workers (elastic)"
+        if scaling.elastic
+        else f"{scaling.num_workers} worker(s)"
+    )
+    print(
+        f"[detr-ray] run {config.run.name!r}: {workers} x batch "
+        f"{config.train.batch_size}, {config.train.epochs} epochs, {label_map.num_classes} "
+        f"classes; checkpoints in {storage.without_query(run_dir)}",
+        flush=True,
+    )
+    uri = tracking_uri_of(config)
+    _close_abandoned(uri, config.tracking.experiment)
+    try:
+        # a command's driver: never a silent wait for workers
+        can_grow = cluster is not None and not init_ray(cluster)
+        with sigterm_as_interrupt():  # after ray.init: it installs a SIGTERM handler of its own
+            if cluster is not None:
+                wait_for_workers(WorkerNeed.of(scaling), can_grow, scaling.start_timeout_s)
+            result = _trainer(config, label_map, run_dir, hooks, callbacks).fit()
+    except ClusterError as e:  # the wait for workers timed out: say so in the run
+        _end_run(uri, config, run_dir, "FAILED", {ERROR_TAG: str(e)[:MAX_TAG_LENGTH]}, True)
+        raise
+    except KeyboardInterrupt:
+        ended = {ENDED_TAG: f"driver {driver_id()} was stopped"}
+        _end_run(uri, config, run_dir, "KILLED", ended, create=cluster is not None)
+        if cluster is not None:  # a command's own driver: leave now (at exit it lingers)
+            ray.shutdown()
+        raise KeyboardInterrupt(
+            f"interrupted; {_kept(run_dir, options)}. Run the same command again (same "
+            "run.name and run.storage_path) to resume from the latest one."
+        ) from None
+    except ray.train.TrainingFailedError as e:
+        fatal = read_fatal_error(run_dir, options)
+        if fatal is not None:  # the attempt that read it ended too: say it once
+            raise fatal from None
+        stopped = TrainingStopped(
+            f"training failed after {config.run.max_failures} restart(s) (run.max_failures): "
+            f"{e}. {_kept(run_dir, options)}; fix the cause and run again to resume."
+        )
+        # its workers died: nobody else will say so
+        _end_run(uri, config, run_dir, "FAILED", {ERROR_TAG: str(stopped)[:MAX_TAG_LENGTH]})
+        raise stopped from None
+    outcome = result.return_value
+    if not isinstance(outcome, RunOutcome):  # a loop that returned nothing: a bug
+        raise RuntimeError(f"the training loop returned {outcome!r}, not a RunOutcome")
+    latest = result.checkpoint.path if result.checkpoint else None
+    if latest is not None and storage.is_uri(config.run.storage_path):  # a bucket path
+        latest = f"{config.run.storage_path.split('://')[0]}://{latest}"
+    outcome.latest_checkpoint = latest
+    outcome.run_dir = storage.without_query(run_dir)
+    if outcome.status == "error":
+        raise error_kind(outcome.error_kind)(outcome.message)
+    if outcome.status == "stopped":
+        raise TrainingStopped(f"{outcome.message} {_kept(run_dir, options)}")
+    return outcome
+
+
+def _trainer(
+    config: ExperimentConfig,
+    label_map,
+    run_dir: str,
+    hooks: FaultHooks | None,
+    callbacks: list | None,
+):
+    """The run's ``TorchTrainer``: its workers, storage, failures, checkpoints."""
+    import ray.train
     from ray.train.torch import TorchTrainer
 
     from detr_ray.train.worker import train_loop_per_worker
 
-    init_ray(address)
     scaling = config.scaling
-    if scaling.use_gpu:
-        check_cluster_gpus(scaling.min_workers or scaling.num_workers, ray.cluster_resources())
-    options = config.run.storage
-    run_dir = storage.join(config.run.storage_path, config.run.name)
-    clear_fatal_error(run_dir, options)  # an earlier run's, whose cause the user has fixed
-    filesystem, storage_path = storage.open_location(config.run.storage_path, options)
-    trainer = TorchTrainer(
+    filesystem, storage_path = storage.open_location(config.run.storage_path, config.run.storage)
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "experiment": config.to_dict(),
@@ -119,53 +191,6 @@ def launch(
             callbacks=callbacks or [],
         ),
     )
-    workers = (
-        f"{scaling.min_workers}-{scaling.num_workers} workers (elastic)"
-        if scaling.elastic
-        else f"{scaling.num_workers} worker(s)"
-    )
-    print(
-        f"[detr-ray] run {config.run.name!r}: {workers} x batch "
-        f"{config.train.batch_size}, {config.train.epochs} epochs, {label_map.num_classes} "
-        f"classes; checkpoints in {storage.without_query(run_dir)}",
-        flush=True,
-    )
-    uri = tracking_uri_of(config)
-    _close_abandoned(uri, config.tracking.experiment)
-    try:
-        with _sigterm_as_interrupt():
-            result = trainer.fit()
-    except KeyboardInterrupt:
-        ended = {ENDED_TAG: f"driver {driver_id()} was stopped"}
-        _end_run(uri, config, run_dir, "KILLED", ended)
-        raise KeyboardInterrupt(
-            f"interrupted; {_kept(run_dir, options)}. Run the same command again (same "
-            "run.name and run.storage_path) to resume from the latest one."
-        ) from None
-    except ray.train.TrainingFailedError as e:
-        fatal = read_fatal_error(run_dir, options)
-        if fatal is not None:  # the attempt that read it ended too: say it once
-            raise fatal from None
-        stopped = TrainingStopped(
-            f"training failed after {config.run.max_failures} restart(s) (run.max_failures): "
-            f"{e}. {_kept(run_dir, options)}; fix the cause and run again to resume."
-        )
-        # its workers died: nobody else will say so
-        _end_run(uri, config, run_dir, "FAILED", {ERROR_TAG: str(stopped)[:MAX_TAG_LENGTH]})
-        raise stopped from None
-    outcome = result.return_value
-    if not isinstance(outcome, RunOutcome):  # a loop that returned nothing: a bug
-        raise RuntimeError(f"the training loop returned {outcome!r}, not a RunOutcome")
-    latest = result.checkpoint.path if result.checkpoint else None
-    if latest is not None and storage.is_uri(config.run.storage_path):  # a bucket path
-        latest = f"{config.run.storage_path.split('://')[0]}://{latest}"
-    outcome.latest_checkpoint = latest
-    outcome.run_dir = storage.without_query(run_dir)
-    if outcome.status == "error":
-        raise error_kind(outcome.error_kind)(outcome.message)
-    if outcome.status == "stopped":
-        raise TrainingStopped(f"{outcome.message} {_kept(run_dir, options)}")
-    return outcome
 
 
 def driver_id() -> str:
@@ -187,36 +212,32 @@ def _close_abandoned(uri: str, experiment: str) -> None:
 
 
 def _end_run(
-    uri: str, config: ExperimentConfig, run_dir: str, status: str, tags: dict[str, str]
+    uri: str,
+    config: ExperimentConfig,
+    run_dir: str,
+    status: str,
+    tags: dict[str, str],
+    create: bool = False,
 ) -> None:
     """End the run's MLflow run as the driver ends, if it is still RUNNING (a
     stop that comes after the run FINISHED changes nothing); a store that fails
-    is only warned about (the error that ends the driver is the one to show)."""
+    is only warned about (the error that ends the driver is the one to show).
+
+    ``create``: a run whose workers never started has no MLflow run yet; it
+    gets one (the config and params, as its workers would log them) that ends
+    with ``status`` and ``tags``; running it again continues that run."""
     from detr_ray.tracking.lifecycle import end_run
+    from detr_ray.train.progress import open_tracker
 
     try:
         run = storage.without_query(run_dir)
-        end_run(uri, config.tracking.experiment, run, status, tags, only_running=True)
+        found = end_run(uri, config.tracking.experiment, run, status, tags, only_running=True)
+        if create and not found:
+            tracker = open_tracker(config, run_dir, None)
+            tracker.set_tags(tags)
+            tracker.finish(status)
     except Exception as e:
         log.warning("could not mark the MLflow run %s in %s: %s", status, uri, e)
-
-
-class _sigterm_as_interrupt:
-    """SIGTERM (``ray job stop``, a scheduler's preemption notice) ends the driver
-    like Ctrl-C: its MLflow run is marked KILLED, its checkpoints are kept."""
-
-    def __enter__(self):
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._interrupt)
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-
-    @staticmethod
-    def _interrupt(signum, frame):
-        raise KeyboardInterrupt
 
 
 def _kept(run_dir: str, options: StorageOptions) -> str:

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from detr_ray import storage
-from detr_ray.cluster.address import check_cluster_address, is_local
+from detr_ray.cluster.address import is_local
+from detr_ray.cluster.local import choose_cluster
 from detr_ray.cluster.resources import (
     TRIAL_DRIVER_CPUS,
     check_cluster_gpus,
@@ -35,6 +36,7 @@ from detr_ray.cluster.resources import (
     trials_at_once,
 )
 from detr_ray.cluster.session import init_ray, set_ray_env_defaults
+from detr_ray.cluster.signals import sigterm_as_sigint
 from detr_ray.config import ExperimentConfig
 from detr_ray.tracking.names import SWEEP_TAG, TRIALS_AT_ONCE_TAG
 from detr_ray.tracking.store import tracking_uri_of
@@ -58,7 +60,7 @@ def run_sweep(
     """
     from detr_ray.tracking.runs import SweepTracker
 
-    check_cluster_address(address)  # before any slow work: an unreachable one fails now
+    cluster = choose_cluster(address)  # before any slow work: a dead address fails now
     check_search(options, space)
     prepared = prepare_run(base, local_cluster=is_local(address))
     base = prepared.config
@@ -71,7 +73,7 @@ def run_sweep(
     import ray
     from ray import tune
 
-    init_ray(address)
+    init_ray(cluster)
     filesystem, fs_sweep_dir = storage.open_location(sweep_dir, options_storage)
     resources = ray.cluster_resources()
     if base.scaling.use_gpu:
@@ -151,7 +153,8 @@ def run_sweep(
         )
         record_concurrency(sweep_dir, at_once, options_storage)
     try:
-        grid = tuner.fit()
+        with sigterm_as_sigint():  # Tune stops its trials and saves the sweep's state
+            grid = tuner.fit()
     except BaseException:
         parent.finish("FAILED")
         raise

@@ -1,0 +1,66 @@
+"""The wait for a run's workers on the session's Ray, and the tier's leak guard.
+
+The session's Ray was started by the test process, not by the run: to the
+run it is a cluster that may grow, so it waits, bounded, saying what holds
+the cluster. A placement group the test itself creates plays the run that
+holds it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+from ray.util import placement_group, remove_placement_group
+
+from detr_ray.config import ExperimentConfig
+from detr_ray.errors import ClusterError
+from detr_ray.train.launcher import run_training
+
+from tests.support.experiments import tiny_experiment
+from tests.support.ray_guard import left_behind
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def test_a_run_waiting_for_held_cpus_names_the_holder_and_ends_at_its_deadline(
+    make_shapes, tmp_path
+):
+    total = ray.cluster_resources()["CPU"]
+    holder = placement_group([{"CPU": total - 1}], name="held-by-the-test")
+    ray.get(holder.ready(), timeout=30)
+    config = ExperimentConfig.from_dict(
+        tiny_experiment(
+            make_shapes(8, 4), tmp_path / "runs", "waits", scaling={"start_timeout_s": 2}
+        )
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(ClusterError) as e:
+            run_training(config)
+    finally:
+        remove_placement_group(holder)
+    took = time.monotonic() - started
+    message = str(e.value)
+    assert (
+        "the run needs 2 worker(s) x 1 CPU but the cluster has 1 CPU(s) free; held by "
+        f"placement group 'held-by-the-test' (1 x {{CPU: {total - 1:g}}})"
+    ) in message
+    assert "Gave up after 2 s (scaling.start_timeout_s" in message and took < 30
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("detr-ray").experiment_id])
+    assert run.info.status == "FAILED" and "held-by-the-test" in run.data.tags["detr_ray.error"]
+
+
+def test_the_guard_names_and_removes_a_leaked_placement_group():
+    leaked = placement_group([{"CPU": 1}], name="leaked-by-the-test")
+    ray.get(leaked.ready(), timeout=30)
+    left = left_behind(settle_s=1)
+    assert (
+        left is not None and "1 placement group(s) behind ['leaked-by-the-test (CREATED)']" in left
+    )
+    total = ray.cluster_resources()["CPU"]
+    assert f"{total - 1:g} of {total:g} CPUs free" in left
+    assert left_behind(settle_s=10) is None  # removed: the next test finds the cluster whole

@@ -25,6 +25,7 @@ from torch import Tensor
 from detr_ray.ops.boxes import cxcywh_to_xyxy, giou
 
 BOX_COST_FORMATS = ("xyxy", "cxcywh")
+CLS_COST_KINDS = ("softmax", "focal")  # DETR's K + 1 softmax, Deformable DETR's K sigmoids
 
 
 @dataclass(frozen=True)
@@ -117,10 +118,15 @@ class NonFiniteCostError(FloatingPointError):
 class HungarianMatcher:
     """One-to-one matching of queries to targets by the reference's weighted cost.
 
-    ``cost = cls_cost * -softmax(logits)[label] + bbox_cost * L1 + iou_cost * -GIoU``
+    ``cost = cls_cost * C_cls + bbox_cost * L1 + iou_cost * -GIoU``
 
-    - the classification term uses ``-p`` rather than the NLL: it approximates
-      ``1 - p``, and the constant does not change the matching;
+    - ``cls_cost_kind="softmax"`` (DETR): ``C_cls = -softmax(logits)[label]``,
+      ``-p`` rather than the NLL: it approximates ``1 - p``, and the constant
+      does not change the matching; the logits have ``K + 1`` channels;
+    - ``cls_cost_kind="focal"`` (Deformable DETR): ``K`` sigmoid logits and
+      ``C_cls = alpha (1 - p)^gamma (-log p) - (1 - alpha) p^gamma (-log(1 - p))``
+      at the label: the focal loss of calling the query that class, minus that
+      of calling it not that class;
     - the L1 term is on normalised boxes, in ``xyxy`` (mmdetection, the
       reference) or ``cxcywh`` (official DETR) as ``bbox_cost_format`` says;
     - GIoU is scale invariant per axis, so computing it on normalised boxes
@@ -131,8 +137,20 @@ class HungarianMatcher:
     """
 
     def __init__(
-        self, *, cls_cost: float, bbox_cost: float, iou_cost: float, bbox_cost_format: str
+        self,
+        *,
+        cls_cost: float,
+        bbox_cost: float,
+        iou_cost: float,
+        bbox_cost_format: str,
+        cls_cost_kind: str = "softmax",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
     ):
+        if cls_cost_kind not in CLS_COST_KINDS:
+            raise ValueError(
+                f"cls_cost_kind must be one of {CLS_COST_KINDS}, got {cls_cost_kind!r}"
+            )
         if bbox_cost_format not in BOX_COST_FORMATS:
             raise ValueError(
                 f"bbox_cost_format must be one of {BOX_COST_FORMATS}, got {bbox_cost_format!r}"
@@ -145,11 +163,14 @@ class HungarianMatcher:
         self.bbox_cost = float(bbox_cost)
         self.iou_cost = float(iou_cost)
         self.bbox_cost_format = bbox_cost_format
+        self.cls_cost_kind = cls_cost_kind
+        self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
 
     def __repr__(self) -> str:
         return (
             f"HungarianMatcher(cls_cost={self.cls_cost}, bbox_cost={self.bbox_cost}, "
-            f"iou_cost={self.iou_cost}, bbox_cost_format={self.bbox_cost_format!r})"
+            f"iou_cost={self.iou_cost}, bbox_cost_format={self.bbox_cost_format!r}, "
+            f"cls_cost_kind={self.cls_cost_kind!r})"
         )
 
     def __call__(
@@ -242,11 +263,19 @@ class HungarianMatcher:
         dtype = torch.promote_types(cls_scores.dtype, torch.float32)  # fp16/bf16 -> fp32
         # The gathers below are index_select on flat views: several times faster
         # than advanced indexing of strided tensors.
-        # -p approximates the NLL; the constant 1 of "1 - p" does not change the matching.
-        prob = cls_scores.to(dtype).softmax(-1)  # (L, B, Q, K+1)
         queries = torch.arange(num_queries, device=img.device)
         flat_idx = (img[:, None] * num_queries + queries) * num_logits + targets.labels[:, None]
-        cost_cls = -prob.view(num_layers, -1).index_select(1, flat_idx.view(-1))
+        if self.cls_cost_kind == "softmax":
+            # -p approximates the NLL; the constant 1 of "1 - p" does not change the matching.
+            prob = cls_scores.to(dtype).softmax(-1)  # (L, B, Q, K+1)
+            cost_cls = -prob.view(num_layers, -1).index_select(1, flat_idx.view(-1))
+        else:  # the sigmoid of the label's logit only: gather first, then the focal terms
+            logit = cls_scores.to(dtype).reshape(num_layers, -1).index_select(1, flat_idx.view(-1))
+            p = logit.sigmoid()
+            alpha, gamma = self.focal_alpha, self.focal_gamma
+            positive = alpha * (1 - p) ** gamma * -(p + 1e-8).log()
+            negative = (1 - alpha) * p**gamma * -(1 - p + 1e-8).log()
+            cost_cls = positive - negative
         cost_cls = cost_cls.view(num_layers, -1, num_queries)  # (L, T, Q)
 
         # Boxes as coordinate planes, (4, L, T, Q) contiguous, so every op below

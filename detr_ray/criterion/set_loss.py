@@ -6,6 +6,10 @@ once, not in a loop):
 - ``loss_cls``: cross-entropy over the ``K + 1`` logits of every query, with
   class weight 1 for objects and ``bg_cls_weight`` for background (unmatched
   queries), summed and divided by ``num_pos + bg_cls_weight * num_neg``.
+  With ``cls_loss="focal"`` (Deformable DETR) the ``K`` logits are sigmoids
+  with no background channel: the sigmoid focal loss of every query and class
+  (target 1 at a matched query's label, 0 elsewhere), summed and divided by
+  ``num_total_pos``.
 - ``loss_bbox``: L1 between matched normalised cxcywh boxes, summed over the
   four coordinates and the pairs, divided by ``num_total_pos``.
 - ``loss_iou``: ``1 - GIoU`` of matched pairs, divided by ``num_total_pos``.
@@ -30,6 +34,8 @@ from detr_ray.criterion.matcher import FlatTargets, HungarianMatcher, Matching
 from detr_ray.ops.boxes import cxcywh_to_xyxy, giou
 from detr_ray.ops.dist import reduce_mean
 
+CLS_LOSSES = ("ce", "focal")  # DETR's softmax cross-entropy, Deformable DETR's sigmoid focal
+
 
 class SetCriterion(nn.Module):
     """The DETR set loss of every decoder layer.
@@ -43,6 +49,9 @@ class SetCriterion(nn.Module):
             (``eos_coef`` in the official DETR).
         sync_cls_avg_factor: average the classification normaliser over
             workers, as ``num_total_pos`` always is.
+        cls_loss: ``ce`` (DETR: ``K + 1`` logits) or ``focal`` (``K`` sigmoid
+            logits; ``bg_cls_weight`` and ``sync_cls_avg_factor`` then unused).
+        focal_alpha, focal_gamma: the focal loss's (0.25 and 2 as in RetinaNet).
         check_labels: check on every call that target labels are in ``[0, K)``
             (a clear error instead of an index error, at the cost of one
             device-to-host read). The training engine turns it off: its labels
@@ -63,6 +72,9 @@ class SetCriterion(nn.Module):
         bg_cls_weight: float,
         sync_cls_avg_factor: bool,
         check_labels: bool = True,
+        cls_loss: str = "ce",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
     ):
         super().__init__()
         self.class_weight: Tensor  # (K + 1,) buffer: 1 per object class, bg_cls_weight last
@@ -70,7 +82,11 @@ class SetCriterion(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if not 0.0 <= bg_cls_weight:
             raise ValueError(f"bg_cls_weight must be >= 0, got {bg_cls_weight}")
+        if cls_loss not in CLS_LOSSES:
+            raise ValueError(f"cls_loss must be one of {CLS_LOSSES}, got {cls_loss!r}")
         self.num_classes = num_classes
+        self.cls_loss = cls_loss
+        self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
         self.matcher = matcher
         self.cls_weight = float(cls_weight)
         self.bbox_weight = float(bbox_weight)
@@ -123,11 +139,14 @@ class SetCriterion(nn.Module):
         if self.check_labels:
             self._check_labels(targets)
         num_layers, num_images, num_queries, num_logits = cls_scores.shape
-        if num_logits != self.num_classes + 1:
-            raise ValueError(
-                f"cls_scores has {num_logits} logits per query; expected num_classes + 1 = "
-                f"{self.num_classes + 1} (background last)"
+        expected = self.num_classes + (1 if self.cls_loss == "ce" else 0)
+        if num_logits != expected:
+            what = (
+                f"num_classes + 1 = {expected} (background last)"
+                if self.cls_loss == "ce"
+                else f"num_classes = {expected} (cls_loss 'focal': no background logit)"
             )
+            raise ValueError(f"cls_scores has {num_logits} logits per query; expected {what}")
         # The loss is computed in at least float32, also under autocast.
         dtype = torch.promote_types(cls_scores.dtype, torch.float32)
         cls_scores, bbox_preds = cls_scores.to(dtype), bbox_preds.to(dtype)
@@ -139,18 +158,11 @@ class SetCriterion(nn.Module):
         pred_idx = pred_idx.reshape(-1)  # (L * P,)
         target_idx = matching.target_idx.reshape(-1)  # (L * P,)
 
-        # Classification: every query, background unless matched.
-        target_classes = torch.full(
-            (num_layers * num_images * num_queries,), self.num_classes, device=cls_scores.device
-        )
-        target_classes[pred_idx] = targets.labels[target_idx]
-        cross_entropy = F.cross_entropy(
-            cls_scores.reshape(-1, num_logits),
-            target_classes,
-            weight=self.class_weight.to(dtype),
-            reduction="none",
-        )  # (L * B * Q,)
-        loss_cls = cross_entropy.view(num_layers, -1).sum(1) / cls_avg_factor  # (L,)
+        if self.cls_loss == "focal":  # (L,)
+            loss_cls = self._focal(cls_scores, targets, pred_idx, target_idx) / num_total_pos
+        else:
+            loss_cls = self._cross_entropy(cls_scores, targets, pred_idx, target_idx)
+            loss_cls = loss_cls / cls_avg_factor
 
         # Boxes: matched pairs only.
         matched_pred = bbox_preds.reshape(-1, 4).index_select(0, pred_idx)  # (L * P, 4) cxcywh
@@ -165,6 +177,38 @@ class SetCriterion(nn.Module):
             (self.cls_weight * loss_cls, self.bbox_weight * loss_bbox, self.iou_weight * loss_iou),
             dim=1,
         )  # (L, 3)
+
+    def _cross_entropy(
+        self, cls_scores: Tensor, targets: FlatTargets, pred_idx: Tensor, target_idx: Tensor
+    ) -> Tensor:
+        """``(L,)`` summed weighted cross-entropy: every query, background unless matched."""
+        num_layers, num_logits = cls_scores.shape[0], cls_scores.shape[-1]
+        target_classes = torch.full(
+            (cls_scores[..., 0].numel(),), self.num_classes, device=cls_scores.device
+        )
+        target_classes[pred_idx] = targets.labels[target_idx]
+        cross_entropy = F.cross_entropy(
+            cls_scores.reshape(-1, num_logits),
+            target_classes,
+            weight=self.class_weight.to(cls_scores.dtype),
+            reduction="none",
+        )  # (L * B * Q,)
+        return cross_entropy.view(num_layers, -1).sum(1)
+
+    def _focal(
+        self, cls_scores: Tensor, targets: FlatTargets, pred_idx: Tensor, target_idx: Tensor
+    ) -> Tensor:
+        """``(L,)`` summed sigmoid focal loss over every query and class."""
+        num_layers, num_classes = cls_scores.shape[0], cls_scores.shape[-1]
+        logits = cls_scores.reshape(-1, num_classes)  # (L * B * Q, K)
+        onehot = torch.zeros_like(logits)
+        onehot[pred_idx, targets.labels[target_idx]] = 1.0
+        p = logits.sigmoid()
+        bce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
+        p_true = p * onehot + (1 - p) * (1 - onehot)  # the probability of the right answer
+        alpha = self.focal_alpha * onehot + (1 - self.focal_alpha) * (1 - onehot)
+        focal = alpha * (1 - p_true) ** self.focal_gamma * bce
+        return focal.view(num_layers, -1).sum(1)
 
     def _normalisers(
         self, matching: Matching, num_predictions: int, dtype: torch.dtype

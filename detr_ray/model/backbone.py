@@ -262,6 +262,22 @@ class ResNetBackbone(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.layer4(x) if self.num_stages == 4 else x
 
+    @property
+    def level_channels(self) -> list[int]:
+        """Channels of :meth:`forward_levels`' maps (``layer2`` on)."""
+        expansion = self.num_channels // (512 if self.num_stages == 4 else 256)
+        return [c * expansion for c in (128, 256, 512)[: self.num_stages - 1]]
+
+    def forward_levels(self, images: Tensor) -> list[Tensor]:
+        """The maps of ``layer2`` on: strides 8, 16 (and 32 with 4 stages),
+        ``(B, C_l, H_l, W_l)`` each (the multi-scale input of Deformable DETR)."""
+        x = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(images)))))
+        levels = [self.layer2(x)]
+        levels.append(self.layer3(levels[-1]))
+        if self.num_stages == 4:
+            levels.append(self.layer4(levels[-1]))
+        return levels
+
 
 def load_torchvision_state_dict(backbone: ResNetBackbone, state_dict: Mapping[str, Tensor]) -> None:
     """Load a torchvision ResNet ``state_dict`` (ImageNet weights) strictly.

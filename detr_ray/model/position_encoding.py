@@ -17,7 +17,8 @@ class SinePositionalEncoding(nn.Module):
 
     Coordinates are cumulative sums of the non-padding mask along y and x
     (so padding does not shift them), optionally normalised to ``[0, scale]``
-    by each image's own extent; channel ``i`` divides them by
+    by each image's own extent (after adding ``offset``: Deformable DETR's
+    -0.5 puts a pixel at its centre); channel ``i`` divides them by
     ``temperature ** (2 * (i // 2) / num_feats)``, even channels take the
     sine and odd ones the cosine (interleaved), and the y encoding comes
     before the x encoding.
@@ -30,6 +31,7 @@ class SinePositionalEncoding(nn.Module):
         normalize: bool = True,
         scale: float = 2 * math.pi,
         eps: float = 1e-6,
+        offset: float = 0.0,
     ):
         super().__init__()
         if num_feats % 2:
@@ -39,14 +41,15 @@ class SinePositionalEncoding(nn.Module):
         self.normalize = normalize
         self.scale = scale
         self.eps = eps
+        self.offset = offset
 
     def forward(self, padding_mask: Tensor) -> Tensor:
         not_mask = ~padding_mask  # (B, H, W)
         y_embed = not_mask.cumsum(1, dtype=torch.float32)
         x_embed = not_mask.cumsum(2, dtype=torch.float32)
         if self.normalize:
-            y_embed = y_embed / (y_embed[:, -1:, :] + self.eps) * self.scale
-            x_embed = x_embed / (x_embed[:, :, -1:] + self.eps) * self.scale
+            y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + self.eps) * self.scale
+            x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + self.eps) * self.scale
         channel = torch.arange(self.num_feats, dtype=torch.float32, device=padding_mask.device)
         dim_t = self.temperature ** (
             2 * torch.div(channel, 2, rounding_mode="floor") / self.num_feats

@@ -1,7 +1,13 @@
-"""From the last decoder layer's raw outputs to detections in pixels."""
+"""From the last decoder layer's raw outputs to detections in pixels.
+
+DETR's softmax logits give each query its best class (:func:`postprocess`);
+Deformable DETR's sigmoid logits rank every (query, class) pair
+(:func:`postprocess_sigmoid`), so one query may give several detections.
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from detr_ray.ops.boxes import cxcywh_to_xyxy
@@ -49,3 +55,41 @@ def postprocess(
             }
         )
     return detections
+
+
+def postprocess_sigmoid(
+    cls_logits: Tensor,
+    bbox_preds: Tensor,
+    orig_sizes: Tensor,
+    top_k: int = 100,
+    score_threshold: float = 0.0,
+) -> list[dict[str, Tensor]]:
+    """Per-image detections from sigmoid logits: the ``top_k`` best (query,
+    class) pairs of each image (the official Deformable DETR: 100).
+
+    Args:
+        cls_logits: ``(B, Q, K)`` sigmoid logits of one decoder layer.
+        bbox_preds: ``(B, Q, 4)`` normalised cxcywh.
+        orig_sizes: ``(B, 2)`` ``(h, w)`` each image's original size.
+
+    Returns:
+        as :func:`postprocess`: ``scores``, ``labels``, ``boxes_xyxy`` per
+        image, best first, scores at least ``score_threshold``.
+    """
+    num_images, num_queries, num_classes = cls_logits.shape
+    prob = cls_logits.float().sigmoid().reshape(num_images, -1)  # (B, Q * K)
+    scores, flat = prob.topk(min(top_k, prob.shape[1]), dim=1)  # (B, k), best first
+    queries, labels = flat // num_classes, flat % num_classes
+    height, width = orig_sizes.float().unbind(-1)
+    scale = torch.stack([width, height, width, height], -1)[:, None]  # (B, 1, 4)
+    boxes = cxcywh_to_xyxy(bbox_preds.float()).gather(1, queries[..., None].expand(-1, -1, 4))
+    boxes = boxes * scale
+    keep = scores >= score_threshold
+    return [
+        {
+            "scores": scores[i][keep[i]],
+            "labels": labels[i][keep[i]],
+            "boxes_xyxy": boxes[i][keep[i]],
+        }
+        for i in range(num_images)
+    ]

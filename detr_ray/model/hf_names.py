@@ -17,8 +17,6 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-_NORM_PARTS = {"weight", "bias", "running_mean", "running_var"}
-
 
 def hf_resnet_names(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """The HF ResNet under ``prefix`` (e.g. ``model.backbone.conv_encoder.model.``)

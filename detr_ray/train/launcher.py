@@ -105,7 +105,7 @@ def launch(
                 wait_for_workers(WorkerNeed.of(scaling), can_grow, scaling.start_timeout_s)
             result = _trainer(config, label_map, run_dir, hooks, callbacks).fit()
     except ClusterError as e:  # the wait for workers timed out: say so in the run
-        _end_run(uri, config, run_dir, "FAILED", {ERROR_TAG: str(e)[:MAX_TAG_LENGTH]}, True)
+        _end_run(uri, config, run_dir, "FAILED", {ERROR_TAG: str(e)[:MAX_TAG_LENGTH]}, create=True)
         raise
     except KeyboardInterrupt:
         ended = {ENDED_TAG: f"driver {driver_id()} was stopped"}

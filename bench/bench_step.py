@@ -1,18 +1,23 @@
-"""One DETR training step (forward, loss, backward, clip, AdamW): detr_ray vs HF transformers.
+"""One training step (forward, loss, backward, clip, AdamW): detr_ray vs HF transformers.
 
-    python bench/bench_step.py [--steps 5] [--rounds 2]
+    python bench/bench_step.py [--steps 5] [--rounds 2] [--configs small,r50,...]
 
 Configurations:
 - ``r50``:   the official detr_r50, batch 2, 512 x 512, 91 classes;
-- ``small``: the CPU preset detr_r18_small, batch 8, 128 x 128, 3 classes.
+- ``small``: the CPU preset detr_r18_small, batch 8, 128 x 128, 3 classes;
+- ``deformable_r50``: the official deformable_detr_r50, batch 2, 512 x 512, 91 classes;
+- ``deformable_small``: the CPU preset deformable_detr_r18_small, batch 8,
+  128 x 128, 3 classes (``deformable_small_refine``: with box refinement).
 
-HF transformers' ``DetrForObjectDetection`` (the ``bench`` extra) is built in
-the same configuration (its own ResNet, no timm, no downloads; auxiliary losses
-on, the official dropout sites, same loss weights and matching costs). HF's
-own-ResNet path freezes the *whole* backbone (its freezing rule looks for
-"stage.1", which the HF ResNet's "stages.1" names never contain), so
-``detr_ray_frozen`` (``trainable_backbone_stages=0``) is the like-for-like
-comparison; ``detr_ray`` trains layer2-4 as the official DETR does.
+HF transformers' ``DetrForObjectDetection`` / ``DeformableDetrForObjectDetection``
+(the ``bench`` extra) is built in the same configuration by
+``bench/hf_twins.py`` (its own ResNet, no timm, no downloads; auxiliary losses
+on, the official dropout sites, same loss weights and matching costs; the
+pure-PyTorch deformable attention). HF's own-ResNet path freezes the *whole*
+backbone, so ``detr_ray_frozen`` (``trainable_backbone_stages=0``) is the
+like-for-like comparison; ``detr_ray`` trains layer2-4 as the official
+repositories do. detr-ray's step is the engine's: the batched matcher with
+one device read, every loss of :class:`~detr_ray.train.objective.TrainingObjective`.
 Each (implementation, configuration) runs in its own subprocess so peak memory
 (max RSS) is its own; the runs alternate, ``--rounds`` times, and the script
 prints the median images/s and the speed ratio.
@@ -32,6 +37,24 @@ CONFIGS = {
     # channels_last: what detr-ray's trainer uses for this model (train.channels_last)
     "r50": dict(preset="detr_r50", batch=2, size=512, num_classes=91, channels_last=True),
     "small": dict(preset="detr_r18_small", batch=8, size=128, num_classes=3, channels_last=False),
+    "deformable_r50": dict(
+        preset="deformable_detr_r50", batch=2, size=512, num_classes=91, channels_last=True
+    ),
+    "deformable_small": dict(
+        preset="deformable_detr_r18_small",
+        batch=8,
+        size=128,
+        num_classes=3,
+        channels_last=False,
+    ),
+    "deformable_small_refine": dict(
+        preset="deformable_detr_r18_small",
+        batch=8,
+        size=128,
+        num_classes=3,
+        channels_last=False,
+        with_box_refine=True,
+    ),
 }
 TARGETS_PER_IMAGE = 5
 
@@ -66,31 +89,54 @@ def adamw(model):
         return torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
 
 
+def model_config(config, trainable_backbone_stages):
+    """The benchmark's ModelConfig (the official dropout, frozen batch norms:
+    the architecture HF builds)."""
+    from detr_ray.config.model import preset_config
+
+    extra = {"with_box_refine": True} if config.get("with_box_refine") else {}
+    return preset_config(
+        config["preset"],
+        num_classes=config["num_classes"],
+        trainable_backbone_stages=trainable_backbone_stages,
+        backbone_norm="frozen",
+        dropout=0.1,
+        **extra,
+    )
+
+
 def detr_ray_step_fn(config, trainable_backbone_stages=3):
     import torch
 
     from detr_ray.config import LossConfig, MatcherConfig
     from detr_ray.criterion.build import build_criterion
-    from detr_ray.model.build import build_preset
+    from detr_ray.criterion.matcher import FlatTargets
+    from detr_ray.model.build import build_model
+    from detr_ray.model.training_detr import as_training_output
+    from detr_ray.train.objective import TrainingObjective
 
-    model = build_preset(
-        config["preset"],
-        num_classes=config["num_classes"],
-        trainable_backbone_stages=trainable_backbone_stages,
-        dropout=0.1,
-    ).train()
+    settings = model_config(config, trainable_backbone_stages)
+    model = build_model(settings).train()
+    cls_cost = 2.0 if settings.deformable else 1.0
     criterion = build_criterion(
-        MatcherConfig(bbox_cost_format="cxcywh"), LossConfig(), config["num_classes"]
+        settings,
+        MatcherConfig(cls_cost=cls_cost, bbox_cost_format="cxcywh"),
+        LossConfig(cls_weight=cls_cost),
+        config["num_classes"],
     )
+    objective = TrainingObjective(criterion, 1, 0.0, two_stage=settings.two_stage)
     optimizer = adamw(model)
     memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=memory_format)
 
     def step(images, mask, targets):
         images = images.contiguous(memory_format=memory_format)
-        losses = criterion(*model(images, mask), targets)
+        outputs = as_training_output(model(images, mask))
+        flat = FlatTargets.from_list(targets)
+        host = objective.costs_to_host(outputs, flat, rider=torch.zeros(2))
+        losses = objective(outputs, flat, host)
         optimizer.zero_grad()
-        losses["loss"].backward()
+        losses.objective.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
         optimizer.step()
 
@@ -99,56 +145,9 @@ def detr_ray_step_fn(config, trainable_backbone_stages=3):
 
 def hf_step_fn(config):
     import torch
-    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+    from hf_twins import hf_twin
 
-    if config["preset"] == "detr_r50":
-        backbone = ResNetConfig(
-            depths=[3, 4, 6, 3],
-            layer_type="bottleneck",
-            hidden_sizes=[256, 512, 1024, 2048],
-            out_features=["stage4"],
-        )
-        sizes = dict(
-            d_model=256,
-            encoder_layers=6,
-            decoder_layers=6,
-            encoder_ffn_dim=2048,
-            decoder_ffn_dim=2048,
-            num_queries=100,
-            encoder_attention_heads=8,
-            decoder_attention_heads=8,
-        )
-    else:
-        backbone = ResNetConfig(
-            depths=[2, 2, 2, 2],
-            layer_type="basic",
-            hidden_sizes=[64, 128, 256, 512],
-            out_features=["stage4"],
-        )
-        sizes = dict(
-            d_model=128,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_ffn_dim=512,
-            decoder_ffn_dim=512,
-            num_queries=20,
-            encoder_attention_heads=8,
-            decoder_attention_heads=8,
-        )
-    hf_config = DetrConfig(
-        use_timm_backbone=False,
-        use_pretrained_backbone=False,
-        backbone=None,
-        backbone_config=backbone,
-        num_labels=config["num_classes"],
-        auxiliary_loss=True,
-        # the official DETR's dropout sites (HF's defaults turn two of them off)
-        dropout=0.1,
-        attention_dropout=0.1,
-        activation_dropout=0.1,
-        **sizes,
-    )
-    model = DetrForObjectDetection(hf_config).train()
+    model = hf_twin(model_config(config, 0), config["num_classes"])
     optimizer = adamw(model)
 
     def step(images, mask, targets):
@@ -205,7 +204,7 @@ def main() -> None:
     except ImportError:
         impls = ["detr_ray", "detr_ray_frozen"]
         print("transformers not installed: detr_ray only (pip install -e '.[bench]')")
-    print(f"{'config':<7} {'impl':<16} {'images/s':>9} {'peak RSS MB':>12} {'+MB':>7}")
+    print(f"{'config':<24} {'impl':<16} {'images/s':>9} {'peak RSS MB':>12} {'+MB':>7}")
     for config_name in args.configs.split(","):
         runs = {impl: [] for impl in impls}
         for round_index in range(args.rounds):
@@ -231,11 +230,13 @@ def main() -> None:
             speed[impl] = statistics.median(r["images_per_s"] for r in runs[impl])
             peak = max(r["peak_rss_mb"] for r in runs[impl])
             increase = max(r["peak_increase_mb"] for r in runs[impl])
-            print(f"{config_name:<7} {impl:<16} {speed[impl]:>9.2f} {peak:>12.0f} {increase:>7.0f}")
+            print(
+                f"{config_name:<24} {impl:<16} {speed[impl]:>9.2f} {peak:>12.0f} {increase:>7.0f}"
+            )
         if "hf" in speed:
             ratio = speed["detr_ray_frozen"] / speed["hf"]
             print(
-                f"{config_name:<7} speed, same trainable parameters: detr_ray / hf = {ratio:.2f}x"
+                f"{config_name:<24} speed, same trainable parameters: detr_ray / hf = {ratio:.2f}x"
             )
 
 

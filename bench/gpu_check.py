@@ -3,17 +3,19 @@
     make gpu-check                                   # = python bench/gpu_check.py
     python bench/gpu_check.py --device cpu --tiny    # the CPU form CI runs (under a minute)
 
-On one GPU, at the official scale (``detr_r50``, 91 classes, validation-size
-images: short side 800, long side up to 1333, batch 2 and 4), it measures:
+On one GPU, at the official scale (``detr_r50`` and ``deformable_detr_r50``,
+91 classes, validation-size images: short side 800, long side up to 1333,
+batch 2 and 4), for each model family it measures:
 
 - ``step``: detr-ray's training step (:meth:`Engine.train_step`, a step that
   does not log) in fp32, bf16 and fp16 autocast: images/s and peak memory;
-- ``hf``: HF transformers' ``DetrForObjectDetection`` built to the same
-  architecture with the same trainable parameters (the counts are printed:
-  equal at the official scale; the tiny form's toy ResNet differs by 0.1%),
-  its loss, backward and AdamW step, on the same images and targets;
-- ``match+loss``: the share of detr-ray's step spent in matching and the set
-  loss (forward and backward, on the step's own outputs);
+- ``hf``: HF transformers' ``DetrForObjectDetection`` /
+  ``DeformableDetrForObjectDetection`` built to the same architecture with
+  the same trainable parameters (the counts are printed: equal at the
+  official scale; the tiny form's group-norm ResNet differs by 0.1%), its
+  loss, backward and AdamW step, on the same images and targets;
+- ``match+loss``: the share of detr-ray's step spent in matching and the
+  losses (forward and backward, on the step's own outputs);
 - ``host syncs``: host-device synchronisations in one step (CUDA's sync debug
   mode counts them; on the CPU, calls that would synchronise are counted);
 - ``ray``: a 1-worker ``detr-ray train`` against the same loop in this
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import itertools
 import json
 import statistics
 import sys
@@ -65,7 +68,13 @@ class Scale:
 
     def __init__(self, tiny: bool):
         self.tiny = tiny
-        self.preset = "detr_r18_tiny" if tiny else "detr_r50"
+        # family -> preset
+        self.presets = (
+            {"detr": "detr_r18_tiny", "deformable_detr": "deformable_detr_r18_small"}
+            if tiny
+            else {"detr": "detr_r50", "deformable_detr": "deformable_detr_r50"}
+        )
+        self.preset = self.presets["detr"]
         self.image_size = 96 if tiny else 1333  # generated images' long side
         self.val_scale, self.max_size = (64, 96) if tiny else (800, 1333)
         self.batches = (2,) if tiny else (2, 4)
@@ -75,7 +84,9 @@ class Scale:
 
 
 # ---------------------------------------------------------------------- setup
-def make_config(scale: Scale, data, device: str, batch: int, amp: str, storage: str):
+def make_config(
+    scale: Scale, data, device: str, batch: int, amp: str, storage: str, family: str = "detr"
+):
     from detr_ray.config import ExperimentConfig
 
     augmentation = {"val_scale": scale.val_scale, "max_size": scale.max_size}
@@ -83,7 +94,7 @@ def make_config(scale: Scale, data, device: str, batch: int, amp: str, storage: 
         augmentation.update(train_scales=[64], crop_prob=0.0)
     return ExperimentConfig.from_dict(
         {
-            "model": {"preset": scale.preset, "num_classes": 91},
+            "model": {"preset": scale.presets[family], "num_classes": 91},
             "data": {
                 "train_ann": str(data.train_ann),
                 "train_images": str(data.train_images),
@@ -162,23 +173,28 @@ def measure_step(engine, batch, device: str, scale: Scale) -> dict:
 
 
 def measure_match_and_loss(engine, batch, device: str, scale: Scale) -> float:
-    """Seconds of matching + set loss (forward and backward) on the step's outputs."""
+    """Seconds of matching and the losses (forward and backward) on the step's outputs."""
     import torch
 
     from detr_ray.criterion.matcher import FlatTargets
+    from detr_ray.model.training_detr import as_training_output
 
     moved = batch.to(device)
     images, mask = moved.inputs()
     with torch.no_grad(), engine.autocast():
-        cls_scores, bbox_preds, *_ = engine.distributed_model(images, mask)
-    criterion = engine.criterion
+        outputs = as_training_output(engine.distributed_model(images, mask))
 
     def match_and_loss():
-        cls = cls_scores.detach().float().requires_grad_(True)
-        box = bbox_preds.detach().float().requires_grad_(True)
+        leaves = outputs._replace(
+            **{
+                name: value.detach().float().requires_grad_(True)
+                for name, value in outputs._asdict().items()
+                if isinstance(value, torch.Tensor)
+            }
+        )
         flat = FlatTargets.from_list(moved.targets, device=device)
-        matching = criterion.matcher(cls.detach(), box.detach(), flat)
-        criterion.layer_losses(cls, box, flat, matching).sum().backward()
+        host = engine.objective.costs_to_host(leaves, flat, rider=torch.zeros(2, device=device))
+        engine.objective(leaves, flat, host).objective.backward()
 
     return timed(match_and_loss, device, scale.warmup, scale.steps)
 
@@ -220,34 +236,12 @@ def count_host_syncs(engine, batch, device: str) -> int:
 
 
 def hf_model(scale: Scale, ours, device: str):
-    """HF's DETR with detr-ray's architecture and the same parameters trained."""
-    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+    """HF's DETR or Deformable DETR with detr-ray's architecture and the same
+    parameters trained."""
+    from hf_twins import hf_twin
 
     cfg = ours.config.model
-    deep = cfg.backbone_depth >= 50
-    backbone = ResNetConfig(
-        depths=[3, 4, 6, 3] if deep else [2, 2, 2, 2],
-        hidden_sizes=[256, 512, 1024, 2048] if deep else [64, 128, 256, 512],
-        layer_type="bottleneck" if deep else "basic",
-        out_features=["stage4"],
-    )
-    config = DetrConfig(
-        use_timm_backbone=False,
-        use_pretrained_backbone=False,
-        backbone_config=backbone,
-        num_labels=91,
-        num_queries=cfg.num_queries,
-        d_model=cfg.d_model,
-        encoder_layers=cfg.num_encoder_layers,
-        decoder_layers=cfg.num_decoder_layers,
-        encoder_attention_heads=cfg.nhead,
-        decoder_attention_heads=cfg.nhead,
-        encoder_ffn_dim=cfg.dim_feedforward,
-        decoder_ffn_dim=cfg.dim_feedforward,
-        dropout=cfg.dropout,
-        auxiliary_loss=True,
-    )
-    model = DetrForObjectDetection(config).to(device)
+    model = hf_twin(cfg, 91).to(device)
     # detr-ray trains the backbone's stages from `trainable_backbone_stages` on
     # (the official recipe: all but the stem and stage 1); HF freezes it all.
     frozen_stages = 5 - cfg.trainable_backbone_stages  # stem = 1, stage i = i + 1
@@ -256,10 +250,6 @@ def hf_model(scale: Scale, ours, device: str):
     for index, stage in enumerate(encoder.encoder.stages):
         stage.requires_grad_(index + 2 > frozen_stages)
     return model
-
-
-def trainable(model) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def measure_hf(model, engine, batch, device: str, scale: Scale) -> dict:
@@ -346,6 +336,32 @@ def measure_ray(scale: Scale, data, device: str, storage: str) -> dict:
     return {"plain_images_per_s": plain, "ray_images_per_s": in_ray, "ratio": in_ray / plain}
 
 
+def measure_row(
+    scale: Scale, data, storage: str, family: str, batch_size: int, amp: str, device: str
+) -> dict:
+    """One row of the table: one family, batch size and precision."""
+    from hf_twins import trainable
+
+    from detr_ray.errors import DetrRayError
+
+    row: dict = {"family": family, "batch": batch_size, "amp": amp}
+    try:
+        config = make_config(scale, data, device, batch_size, amp, storage, family)
+        engine = make_engine(config, device)
+        batch = fixed_batch(engine, batch_size)
+        row["size"] = list(batch.images.shape[-2:])
+        row["step"] = measure_step(engine, batch, device, scale)
+        match_s = measure_match_and_loss(engine, batch, device, scale)
+        row["match_loss_share"] = match_s / row["step"]["step_s"]
+        row["host_syncs"] = count_host_syncs(engine, batch, device)
+        hf = hf_model(scale, engine, device)
+        row["params"] = {"detr_ray": trainable(engine.trained_module), "hf": trainable(hf)}
+        row["hf"] = measure_hf(hf, engine, batch, device, scale)
+    except (DetrRayError, RuntimeError, NotImplementedError) as error:  # fp16 on a CPU
+        row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+    return row
+
+
 # ---------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -359,10 +375,9 @@ def main() -> None:
     import torch
 
     from detr_ray.data.synthetic import generate
-    from detr_ray.errors import DetrRayError
 
     scale = Scale(args.tiny)
-    report: dict = {"device": args.device, "torch": torch.__version__, "scale": scale.preset}
+    report: dict = {"device": args.device, "torch": torch.__version__, "scale": scale.presets}
     if args.device.startswith("cuda"):
         report["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     rows = []
@@ -372,28 +387,9 @@ def main() -> None:
             size=scale.image_size, seed=0,
         )  # fmt: skip
         storage = str(Path(folder) / "runs")
-        for batch_size in scale.batches:
-            for amp in PRECISIONS:
-                row: dict = {"batch": batch_size, "amp": amp}
-                try:
-                    config = make_config(scale, data, args.device, batch_size, amp, storage)
-                    engine = make_engine(config, args.device)
-                    batch = fixed_batch(engine, batch_size)
-                    row["size"] = list(batch.images.shape[-2:])
-                    row["step"] = measure_step(engine, batch, args.device, scale)
-                    match_s = measure_match_and_loss(engine, batch, args.device, scale)
-                    row["match_loss_share"] = match_s / row["step"]["step_s"]
-                    row["host_syncs"] = count_host_syncs(engine, batch, args.device)
-                    hf = hf_model(scale, engine, args.device)
-                    row["params"] = {
-                        "detr_ray": trainable(engine.trained_module),
-                        "hf": trainable(hf),
-                    }
-                    row["hf"] = measure_hf(hf, engine, batch, args.device, scale)
-                except (DetrRayError, RuntimeError, NotImplementedError) as error:  # fp16 on a CPU
-                    row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
-                rows.append(row)
-                print_row(row, flush=True)
+        for family, batch_size, amp in itertools.product(scale.presets, scale.batches, PRECISIONS):
+            rows.append(measure_row(scale, data, storage, family, batch_size, amp, args.device))
+            print_row(rows[-1], flush=True)
         report["steps"] = rows
         engine = make_engine(make_config(scale, data, args.device, 2, "off", storage), args.device)
         report["eval_images_per_s"] = measure_eval(engine, args.device)
@@ -406,15 +402,16 @@ def main() -> None:
 
 
 def print_row(row: dict, flush: bool = False) -> None:
+    where = f"{row['family']:<15} batch {row['batch']} {row['amp']:>4}"
     if "error" in row:
-        print(f"batch {row['batch']} {row['amp']:>4}: not measured ({row['error']})", flush=flush)
+        print(f"{where}: not measured ({row['error']})", flush=flush)
         return
     step, hf = row["step"], row["hf"]
     memory = (
         f", peak {step['peak_mb']:.0f} MB (HF {hf['peak_mb']:.0f} MB)" if step["peak_mb"] else ""
     )
     print(
-        f"batch {row['batch']} {row['amp']:>4} {row['size'][0]}x{row['size'][1]}: "
+        f"{where} {row['size'][0]}x{row['size'][1]}: "
         f"{step['images_per_s']:.2f} img/s (HF {hf['images_per_s']:.2f}, "
         f"{step['images_per_s'] / hf['images_per_s']:.2f}x){memory}; "
         f"match+loss {row['match_loss_share']:.1%} of the step; {row['host_syncs']} host sync(s); "
@@ -424,7 +421,7 @@ def print_row(row: dict, flush: bool = False) -> None:
 
 
 def print_summary(report: dict) -> None:
-    fp32 = [r for r in report["steps"] if r["amp"] == "off" and "step" in r]
+    fp32 = [r for r in report["steps"] if r["amp"] == "off" and "step" in r]  # DETR's first
     step_rate = fp32[0]["step"]["images_per_s"] if fp32 else float("nan")
     print(f"evaluation: {report['eval_images_per_s']:.1f} images/s (detection + COCOeval)")
     print(

@@ -1,5 +1,6 @@
-"""Checkpoints: the file format and safe reading (``files.py``), and models built
-from checkpoint files (``models.py``). The names below are the package's public face.
+"""Checkpoints: the file format and safe reading (``files.py``), Hugging Face
+folders (``hf_folder.py``), and models built from any of them (``models.py``).
+The names below are the package's public face.
 """
 
 from detr_ray.checkpoint.files import (
@@ -13,12 +14,19 @@ from detr_ray.checkpoint.files import (
     resolve_checkpoint_path,
     save_checkpoint,
 )
-from detr_ray.checkpoint.models import LoadedModel, initialise_from, load_model
+from detr_ray.checkpoint.models import (
+    LoadedModel,
+    ModelSource,
+    initialise_from,
+    load_model,
+    read_source,
+)
 
 __all__ = [
     "CHECKPOINT_FILE",
     "FORMAT",
     "LoadedModel",
+    "ModelSource",
     "checkpoint_dict",
     "checkpoint_folder_name",
     "checkpoint_folders",
@@ -26,6 +34,7 @@ __all__ = [
     "initialise_from",
     "load_checkpoint",
     "load_model",
+    "read_source",
     "resolve_checkpoint_path",
     "save_checkpoint",
 ]

@@ -34,6 +34,7 @@ from detr_ray.config.model import ModelConfig
 from detr_ray.data.labels import LabelMap
 from detr_ray.errors import CheckpointError
 from detr_ray.model.official import is_official_checkpoint
+from detr_ray.model.official_deformable import is_official_deformable_checkpoint
 from detr_ray.model.pretrained import is_torchvision_resnet
 from detr_ray.ops.dist import unwrap
 from detr_ray.schema import plain_data
@@ -150,11 +151,14 @@ def load_checkpoint(path: str | os.PathLike, options: StorageOptions = DEFAULT_O
 
 
 def checkpoint_kind(checkpoint: Mapping) -> str:
-    """``"detr-ray"``, ``"official"`` (DETR), ``"torchvision"`` (a ResNet) or ``"unknown"``."""
+    """``"detr-ray"``, ``"official"`` (DETR), ``"official-deformable"``
+    (Deformable-DETR), ``"torchvision"`` (a ResNet) or ``"unknown"``."""
     if checkpoint.get("format") == FORMAT:
         return "detr-ray"
     if is_official_checkpoint(checkpoint):
         return "official"
+    if is_official_deformable_checkpoint(checkpoint):
+        return "official-deformable"
     if is_torchvision_resnet(checkpoint):
         return "torchvision"
     return "unknown"

@@ -60,8 +60,8 @@ def run_model_list(args: argparse.Namespace) -> int:
     from detr_ray.model.build import build_model
 
     print(
-        f"{'preset':<16} {'backbone':<22} {'d_model':>7} {'enc':>3} {'dec':>3} {'queries':>7} "
-        f"{'params':>8} {'trainable':>9}"
+        f"{'preset':<30} {'family':<15} {'backbone':<22} {'d_model':>7} {'enc':>3} {'dec':>3} "
+        f"{'queries':>7} {'deformable':<28} {'params':>8} {'trainable':>9}"
     )
     for name, preset in PRESETS.items():
         model = build_model(dataclasses.replace(preset, num_classes=91))
@@ -72,9 +72,14 @@ def run_model_list(args: argparse.Namespace) -> int:
             + (" DC5" if preset.dilation else "")
             + (f" {preset.backbone_stages} stages" if preset.backbone_stages != 4 else "")
         )
+        options = ["-"]
+        if preset.deformable:  # levels x points, and the two options
+            options = [f"{preset.num_feature_levels}x{preset.dec_points}"]
+            options += ["box_refine"] * preset.with_box_refine + ["two_stage"] * preset.two_stage
         print(
-            f"{name:<16} {backbone:<22} {preset.d_model:>7} {preset.num_encoder_layers:>3} "
-            f"{preset.num_decoder_layers:>3} {preset.num_queries:>7} {total / 1e6:>7.1f}M "
+            f"{name:<30} {preset.family:<15} {backbone:<22} {preset.d_model:>7} "
+            f"{preset.num_encoder_layers:>3} {preset.num_decoder_layers:>3} "
+            f"{preset.num_queries:>7} {','.join(options):<28} {total / 1e6:>7.1f}M "
             f"{trainable / 1e6:>8.1f}M"
         )
     return 0

@@ -40,6 +40,12 @@ class ExperimentConfig:
             raise ConfigError(
                 "train.amp: fp16 needs a GPU (scaling.use_gpu: true); use bf16 on CPU"
             )
+        if self.model.deformable and self.train.query_groups > 1:
+            raise ConfigError(
+                f"train.query_groups must be 1 for model.family deformable_detr, got "
+                f"{self.train.query_groups}: query groups are implemented for DETR; "
+                "train.dense_aux_weight speeds up both families"
+            )
 
     # ------------------------------------------------------------------ I/O
     @classmethod

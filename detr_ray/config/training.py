@@ -28,25 +28,39 @@ class MatcherConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The set loss's term weights (the reference's 1 / 5 / 2) and background weight."""
+    """The set loss's term weights (the reference's 1 / 5 / 2) and background weight.
+
+    DETR's classification is a softmax cross-entropy (``bg_cls_weight`` weighs
+    its background class). Deformable DETR's is the sigmoid focal loss with
+    ``focal_alpha`` and ``focal_gamma`` (RetinaNet's 0.25 and 2), which its
+    matcher's classification cost uses too; it has no background class.
+    """
 
     cls_weight: float = 1.0
     bbox_weight: float = 5.0
     iou_weight: float = 2.0
     bg_cls_weight: float = 0.1
     sync_cls_avg_factor: bool = True
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
 
     def __post_init__(self):
-        for key in ("cls_weight", "bbox_weight", "iou_weight", "bg_cls_weight"):
+        for key in ("cls_weight", "bbox_weight", "iou_weight", "bg_cls_weight", "focal_gamma"):
             require(getattr(self, key) >= 0, key, getattr(self, key), ">= 0")
+        require(0 <= self.focal_alpha <= 1, "focal_alpha", self.focal_alpha, "in [0, 1]")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with a separate backbone learning rate; gradient-norm clipping."""
+    """AdamW with a separate backbone learning rate; gradient-norm clipping.
+
+    ``linear_proj_lr_mult`` scales the rate of Deformable DETR's sampling-offset
+    and reference-point projections (the official 0.1); DETR has none.
+    """
 
     lr: float = 1e-4
     backbone_lr: float = 1e-5
+    linear_proj_lr_mult: float = 0.1
     weight_decay: float = 1e-4
     grad_clip: float | None = 0.1
     # Follow the global batch when an elastic run has fewer workers than
@@ -58,6 +72,12 @@ class OptimConfig:
         check_choices(self)
         require(self.lr > 0, "lr", self.lr, "> 0")
         require(self.backbone_lr >= 0, "backbone_lr", self.backbone_lr, ">= 0")
+        require(
+            self.linear_proj_lr_mult >= 0,
+            "linear_proj_lr_mult",
+            self.linear_proj_lr_mult,
+            ">= 0",
+        )
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
         require(
             self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip, "> 0 or null"

@@ -8,10 +8,13 @@ one. The other valid cells are background. All images at once: the cost is
 
 The losses mirror the set loss (:class:`~detr_ray.criterion.set_loss.SetCriterion`): the
 cross-entropy over every valid cell with background weighted by
-``bg_cls_weight`` and normalised by ``num_pos + bg_cls_weight * num_neg``; L1
-and 1 - GIoU over the positive cells, normalised by the number of positive
-cells; both counts averaged over workers (``reduce_mean``) so that N workers
-equal one with the whole batch; weighted by the set loss's term weights.
+``bg_cls_weight`` and normalised by ``num_pos + bg_cls_weight * num_neg``
+(DETR), or the sigmoid focal loss over every valid cell and class normalised
+by the number of positive cells (Deformable DETR, whose set loss is focal);
+L1 and 1 - GIoU over the positive cells, normalised by the number of
+positive cells; both counts averaged over workers (``reduce_mean``) so that
+N workers equal one with the whole batch; weighted by the set loss's term
+weights.
 """
 
 from __future__ import annotations
@@ -21,11 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from detr_ray.criterion.matcher import FlatTargets
-from detr_ray.criterion.set_loss import SetCriterion
+from detr_ray.criterion.set_loss import SetCriterion, sigmoid_focal_loss
 from detr_ray.ops.boxes import cxcywh_to_xyxy, giou
 from detr_ray.ops.dist import reduce_mean
-
-DENSE_TERMS = ("dense/loss_cls", "dense/loss_bbox", "dense/loss_iou")
 
 
 def assign_cells(centers: Tensor, valid: Tensor, targets: FlatTargets) -> Tensor:
@@ -67,7 +68,8 @@ def dense_losses(
 
     Args:
         criterion: the set loss, for its class and term weights.
-        cls_logits: ``(B, S, K + 1)``, background last.
+        cls_logits: ``(B, S, K + 1)``, background last; ``(B, S, K)`` sigmoid
+            logits when the criterion's ``cls_loss`` is ``focal``.
         boxes_cxcywh: ``(B, S, 4)`` normalised.
         centers, valid: as :func:`assign_cells`.
     """
@@ -89,13 +91,23 @@ def dense_losses(
     else:
         labels = torch.full_like(assigned, criterion.num_classes)
         wanted = boxes_cxcywh.detach()  # no positives: never used
-    cross_entropy = F.cross_entropy(
-        cls_logits.flatten(0, 1),
-        labels.flatten(),
-        weight=criterion.class_weight.to(dtype),
-        reduction="none",
-    )  # (B * S,)
-    loss_cls = (cross_entropy * valid.flatten()).sum() / cls_avg_factor
+    if criterion.cls_loss == "focal":
+        # (B, S, K): 1 at a positive cell's label; background (label K) is all zeros.
+        # (A comparison, not F.one_hot, which reads the labels' range from the device.)
+        classes = torch.arange(criterion.num_classes, device=labels.device)
+        onehot = (labels[..., None] == classes).to(dtype)
+        focal = sigmoid_focal_loss(
+            cls_logits, onehot, criterion.focal_alpha, criterion.focal_gamma
+        ).sum(-1)  # (B, S)
+        loss_cls = (focal * valid).sum() / num_total_pos
+    else:
+        cross_entropy = F.cross_entropy(
+            cls_logits.flatten(0, 1),
+            labels.flatten(),
+            weight=criterion.class_weight.to(dtype),
+            reduction="none",
+        )  # (B * S,)
+        loss_cls = (cross_entropy * valid.flatten()).sum() / cls_avg_factor
     l1 = (boxes_cxcywh - wanted).abs().sum(-1)  # (B, S)
     loss_bbox = torch.where(positive, l1, 0.0).sum() / num_total_pos
     pair_giou = giou(cxcywh_to_xyxy(boxes_cxcywh), cxcywh_to_xyxy(wanted))  # (B, S)

@@ -3,7 +3,10 @@
 The last decoder layer's terms are ``loss_cls``, ``loss_bbox``, ``loss_iou``;
 layer ``i < L - 1`` has ``d{i}.loss_cls`` ... ; ``loss`` is their sum. With
 query groups (Group DETR) the reference group keeps these names and the
-other groups' mean is ``groups/<name>``.
+other groups' mean is ``groups/<name>``. The other parts of a training
+objective have their own three terms: a two-stage Deformable DETR's encoder
+proposals ``enc.loss_cls`` ... (the official ``*_enc``), the dense auxiliary
+head's ``dense/loss_cls`` ... .
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from torch import Tensor
 
 LOSS_TERMS = ("loss_cls", "loss_bbox", "loss_iou")
 GROUPS_PREFIX = "groups/"
+ENC_TERMS = tuple(f"enc.{term}" for term in LOSS_TERMS)
+DENSE_TERMS = tuple(f"dense/{term}" for term in LOSS_TERMS)
 
 
 def loss_keys(num_layers: int, num_groups: int = 1) -> list[str]:

@@ -220,17 +220,37 @@ class HungarianMatcher:
             ``(L, T, Q)`` costs (see :meth:`cost`; NaN/inf are not checked here)
             and the rider's values, flattened, as float64.
         """
-        num_layers, _, num_queries = _check_shapes(cls_scores, bbox_preds, targets)
-        num_targets = sum(targets.counts)
-        parts = [self.cost(cls_scores, bbox_preds, targets).reshape(-1)] if num_targets else []
+        (cost,), rider_host = self.many_costs_to_host([(cls_scores, bbox_preds, targets)], rider)
+        return cost, rider_host
+
+    def many_costs_to_host(
+        self,
+        problems: Sequence[tuple[Tensor, Tensor, FlatTargets]],
+        rider: Tensor | None = None,
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """:meth:`costs_to_host` for several matchings at once (e.g. the decoder's
+        layers and a two-stage encoder's proposals), still in one copy.
+
+        Returns:
+            each problem's ``(L, T, Q)`` host costs, in order, and the rider's values.
+        """
+        parts, shapes = [], []
+        for cls_scores, bbox_preds, targets in problems:
+            num_layers, _, num_queries = _check_shapes(cls_scores, bbox_preds, targets)
+            shapes.append((num_layers, sum(targets.counts), num_queries))
+            if sum(targets.counts):
+                parts.append(self.cost(cls_scores, bbox_preds, targets).reshape(-1))
+        dtype = parts[0].dtype if parts else torch.float32
         if rider is not None:
-            parts.append(rider.detach().reshape(-1).to(parts[0].dtype if parts else torch.float32))
-        if not parts:
-            return np.zeros((num_layers, 0, num_queries)), np.zeros(0)
+            parts.append(rider.detach().reshape(-1).to(dtype))
         # The single device-to-host copy; scipy is fastest on contiguous float64.
-        host = torch.cat(parts).to("cpu", torch.float64).numpy()
-        size = num_layers * num_targets * num_queries
-        return host[:size].reshape(num_layers, num_targets, num_queries), host[size:]
+        host = torch.cat(parts).to("cpu", torch.float64).numpy() if parts else np.zeros(0)
+        costs, start = [], 0
+        for shape in shapes:
+            size = int(np.prod(shape))
+            costs.append(host[start : start + size].reshape(shape))
+            start += size
+        return costs, host[start:]
 
     def solve(self, cost_host: np.ndarray, targets: FlatTargets, device: torch.device) -> Matching:
         """The optimal :class:`Matching` for host costs from :meth:`costs_to_host`.

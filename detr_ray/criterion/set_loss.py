@@ -203,11 +203,7 @@ class SetCriterion(nn.Module):
         logits = cls_scores.reshape(-1, num_classes)  # (L * B * Q, K)
         onehot = torch.zeros_like(logits)
         onehot[pred_idx, targets.labels[target_idx]] = 1.0
-        p = logits.sigmoid()
-        bce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
-        p_true = p * onehot + (1 - p) * (1 - onehot)  # the probability of the right answer
-        alpha = self.focal_alpha * onehot + (1 - self.focal_alpha) * (1 - onehot)
-        focal = alpha * (1 - p_true) ** self.focal_gamma * bce
+        focal = sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma)
         return focal.view(num_layers, -1).sum(1)
 
     def _normalisers(
@@ -237,3 +233,14 @@ class SetCriterion(nn.Module):
                 f"{self.num_classes}; got labels from {low} to {high}. "
                 "Set model.num_classes to the number of categories, or fix the label map."
             )
+
+
+def sigmoid_focal_loss(logits: Tensor, onehot: Tensor, alpha: float, gamma: float) -> Tensor:
+    """Elementwise sigmoid focal loss (Lin et al., 2017) of ``logits`` against
+    0/1 ``onehot`` targets of the same shape: ``alpha_t (1 - p_t)^gamma BCE``,
+    ``p_t`` the probability given to the right answer."""
+    p = logits.sigmoid()
+    bce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
+    p_true = p * onehot + (1 - p) * (1 - onehot)
+    alpha_t = alpha * onehot + (1 - alpha) * (1 - onehot)
+    return alpha_t * (1 - p_true) ** gamma * bce

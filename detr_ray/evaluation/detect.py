@@ -14,21 +14,30 @@ from detr_ray.data.collate import Batch, PadCollate
 from detr_ray.data.labels import LabelMap
 from detr_ray.data.transforms import build_transforms
 from detr_ray.errors import ConfigError
-from detr_ray.model.postprocess import postprocess
+from detr_ray.model.postprocess import SIGMOID_TOP_K, postprocess, postprocess_sigmoid
 
 BOX_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180))
 
 
 @torch.no_grad()
 def detect_batch(model, batch: Batch, top_k: int | None = 100, score_threshold: float = 0.0):
-    """Detections of a padded batch in original-image pixels (see :func:`postprocess`).
+    """Detections of a padded batch in original-image pixels, from the last
+    decoder layer: DETR's best class per query (:func:`postprocess`; ``top_k``
+    ``None``: every query), or Deformable DETR's best (query, class) pairs
+    (:func:`postprocess_sigmoid`; ``top_k`` ``None``: the official 100).
 
     Returns one dict per image with ``image_id`` added.
     """
     device = next(model.parameters()).device
-    cls_scores, bbox_preds = model(*batch.to(device).inputs())
+    outputs = model(*batch.to(device).inputs())
+    cls_scores, bbox_preds = outputs[0][-1], outputs[1][-1]  # the last layer's
     orig_sizes = torch.tensor([m.orig_size for m in batch.metas], device=device)
-    detections = postprocess(cls_scores[-1], bbox_preds[-1], orig_sizes, top_k, score_threshold)
+    if model.sigmoid_classes:
+        detections = postprocess_sigmoid(
+            cls_scores, bbox_preds, orig_sizes, top_k or SIGMOID_TOP_K, score_threshold
+        )
+    else:
+        detections = postprocess(cls_scores, bbox_preds, orig_sizes, top_k, score_threshold)
     return [{**det, "image_id": meta.image_id} for det, meta in zip(detections, batch.metas)]
 
 

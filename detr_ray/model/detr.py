@@ -38,6 +38,8 @@ class DETR(nn.Module):
     which is exactly what :class:`~detr_ray.criterion.set_loss.SetCriterion` takes.
     """
 
+    sigmoid_classes = False  # K + 1 softmax logits, background last (see DeformableDETR's)
+
     def __init__(
         self,
         backbone: ResNetBackbone,

@@ -1,11 +1,19 @@
 """HF transformers' parameter names to this package's (torchvision's and the official repos').
 
-HF's models hold the same layers under other names: its ResNet
-(``embedder.embedder.convolution``, ``encoder.stages.S.layers.B.layer.I``,
-``...shortcut``) is torchvision's (``conv1``, ``layerS+1.B.convI+1``,
-``...downsample``); its Deformable DETR transformer names the official
-layers' norms and feed-forward parts by role (``self_attn_layer_norm``,
-``mlp.fc1``), and splits the decoder's self-attention projection in three.
+HF's models hold the same layers under other names, and its names changed
+between transformers 4 (what the hub's files hold, e.g. facebook/detr-resnet-50
+and SenseTime/deformable-detr) and 5 (``backbone.conv_encoder`` became
+``backbone``, ``fc1`` ``mlp.fc1``, ``out_proj`` ``o_proj``):
+:func:`hf_current_names` brings a 4 file to 5's names, as transformers does
+when it loads one. Then:
+
+- the backbone is timm's ResNet (the hub's files: torchvision's names,
+  ``conv1``, ``layer1.0.conv1``...) or HF's own (``embedder.embedder.convolution``,
+  ``encoder.stages.S.layers.B.layer.I``, ``...shortcut``), renamed to torchvision's;
+- HF's transformer layers name the official layers' norms and feed-forward
+  parts by role (``self_attn_layer_norm``, ``mlp.fc1``) and split each
+  ``nn.MultiheadAttention`` projection in three (``q/k/v_proj``).
+
 These functions rename a state dict; they read no file.
 """
 
@@ -17,10 +25,28 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+# transformers 4 -> 5 (transformers' own conversion_mapping for detr and deformable_detr)
+_V4_TO_V5 = (
+    (re.compile(r"backbone\.conv_encoder\."), "backbone."),
+    (re.compile(r"(layers\.\d+)\.fc([12])\."), r"\1.mlp.fc\2."),
+    (re.compile(r"(self_attn|encoder_attn)\.out_proj\."), r"\1.o_proj."),
+)
+BACKBONE_PREFIX = "model.backbone.model."  # (transformers 5's names)
+
+
+def hf_current_names(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A transformers 4 state dict in transformers 5's names (5's are kept)."""
+    out = {}
+    for key, value in state.items():
+        for pattern, replacement in _V4_TO_V5:
+            key = pattern.sub(replacement, key)
+        out[key] = value
+    return out
+
 
 def hf_resnet_names(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """The HF ResNet under ``prefix`` (e.g. ``model.backbone.conv_encoder.model.``)
-    renamed to torchvision's ResNet names; other keys are left out."""
+    """The ResNet under ``prefix`` (e.g. ``model.backbone.model.``), timm's or
+    HF's own, in torchvision's ResNet names; other keys are left out."""
     out = {}
     for key, value in state.items():
         if not key.startswith(prefix) or key.endswith("num_batches_tracked"):
@@ -43,18 +69,33 @@ def hf_resnet_names(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tenso
     return out
 
 
-_TOP_LEVEL = tuple(
+def _join_qkv(state: dict[str, Tensor], old: str, new: str) -> None:
+    """``...{old}.q/k/v_proj.*`` -> ``...{new}.in_proj_*`` (``nn.MultiheadAttention``), in place."""
+    heads = sorted({k.split(f"{old}.q_proj")[0] for k in state if f"{old}.q_proj" in k})
+    for head in heads:
+        for kind in ("weight", "bias"):
+            parts = [state.pop(f"{head}{old}.{p}_proj.{kind}") for p in "qkv"]
+            state[f"{head}{new}.in_proj_{kind}"] = torch.cat(parts)
+
+
+def _renamed(key: str, renames: list[tuple[str, str]]) -> str:
+    for old, new in renames:
+        key = key.replace(old, new)
+    return key
+
+
+# ---------------------------------------------------------------- Deformable DETR
+_DEFORMABLE_TOP_LEVEL = tuple(
     f"model.{name}"
     for name in ("input_proj.", "level_embed", "reference_points.", "enc_output", "pos_trans")
 )
-_BACKBONE_PREFIXES = ("model.backbone.conv_encoder.model.", "model.backbone.model.")
-_ENCODER_LAYER = [
+_DEFORMABLE_ENCODER_LAYER = [
     ("self_attn_layer_norm", "norm1"),
     ("mlp.fc1", "linear1"),
     ("mlp.fc2", "linear2"),
     ("final_layer_norm", "norm2"),
 ]
-_DECODER_LAYER = [
+_DEFORMABLE_DECODER_LAYER = [
     ("self_attn_layer_norm", "norm2"),
     ("encoder_attn_layer_norm", "norm1"),
     ("encoder_attn.", "cross_attn."),
@@ -71,38 +112,100 @@ def hf_deformable_transformer_names(state: Mapping[str, Tensor]) -> dict[str, Te
     joined into ``nn.MultiheadAttention``'s ``in_proj``."""
     out: dict[str, Tensor] = {}
     for key, value in state.items():
-        renames = _ENCODER_LAYER if key.startswith("encoder.") else _DECODER_LAYER
-        for old, new in renames:
-            key = key.replace(old, new)
-        out[key] = value
-    heads = sorted({k.split("self_attn.q_proj")[0] for k in out if "self_attn.q_proj" in k})
-    for head in heads:
-        for kind in ("weight", "bias"):
-            parts = [out.pop(f"{head}self_attn.{p}_proj.{kind}") for p in "qkv"]
-            out[f"{head}self_attn.in_proj_{kind}"] = torch.cat(parts)
+        encoder = key.startswith("encoder.")
+        out[_renamed(key, _DEFORMABLE_ENCODER_LAYER if encoder else _DEFORMABLE_DECODER_LAYER)] = (
+            value
+        )
+    _join_qkv(out, "self_attn", "self_attn")
     return out
 
 
 def hf_deformable_detr_names(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """A ``DeformableDetrForObjectDetection`` state dict (HF ResNet backbone) in
-    :class:`~detr_ray.model.deformable.detector.DeformableDETR`'s names."""
-    # transformers 4 kept the ResNet at model.backbone.conv_encoder.model, 5 at model.backbone.model
-    prefix = next(
-        (p for p in _BACKBONE_PREFIXES if any(k.startswith(p) for k in state)),
-        _BACKBONE_PREFIXES[0],
-    )
-    out = {f"backbone.{k}": v for k, v in hf_resnet_names(state, prefix).items()}
+    """A ``DeformableDetrForObjectDetection`` state dict (transformers 4 or 5,
+    timm or HF ResNet) in :class:`~detr_ray.model.deformable.detector.DeformableDETR`'s names."""
+    state = hf_current_names(state)
+    out = {f"backbone.{k}": v for k, v in hf_resnet_names(state, BACKBONE_PREFIX).items()}
     transformer = {}
     for key, value in state.items():
-        if key.startswith("model.decoder.class_embed."):
-            continue  # two stages: HF's tied copy of class_embed (the decoder never reads it)
         if key.startswith(("model.encoder.", "model.decoder.")):
             transformer[key[len("model.") :]] = value
-        elif key.startswith(_TOP_LEVEL):
+        elif key.startswith(_DEFORMABLE_TOP_LEVEL):
             out[key[len("model.") :]] = value
         elif key.startswith("model.query_position_embeddings."):
             out[key.replace("model.query_position_embeddings.", "query_embed.")] = value
         elif key.startswith(("class_embed.", "bbox_embed.")):
             out[key] = value
     out.update(hf_deformable_transformer_names(transformer))
+    return out
+
+
+def deformable_heads(
+    state: Mapping[str, Tensor], num_heads: int, refine: bool
+) -> dict[str, Tensor]:
+    """:func:`hf_deformable_detr_names`' output with every head our model holds.
+
+    ``save_pretrained`` writes a tensor shared by several modules once: the
+    heads every layer shares without box refinement as ``class_embed.0`` /
+    ``bbox_embed.0`` only, and the heads box refinement ties to the decoder
+    under the decoder's name (``decoder.class_embed.i``, ``decoder.bbox_embed.i``).
+    Ours are ``class_embed.i`` and ``bbox_embed.i`` for each of ``num_heads``
+    (decoder layers, plus the two-stage encoder's), and with box refinement
+    the decoder's view of the box heads, ``decoder.bbox_embed.i``.
+    """
+    out = {k: v for k, v in state.items() if not k.startswith("decoder.class_embed.")}
+    for key, value in state.items():
+        match = re.match(r"(decoder\.)?(class_embed|bbox_embed)\.(\d+)\.(.*)", key)
+        if not match:
+            continue
+        head, index, rest = match[2], int(match[3]), match[4]
+        shared = not refine and index == 0  # every layer's
+        for target in range(num_heads) if shared else [index]:
+            out.setdefault(f"{head}.{target}.{rest}", value)
+            if refine and head == "bbox_embed":
+                out.setdefault(f"decoder.bbox_embed.{target}.{rest}", value)
+    return out
+
+
+# ---------------------------------------------------------------- DETR
+_DETR_ENCODER_LAYER = [
+    ("self_attn.o_proj", "self_attn.out_proj"),
+    ("self_attn_layer_norm", "norm1"),
+    ("mlp.fc1", "linear1"),
+    ("mlp.fc2", "linear2"),
+    ("final_layer_norm", "norm2"),
+]
+_DETR_DECODER_LAYER = [
+    ("self_attn.o_proj", "self_attn.out_proj"),
+    ("encoder_attn.o_proj", "cross_attn.out_proj"),
+    ("self_attn_layer_norm", "norm1"),
+    ("encoder_attn_layer_norm", "norm2"),
+    ("mlp.fc1", "linear1"),
+    ("mlp.fc2", "linear2"),
+    ("final_layer_norm", "norm3"),
+]
+_DETR_TOP_LEVEL = [
+    ("model.input_projection.", "input_proj."),
+    ("model.query_position_embeddings.", "query_embed."),
+    ("model.decoder.layernorm.", "transformer.decoder.norm."),
+    ("class_labels_classifier.", "class_head."),
+    ("bbox_predictor.", "box_head."),
+]
+
+
+def hf_detr_names(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A ``DetrForObjectDetection`` state dict (transformers 4 or 5, timm or HF
+    ResNet) in :class:`~detr_ray.model.detr.DETR`'s names."""
+    state = hf_current_names(state)
+    out = {f"backbone.{k}": v for k, v in hf_resnet_names(state, BACKBONE_PREFIX).items()}
+    for key, value in state.items():
+        if key.startswith("model.encoder.layers."):
+            out["transformer." + _renamed(key[len("model.") :], _DETR_ENCODER_LAYER)] = value
+        elif key.startswith("model.decoder.layers."):
+            out["transformer." + _renamed(key[len("model.") :], _DETR_DECODER_LAYER)] = value
+        else:
+            for old, new in _DETR_TOP_LEVEL:
+                if key.startswith(old):
+                    out[new + key[len(old) :]] = value
+    _join_qkv(out, "self_attn", "self_attn")
+    _join_qkv(out, "encoder_attn", "cross_attn")
     return out

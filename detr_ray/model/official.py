@@ -87,10 +87,12 @@ def _rename(key: str, attention, reverse: bool) -> str:
 
 
 def is_official_checkpoint(checkpoint: Mapping) -> bool:
+    """An official DETR checkpoint (not Deformable-DETR's, which has level embeddings)."""
     model = checkpoint.get("model")
     return (
         isinstance(model, Mapping)
         and "query_embed.weight" in model
+        and "transformer.level_embed" not in model
         and any(k.startswith("backbone.0.body.") for k in model)
     )
 
@@ -109,11 +111,7 @@ def official_config(state_dict: Mapping[str, Tensor], args=None) -> ModelConfig:
     backbone_keys = [k for k in state_dict if k.startswith("backbone.0.body.")]
     if not backbone_keys:
         raise CheckpointError("not an official DETR checkpoint: no 'backbone.0.body.*' keys")
-    depth: Literal[18, 34, 50, 101]
-    if "backbone" in args and args["backbone"] in _OFFICIAL_BACKBONES:
-        depth = _OFFICIAL_BACKBONES[args["backbone"]]
-    else:
-        depth = _depth_from_keys(backbone_keys)
+    depth = backbone_depth(args.get("backbone"), backbone_keys, "backbone.0.body.")
 
     def count(prefix: str) -> int:
         pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
@@ -140,9 +138,16 @@ def official_config(state_dict: Mapping[str, Tensor], args=None) -> ModelConfig:
     )
 
 
-def _depth_from_keys(backbone_keys: list[str]) -> Literal[18, 34, 50, 101]:
+def backbone_depth(
+    name: str | None, backbone_keys: list[str], prefix: str
+) -> Literal[18, 34, 50, 101]:
+    """A ResNet's depth: from its ``name`` (``resnet50``...) if given, else from
+    its torchvision-named keys under ``prefix`` (blocks in ``layer3``, bottlenecks)."""
+    if name in _OFFICIAL_BACKBONES:
+        return _OFFICIAL_BACKBONES[name]
+    layer3 = prefix + "layer3."
     blocks_in_layer3 = len(
-        {k.split(".")[4] for k in backbone_keys if k.startswith("backbone.0.body.layer3.")}
+        {k[len(layer3) :].split(".")[0] for k in backbone_keys if k.startswith(layer3)}
     )
     bottleneck = any(".conv3." in k for k in backbone_keys)
     if bottleneck:

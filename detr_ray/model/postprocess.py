@@ -12,6 +12,8 @@ from torch import Tensor
 
 from detr_ray.ops.boxes import cxcywh_to_xyxy
 
+SIGMOID_TOP_K = 100  # the official Deformable DETR's detections per image
+
 
 def postprocess(
     cls_scores: Tensor,
@@ -61,7 +63,7 @@ def postprocess_sigmoid(
     cls_logits: Tensor,
     bbox_preds: Tensor,
     orig_sizes: Tensor,
-    top_k: int = 100,
+    top_k: int = SIGMOID_TOP_K,
     score_threshold: float = 0.0,
 ) -> list[dict[str, Tensor]]:
     """Per-image detections from sigmoid logits: the ``top_k`` best (query,

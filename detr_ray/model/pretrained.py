@@ -1,11 +1,13 @@
 """Initialising a model for fine-tuning from pretrained weights (state dicts).
 
-The weights come from an official DETR checkpoint or a detr-ray checkpoint
-(read by :func:`detr_ray.checkpoint.initialise_from`, which also takes a
-torchvision ResNet for the backbone alone). The class head can keep the rows
-of the categories the new dataset shares with the source (matched by
-category id: an official COCO checkpoint's row ``i`` is COCO category ``i``),
-or be re-initialised; either way the no-object row is kept.
+The weights come from any checkpoint :func:`detr_ray.checkpoint.initialise_from`
+reads (detr-ray, official, Hugging Face; a torchvision ResNet for the
+backbone alone), already in our names. The class heads can keep the rows of
+the categories the new dataset shares with the source (matched by category
+id: an official COCO checkpoint's row ``i`` is COCO category ``i``), or be
+re-initialised; either way DETR's no-object row is kept. Deformable DETR has
+a class head per decoder layer (and the two-stage encoder's): each is
+treated the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import Tensor
 
 from detr_ray.data.labels import LabelMap
 from detr_ray.errors import CheckpointError, ConfigError
+from detr_ray.model.deformable.detector import DeformableDETR
 from detr_ray.model.detr import DETR
 
 CLASS_HEAD_POLICIES = ("keep", "reinit")
@@ -27,7 +30,7 @@ def is_torchvision_resnet(state_dict: Mapping) -> bool:
 
 
 def load_pretrained_state_dict(
-    model: DETR,
+    model: DETR | DeformableDETR,
     state_dict: Mapping[str, Tensor],
     source_labels: LabelMap,
     target_labels: LabelMap,
@@ -69,15 +72,14 @@ def load_pretrained_state_dict(
 
 
 def _class_head(
-    model: DETR,
+    model: DETR | DeformableDETR,
     state_dict: Mapping[str, Tensor],
     source: LabelMap,
     target: LabelMap,
     policy: str,
     source_name: str,
 ) -> dict[str, Tensor]:
-    weight = state_dict["class_head.weight"]  # (K_source + 1, C)
-    bias = state_dict["class_head.bias"]
+    """The class heads' weights and biases for ``target``'s labels, by ``policy``."""
     if policy == "keep":
         missing = [c for c in target.category_ids if c not in source.category_ids]
         if missing:
@@ -85,12 +87,27 @@ def _class_head(
                 f"the class head of {source_name} has no rows for category ids {missing[:10]}; "
                 "set model.class_head: reinit to fine-tune to new categories"
             )
-        rows = torch.tensor([source.label_of(c) for c in target.category_ids])
-        new_weight, new_bias = weight[rows], bias[rows]
-    else:
-        fresh = model.class_head
-        new_weight, new_bias = fresh.weight.detach()[:-1], fresh.bias.detach()[:-1]
-    return {
-        "class_head.weight": torch.cat((new_weight, weight[-1:])),
-        "class_head.bias": torch.cat((new_bias, bias[-1:])),
-    }
+    rows = torch.tensor(
+        [source.label_of(c) for c in target.category_ids] if policy == "keep" else []
+    )
+    background = not model.sigmoid_classes  # DETR's last row: no object
+    own = model.state_dict()
+    heads = sorted({k.rsplit(".", 1)[0] for k in own if _is_class_head(k)})
+    out = {}
+    for head in heads:
+        for kind in ("weight", "bias"):
+            key = f"{head}.{kind}"
+            if key not in state_dict:
+                continue  # the shape check of the caller names it
+            theirs = state_dict[key]  # (K_source [+ 1], ...)
+            if policy == "keep":
+                new = theirs[rows]
+            else:
+                new = own[key][: len(target.category_ids)]
+            out[key] = torch.cat((new, theirs[-1:])) if background else new
+    return out
+
+
+def _is_class_head(key: str) -> bool:
+    """DETR's ``class_head``, Deformable DETR's per-layer ``class_embed.<i>``."""
+    return key.startswith(("class_head.", "class_embed."))

@@ -15,8 +15,7 @@ from torch import nn
 from detr_ray.config import ExperimentConfig
 from detr_ray.data.coco import CocoDetection
 from detr_ray.data.labels import LabelMap
-from detr_ray.model.build import build_model
-from detr_ray.model.detr import DETR
+from detr_ray.model.build import Detector, build_model
 from detr_ray.model.training_detr import TrainingDETR
 from detr_ray.train.engine import Engine
 from detr_ray.train.hooks import WorkerHooks
@@ -24,7 +23,7 @@ from detr_ray.train.inputs import build_datasets
 from detr_ray.train.seeds import seed_everything
 
 
-def build_trained_module(detr: DETR, config: ExperimentConfig) -> nn.Module:
+def build_trained_module(detr: Detector, config: ExperimentConfig) -> nn.Module:
     """What the optimiser trains: ``detr``, or with a training-time accelerator on
     (``train.query_groups`` > 1, ``train.dense_aux_weight`` > 0) a
     :class:`TrainingDETR` around it (the extra parts exist only there)."""
@@ -39,7 +38,7 @@ def build_engine(
     label_map: LabelMap,
     device: torch.device | str = "cpu",
     *,
-    detr: DETR | None = None,
+    detr: Detector | None = None,
     datasets: tuple[CocoDetection, CocoDetection] | None = None,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     hooks: WorkerHooks | None = None,

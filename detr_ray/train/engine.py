@@ -27,17 +27,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from detr_ray.config import ExperimentConfig
 from detr_ray.criterion.build import build_criterion
-from detr_ray.criterion.dense_loss import DENSE_TERMS, dense_losses
-from detr_ray.criterion.loss_keys import loss_keys, name_losses
 from detr_ray.criterion.matcher import FlatTargets
 from detr_ray.data.collate import Batch, PadCollate
 from detr_ray.data.epoch_plan import EpochPlan, full_epoch_steps
 from detr_ray.data.labels import LabelMap
 from detr_ray.errors import ConfigError
 from detr_ray.evaluation.distributed import GatheredResults, detect_on_workers
-from detr_ray.model.training_detr import TrainingDETR, groups_as_layers, reference_detr
+from detr_ray.model.training_detr import TrainingDETR, as_training_output, reference_detr
 from detr_ray.ops import dist
 from detr_ray.train.hooks import WorkerHooks
+from detr_ray.train.objective import TrainingObjective
 from detr_ray.train.optimizer import build_optimizer
 from detr_ray.train.schedule import lr_factor
 from detr_ray.train.seeds import epoch_seed, seed_everything
@@ -89,9 +88,13 @@ class Engine:
             isinstance(self.trained_module, TrainingDETR)
             and self.trained_module.dense_head is not None
         )
-        if wants_dense != has_dense or self.module_groups != config.train.query_groups:
+        if (
+            wants_dense != has_dense
+            or self.module_groups != config.train.query_groups
+            or self.reference_detr.sigmoid_classes != config.model.deformable
+        ):
             raise ConfigError(
-                "the model does not match the config's train.query_groups / "
+                "the model does not match the config's model.family / train.query_groups / "
                 "train.dense_aux_weight: build it with build_trained_module(detr, config)"
             )
         self.num_groups = config.train.query_groups
@@ -104,8 +107,15 @@ class Engine:
                 f"the model has {self.reference_detr.num_classes} classes but the training set "
                 f"{label_map.num_classes} categories; set model.num_classes (or leave it null)"
             )
-        self.criterion = build_criterion(config.matcher, config.loss, self.num_classes)
-        self.criterion.to(self.device)
+        self.criterion = build_criterion(
+            config.model, config.matcher, config.loss, self.num_classes
+        ).to(self.device)
+        self.objective = TrainingObjective(
+            self.criterion,
+            self.num_groups,
+            config.train.dense_aux_weight,
+            two_stage=config.model.two_stage,
+        )
         self.optimizer = build_optimizer(model, config)
         self.train_set, self.val_set = train_set, val_set
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
@@ -263,37 +273,27 @@ class Engine:
         images, padding_mask = batch.inputs()
         images = images.contiguous(memory_format=self.memory_format)
         with self.autocast():
-            cls_scores, bbox_preds, *dense = self.distributed_model(images, padding_mask)
+            outputs = as_training_output(self.distributed_model(images, padding_mask))
         if self.hooks:
-            cls_scores = self.hooks.outputs(step_number, cls_scores)
-        finite = torch.isfinite(cls_scores).all() & torch.isfinite(bbox_preds).all()
+            injected = self.hooks.outputs(step_number, outputs.cls_scores)
+            outputs = outputs._replace(cls_scores=injected)
+        matched = (outputs.cls_scores, outputs.bbox_preds, outputs.enc_logits, outputs.enc_boxes)
+        finite = torch.stack([torch.isfinite(t).all() for t in matched if t is not None]).all()
         # (this worker's outputs are bad, any worker's are) agreed before the
         # criterion's all-reduce and DDP's, read with the costs
         bad_here = (~finite).float()
         flags = torch.stack((bad_here, dist.max_across(bad_here)))
-        if self.num_groups > 1:  # each (layer, group) is one "layer" of the batched math
-            cls_scores = groups_as_layers(cls_scores, self.num_groups)
-            bbox_preds = groups_as_layers(bbox_preds, self.num_groups)
         flat = FlatTargets.from_list(batch.targets, device=self.device)
-        matcher = self.criterion.matcher
-        cost_host, (bad_here_host, bad_anywhere) = matcher.costs_to_host(
-            cls_scores.detach(), bbox_preds.detach(), flat, rider=flags
-        )
+        host = self.objective.costs_to_host(outputs, flat, rider=flags)
+        bad_here_host, bad_anywhere = host.rider
         if bad_anywhere:
             return self._skip(
                 "non-finite model outputs"
                 if bad_here_host
                 else "non-finite model outputs or an empty batch on another worker"
             )
-        matching = matcher.solve(cost_host, flat, self.device)
-        weighted = self.criterion.layer_losses(cls_scores, bbox_preds, flat, matching)
-        losses, objective = name_losses(weighted, self.num_groups)
-        if dense:  # the dense auxiliary head's one-to-many losses
-            dense_cls, dense_boxes, centers, valid = dense
-            terms = dense_losses(self.criterion, dense_cls, dense_boxes, centers, valid, flat)
-            terms = terms * self.config.train.dense_aux_weight
-            losses.update(zip(DENSE_TERMS, terms.unbind()))
-            objective = objective + terms.sum()
+        step = self.objective(outputs, flat, host)
+        objective = step.objective
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(objective).backward()
         self.scaler.unscale_(self.optimizer)
@@ -310,9 +310,12 @@ class Engine:
                 return self._skip(NON_FINITE)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        reference = matching.layers(slice(None, None, self.num_groups))  # group 0 of each layer
         return StepResult(
-            skipped=False, losses=losses, matching=reference, grad_norm=grad_norm, bad=grad_bad
+            skipped=False,
+            losses=step.losses,
+            matching=step.matching,
+            grad_norm=grad_norm,
+            bad=grad_bad,
         )
 
     @property
@@ -348,9 +351,7 @@ class Engine:
         """The logged numbers of step ``result``, combined over workers (one
         all-gather: a collective, every rank calls it)."""
         num_layers = self.num_decoder_layers
-        names = loss_keys(num_layers, self.num_groups)
-        if self.config.train.dense_aux_weight > 0:
-            names = names + list(DENSE_TERMS)
+        names = self.objective.loss_keys(num_layers)
         row = worker_row(result, names, num_layers, window.images)
         table = dist.all_gather_tensor(row.to(self.device)).cpu()  # (world, columns)
         metrics = average_over_workers(table, names, num_layers)

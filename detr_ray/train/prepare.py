@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from detr_ray.checkpoint import checkpoint_kind, load_checkpoint
+from detr_ray.checkpoint import checkpoint_kind, load_checkpoint, read_source
 from detr_ray.config import ExperimentConfig
 from detr_ray.data.annotations import load_coco_json
 from detr_ray.data.check import DatasetReport, check_dataset
@@ -147,12 +147,16 @@ def check_checkpoints(config: ExperimentConfig) -> None:
                 "to start from its weights, use model.init_from"
             )
     if config.init.init_from:
-        checkpoint = _load(config.init.init_from, "model.init_from", config.run.storage)
-        if checkpoint_kind(checkpoint) == "unknown":
+        try:
+            source = read_source(config.init.init_from, config.run.storage)
+        except CheckpointError as e:
+            raise CheckpointError(f"model.init_from: {e}") from None
+        family = source.config.family if source.config is not None else None
+        if family not in (None, config.model.family):
             raise CheckpointError(
-                f"model.init_from {config.init.init_from} is not a detr-ray checkpoint, an "
-                "official DETR checkpoint or a torchvision ResNet state_dict "
-                f"(top-level keys: {sorted(map(str, checkpoint))[:8]})"
+                f"model.init_from: {source.description} holds a {family} model, but "
+                f"model.family is {config.model.family}: start from weights of the same family "
+                "(or only a torchvision ResNet for the backbone)"
             )
 
 

@@ -29,11 +29,14 @@ def test_the_cpu_form_measures_every_row_and_writes_json(tmp_path):
     out = _run("--device", "cpu", "--tiny", "--out", str(tmp_path / "check.json"))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = json.loads((tmp_path / "check.json").read_text())
-    rows = {row["amp"]: row for row in report["steps"]}
-    assert set(rows) == {"off", "bf16", "fp16"} and all(r["batch"] == 2 for r in rows.values())
-    assert "GPU" in rows["fp16"]["error"]  # fp16 autocast needs a GPU: said, not crashed
-    for amp in ("off", "bf16"):
-        row = rows[amp]
+    rows = {(row["family"], row["amp"]): row for row in report["steps"]}
+    families = ("detr", "deformable_detr")
+    assert set(rows) == {(f, a) for f in families for a in ("off", "bf16", "fp16")}
+    assert all(r["batch"] == 2 for r in rows.values())
+    for family in families:
+        assert "GPU" in rows[family, "fp16"]["error"]  # fp16 needs a GPU: said, not crashed
+    for key in [(f, a) for f in families for a in ("off", "bf16")]:
+        row = rows[key]
         assert row["step"]["images_per_s"] > 0 and row["hf"]["images_per_s"] > 0
         assert 0 < row["match_loss_share"] < 1
         # the step's one host read: the matching costs (with the skip flag)
@@ -43,6 +46,7 @@ def test_the_cpu_form_measures_every_row_and_writes_json(tmp_path):
     assert report["eval_images_per_s"] > 0 and report["loader_images_per_s"] > 0
     assert report["ray"]["ray_images_per_s"] > 0 and report["ray"]["plain_images_per_s"] > 0
     assert "1-worker Ray Train" in out.stdout and "host sync" in out.stdout
+    assert "deformable_detr batch 2  off" in out.stdout
 
 
 def test_it_refuses_to_start_without_what_it_needs(tmp_path):

@@ -23,6 +23,7 @@ from detr_ray.errors import TrainingStopped
 from detr_ray.train.engine import StepWindow
 
 from tests.engine.test_query_groups import _engine, shapes  # noqa: F401 (a fixture)
+from tests.support.experiments import TINY_DEFORMABLE
 
 HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy")
 # aten ops that read a value on the host (or size their output by the data)
@@ -70,7 +71,18 @@ def _batch(engine):
 
 
 @pytest.mark.parametrize(
-    "accelerator", [{}, {"query_groups": 3}, {"dense_aux_weight": 2.0}], ids=str
+    "accelerator",
+    [
+        {},
+        {"query_groups": 3},
+        {"dense_aux_weight": 2.0},
+        {"model": TINY_DEFORMABLE},
+        {
+            "model": {**TINY_DEFORMABLE, "with_box_refine": True, "two_stage": True},
+            "dense_aux_weight": 2.0,
+        },
+    ],
+    ids=["detr", "query groups", "dense head", "deformable", "deformable two-stage dense head"],
 )
 def test_a_step_that_does_not_log_reads_the_device_once(shapes, monkeypatch, accelerator):  # noqa: F811
     engine = _engine(shapes, **accelerator)

@@ -35,7 +35,7 @@ def test_group_zero_is_the_reference_detr_and_groups_do_not_see_each_other():
     images, mask = _images()
     with torch.no_grad():
         cls_ref, box_ref = detr(images, mask)  # (L, B, Q, .)
-        cls, box = grouped(images, mask)  # (L, B, 3Q, .)
+        cls, box, *_ = grouped(images, mask)  # (L, B, 3Q, .)
     q = detr.num_queries
     assert cls.shape == (2, 2, 3 * q, 4) and box.shape == (2, 2, 3 * q, 4)
     torch.testing.assert_close(cls[:, :, :q], cls_ref, rtol=0, atol=1e-6)
@@ -87,10 +87,10 @@ def shapes(make_shapes):
     return make_shapes(num_train=8, num_val=2, size=64, seed=4)
 
 
-def _engine(shapes, module_for=None, **train) -> Engine:
+def _engine(shapes, module_for=None, model=None, **train) -> Engine:
     config = ExperimentConfig.from_dict(
         {
-            "model": {"preset": "detr_r18_tiny", "num_classes": 3, "dropout": 0.0},
+            "model": {"preset": "detr_r18_tiny", "num_classes": 3, "dropout": 0.0, **(model or {})},
             "data": {
                 "train_ann": str(shapes.train_ann),
                 "train_images": str(shapes.train_images),

@@ -12,18 +12,27 @@ import pytest
 import torch
 
 from tests.support.datasets import SHAPE_LABELS
-from tests.support.experiments import FIXED_DATA, tiny_experiment
+from tests.support.experiments import FIXED_DATA, TINY_DEFORMABLE, tiny_experiment
 from tests.support.gloo import train_in_processes
 
+# Deformable DETR (its set loss is focal) with both of its options, and the
+# dense head on every level's cells.
 ACCELERATORS = [
-    pytest.param({"query_groups": 1, "dense_aux_weight": 0.0}, id="reference DETR"),
-    pytest.param({"query_groups": 3, "dense_aux_weight": 0.0}, id="query groups"),
-    pytest.param({"query_groups": 1, "dense_aux_weight": 2.0}, id="dense head"),
+    pytest.param({"train": {}}, id="reference DETR"),
+    pytest.param({"train": {"query_groups": 3}}, id="query groups"),
+    pytest.param({"train": {"dense_aux_weight": 2.0}}, id="dense head"),
+    pytest.param(
+        {
+            "model": {**TINY_DEFORMABLE, "with_box_refine": True, "two_stage": True},
+            "train": {"dense_aux_weight": 2.0},
+        },
+        id="deformable two-stage, dense head",
+    ),
 ]
 KEYS = ["loss", "loss_cls", "d0.loss_bbox", "loss_iou", "grad_norm"]
 
 
-def _config(shapes, tmp_path, workers: int, batch: int, **train) -> dict:
+def _config(shapes, tmp_path, workers: int, batch: int, model=None, train=None) -> dict:
     # Deterministic data (no flip or crop, one scale, every image padded to 64 x
     # 64 whatever its batch: group norm sees the same padding) and no dropout.
     raw = tiny_experiment(
@@ -31,9 +40,9 @@ def _config(shapes, tmp_path, workers: int, batch: int, **train) -> dict:
         tmp_path / "runs",
         f"w{workers}",
         data=FIXED_DATA,
-        model={"dropout": 0.0, "num_classes": SHAPE_LABELS.num_classes},
+        model={"dropout": 0.0, "num_classes": SHAPE_LABELS.num_classes, **(model or {})},
         scaling={"num_workers": workers},
-        train={"batch_size": batch, **train},
+        train={"batch_size": batch, **(train or {})},
     )
     return raw
 
@@ -43,13 +52,16 @@ def runs(make_shapes, tmp_path_factory):
     """Every comparison, trained in one set of processes per world size."""
     shapes = make_shapes(num_train=16, num_val=4, size=64, seed=1)
     tmp = tmp_path_factory.mktemp("gloo")
-    one_step = [a.values[0] | {"max_steps_per_epoch": 1} for a in ACCELERATORS]
+    cases = [a.values[0] for a in ACCELERATORS]
+    one_step = [
+        {"model": c.get("model"), "train": {**c["train"], "max_steps_per_epoch": 1}} for c in cases
+    ]
     two = train_in_processes(
-        2, [_config(shapes, tmp, 2, 2, **t) for t in one_step], SHAPE_LABELS, tmp / "two"
+        2, [_config(shapes, tmp, 2, 2, **c) for c in one_step], SHAPE_LABELS, tmp / "two"
     )
     one = train_in_processes(
         1,
-        [_config(shapes, tmp, 1, 4, **t) for t in one_step] + [_config(shapes, tmp, 1, 6)],
+        [_config(shapes, tmp, 1, 4, **c) for c in one_step] + [_config(shapes, tmp, 1, 6)],
         SHAPE_LABELS,
         tmp / "one",
     )
@@ -72,11 +84,13 @@ def test_two_workers_take_the_step_one_worker_takes_with_the_whole_batch(runs, i
     # Adam step alone is insensitive to a uniform gradient scale, these are not.
     (step_two,), (step_one,) = two["steps"], one["steps"]
     keys = list(KEYS)
-    accelerator = ACCELERATORS[index].values[0]
-    if accelerator["query_groups"] > 1:  # the extra groups' mean, under their own names
+    case = ACCELERATORS[index].values[0]
+    if case["train"].get("query_groups"):  # the extra groups' mean, under their own names
         keys += ["groups/loss", "groups/loss_cls", "groups/d0.loss_iou"]
-    if accelerator["dense_aux_weight"]:  # normalised by positives over all workers
+    if case["train"].get("dense_aux_weight"):  # normalised by positives over all workers
         keys += ["dense/loss_cls", "dense/loss_bbox", "dense/loss_iou"]
+    if case.get("model", {}).get("two_stage"):  # the encoder's proposals, matched too
+        keys += ["enc.loss_cls", "enc.loss_bbox", "enc.loss_iou"]
     for key in keys:
         assert step_two[key] == pytest.approx(step_one[key], rel=1e-5), key
     # the two workers' shares: positives per worker add up to the single worker's

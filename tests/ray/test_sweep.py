@@ -1,10 +1,13 @@
-"""A real Ray Tune sweep of a tiny DETR: ASHA, MLflow parent/children, Ctrl-C and resume.
+"""A real Ray Tune sweep of a tiny Deformable DETR: ASHA, MLflow parent/children,
+Ctrl-C and resume.
 
-One sweep, four trials (a grid over ``loss.bbox_weight``, with
-``matcher.cls_cost`` sampled), ranked by training loss: a larger box weight
-scales the loss up, so ASHA must stop the later trials at their first rung.
-The sweep runs as ``detr-ray tune`` in a subprocess that gets SIGINT once
-two trials are done; ``--resume`` then runs only the other two.
+One sweep, four trials (a grid over ``loss.bbox_weight``, with the focal
+classification's ``matcher.cls_cost`` and ``loss.focal_alpha`` sampled),
+ranked by training loss: a larger box weight scales the loss up, so ASHA
+must stop the later trials at their first rung. The sweep runs as
+``detr-ray tune`` in a subprocess that gets SIGINT once two trials are done;
+``--resume`` then runs only the other two. (DETR's sweeps run in
+``tests/ray/test_storage_runs.py`` and ``tests/cluster/test_sweep_local.py``.)
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from detr_ray.tune.options import SweepOptions
 from detr_ray.tune.space import load_space
 from detr_ray.tune.sweep import run_sweep
 
-from tests.support.experiments import tiny_experiment
+from tests.support.experiments import TINY_DEFORMABLE, tiny_experiment
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -43,6 +46,7 @@ def _write_inputs(tmp_path: Path) -> tuple[Path, Path]:
         shapes,
         tmp_path / "runs",
         "base",
+        model=TINY_DEFORMABLE,
         train={"epochs": EPOCHS, "batch_size": 4},
         scaling={"num_workers": 1},
         tracking={"log_images": 0},
@@ -51,6 +55,7 @@ def _write_inputs(tmp_path: Path) -> tuple[Path, Path]:
         "params": {
             "loss.bbox_weight": {"grid": GRID},
             "matcher.cls_cost": {"loguniform": [0.5, 4.0]},
+            "loss.focal_alpha": {"uniform": [0.2, 0.3]},
         }
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
@@ -151,9 +156,9 @@ def test_sweep_stops_bad_trials_tracks_children_and_resumes_only_what_was_left(t
     for child in children:
         row = rows[child.info.run_name]
         assert float(child.data.params["loss.bbox_weight"]) == row["loss.bbox_weight"]
-        assert float(child.data.params["matcher.cls_cost"]) == pytest.approx(
-            row["matcher.cls_cost"]
-        )
+        for key in ("matcher.cls_cost", "loss.focal_alpha"):
+            assert float(child.data.params[key]) == pytest.approx(row[key])
+        assert child.data.params["model.family"] == "deformable_detr"
         for key in loss_keys(num_layers):
             steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
             assert steps and len(steps) == len(set(steps)), key

@@ -76,6 +76,16 @@ def tiny_experiment(shapes, storage: Path | str, name: str, **sections: dict) ->
     return raw
 
 
+# A Deformable DETR at the tiny DETR's size (ResNet-18's three maps plus one
+# level, width 64, 2 + 2 layers, 10 queries).
+TINY_DEFORMABLE = {
+    "preset": "deformable_detr_r18_small",
+    "d_model": 64,
+    "nhead": 4,
+    "dim_feedforward": 128,
+    "num_queries": 10,
+}
+
 # Every image resized to a long side of 64 and padded to 64 x 64, whatever its
 # batch, no random flip or crop: workers see exactly what one worker would.
 FIXED_DATA = {

@@ -123,7 +123,9 @@ def test_a_checkpoint_of_another_kind_is_named(tmp_path):
     unknown = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, unknown)
     with pytest.raises(
-        CheckpointError, match=r"neither a detr-ray .*top-level keys: \['weights'\]"
+        CheckpointError,
+        match=r"other.pt is none of the checkpoints detr-ray reads \(top-level keys "
+        r"\['weights'\]\); it reads a detr-ray checkpoint .* or a Hugging Face folder",
     ):
         load_model(unknown)
 

@@ -80,12 +80,60 @@ def test_overrides_types_and_round_trip():
         ("train.amp=fp16", "train.amp: fp16 needs a GPU"),
         ("run.name=a/b", "run.name must be a non-empty name without '/'"),
         ("bogus.key=1", "unknown key bogus; the config has keys"),
+        ("model.family=yolo", r"model.family must be one of \['detr', 'deformable_detr'\]"),
+        ("model.with_box_refine=true", "model.with_box_refine must be false for family detr"),
+        ("loss.focal_alpha=1.5", r"loss.focal_alpha must be in \[0, 1\]"),
     ],
 )
 def test_bad_values_name_their_key(override, message):
     with pytest.raises(ConfigError, match=message) as error:
         load_config(CONFIGS / "shapes_tiny.yaml", [override])
     assert "shapes_tiny.yaml" in str(error.value)
+
+
+def test_the_deformable_configs_are_the_official_recipe_and_the_family_sets_its_defaults():
+    coco = load_config(CONFIGS / "coco_deformable_detr_r50.yaml")
+    assert coco.model == PRESETS["deformable_detr_r50"] and coco.model.deformable
+    assert (coco.model.num_queries, coco.model.num_feature_levels, coco.model.dec_points) == (
+        300,
+        4,
+        4,
+    )
+    assert (coco.model.num_encoder_layers, coco.model.dim_feedforward) == (6, 1024)
+    assert (coco.optim.lr, coco.optim.backbone_lr, coco.optim.linear_proj_lr_mult) == (
+        2e-4,
+        2e-5,
+        0.1,
+    )
+    assert coco.train.epochs == 50 and coco.train.lr_drop_epochs == (40,)
+    assert coco.train.batch_size * coco.scaling.num_workers == 32
+    assert (coco.matcher.cls_cost, coco.matcher.bbox_cost, coco.matcher.iou_cost) == (2, 5, 2)
+    assert (coco.loss.cls_weight, coco.loss.bbox_weight, coco.loss.iou_weight) == (2, 5, 2)
+    assert (coco.loss.focal_alpha, coco.loss.focal_gamma) == (0.25, 2.0)
+    # a family's own defaults where the file is silent, the file's values where it speaks
+    raw = {"data": {"train_ann": "a", "train_images": "b", "val_ann": "c", "val_images": "d"}}
+    plain = ExperimentConfig.from_dict({**raw, "model": {"preset": "deformable_detr_r18_small"}})
+    assert (plain.matcher.cls_cost, plain.loss.cls_weight) == (2.0, 2.0)
+    given = ExperimentConfig.from_dict(
+        {**raw, "model": {"family": "deformable_detr"}, "matcher": {"cls_cost": 3.0}}
+    )
+    assert (given.matcher.cls_cost, given.loss.cls_weight) == (3.0, 2.0)
+    detr = ExperimentConfig.from_dict({**raw, "model": {"preset": "detr_r18_small"}})
+    assert (detr.matcher.cls_cost, detr.loss.cls_weight) == (1.0, 1.0)
+    assert load_config(CONFIGS / "shapes_deformable.yaml").model.deformable
+    # what Deformable DETR has not: a clear refusal naming the key
+    for bad, message in [
+        ({"pre_norm": True}, "model.pre_norm must be false for family deformable_detr"),
+        ({"two_stage": True}, "model.two_stage must be false unless with_box_refine"),
+        ({"d_model": 48, "nhead": 4}, "model.d_model must be a multiple of 32"),
+        ({"position_encoding": "learned"}, "model.position_encoding must be 'sine'"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            ExperimentConfig.from_dict({**raw, "model": {"family": "deformable_detr", **bad}})
+    with pytest.raises(ConfigError, match="train.query_groups must be 1 for model.family"):
+        ExperimentConfig.from_dict(
+            {**raw, "model": {"family": "deformable_detr"}, "train": {"query_groups": 2}}
+        )
 
 
 def test_malformed_files_and_overrides(tmp_path):

@@ -11,6 +11,7 @@ post-processing against HF's image processor.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -19,7 +20,7 @@ import transformers
 
 from detr_ray.model.backbone import ResNetBackbone
 from detr_ray.model.deformable.detector import DeformableDETR
-from detr_ray.model.hf_names import hf_deformable_detr_names
+from detr_ray.model.hf_names import deformable_heads, hf_deformable_detr_names
 
 NUM_CLASSES, QUERIES, DIM, LAYERS = 5, 7, 32, 2
 
@@ -98,8 +99,10 @@ def test_it_equals_hf_deformable_detr_with_the_same_weights(mode):
     refine, two_stage = MODES[mode]
     theirs = _hf(refine, two_stage)
     ours = _ours(refine, two_stage)
+    renamed = hf_deformable_detr_names(theirs.state_dict())
+    heads = LAYERS + (1 if two_stage else 0)
     missing, unexpected = ours.load_state_dict(
-        hf_deformable_detr_names(theirs.state_dict()), strict=False
+        deformable_heads(renamed, heads, refine), strict=False
     )
     assert not unexpected and not [k for k in missing if "num_batches" not in k], missing
     g = torch.Generator().manual_seed(1)
@@ -167,3 +170,30 @@ def test_sigmoid_postprocessing_equals_hf_image_processors_top_k():
     # fewer distinct boxes than detections
     first = ours[0]
     assert len({tuple(b) for b in first["boxes_xyxy"].tolist()}) < len(first["scores"])
+
+
+def test_the_official_r50_preset_has_hf_deformable_detrs_parameters():
+    from detr_ray.config.model import PRESETS
+    from detr_ray.model.build import build_model
+
+    for name, refine, two_stage in [
+        ("deformable_detr_r50", False, False),
+        ("deformable_detr_r50_two_stage", True, True),
+    ]:
+        ours = build_model(dataclasses.replace(PRESETS[name], num_classes=91))
+        theirs = transformers.DeformableDetrForObjectDetection(
+            transformers.DeformableDetrConfig(
+                use_timm_backbone=False,
+                use_pretrained_backbone=False,
+                backbone=None,
+                backbone_config=transformers.ResNetConfig(
+                    out_features=["stage2", "stage3", "stage4"]
+                ),
+                num_labels=91,
+                with_box_refine=refine,
+                two_stage=two_stage,
+            )
+        )
+        count = sum(p.numel() for p in ours.parameters())
+        # HF ties the two-stage decoder's heads to the detector's: each counted once
+        assert count == sum(p.numel() for p in theirs.parameters()), name

@@ -81,7 +81,7 @@ def test_valid_ratios_and_the_encoders_reference_points_by_hand():
     assert ratios[0].tolist() == [[1.0, 1.0]] * 3
     expected = [6 / 8, 4 / 6, 3 / 4, 2 / 3, 1 / 2, 1 / 2]
     assert ratios[1].flatten().tolist() == pytest.approx(expected, abs=1e-7)
-    points = encoder_reference_points(SHAPES, ratios)
+    points = encoder_reference_points(SHAPES.tolist(), ratios)
     assert points.shape == (2, 48 + 12 + 4, 3, 2)
     # image 1, level 0, token (row 0, col 1): centre (1.5, 0.5) over the valid 6 x 4
     # cells, i.e. (0.25, 0.125) of the image, which on level 1 (valid 3/4 x 2/3) is

@@ -105,3 +105,32 @@ def test_no_targets_means_background_everywhere():
     # four background cells of weight 0.1, each -log(1/4); normaliser max(0.4, 1) = 1
     assert terms[0].item() == pytest.approx(4 * 0.1 * torch.log(torch.tensor(4.0)).item())
     assert terms[1].item() == 0 and terms[2].item() == 0
+
+
+def test_on_deformable_detr_the_dense_classification_is_focal_by_a_plain_loop():
+    from tests.unit.test_focal_loss import _criterion
+
+    g = torch.Generator().manual_seed(1)
+    criterion = _criterion(num_classes=3)  # sigmoid focal, weights 1, alpha 0.25, gamma 2
+    mask = torch.zeros(1, 64, 64, dtype=torch.bool)
+    # two levels of cells, as a Deformable DETR's tokens: 4 x 4 then 2 x 2
+    centers = torch.cat([cell_centers(mask, (4, 4)), cell_centers(mask, (2, 2))], 1)
+    valid = torch.ones(1, 20, dtype=torch.bool)
+    logits = torch.randn(1, 20, 3, generator=g, dtype=torch.float64)
+    boxes = torch.rand(1, 20, 4, generator=g, dtype=torch.float64) * 0.5 + 0.25
+    targets = FlatTargets.from_list(
+        [{"labels": torch.tensor([2]), "boxes": torch.tensor([[0.3, 0.3, 0.4, 0.5]])}]
+    )
+    terms = dense_losses(criterion, logits, boxes, centers, valid, targets)
+    assigned = assign_cells(centers, valid, targets)
+    focal, positives = 0.0, 0
+    for s in range(20):
+        positives += int(assigned[0, s] >= 0)
+        for k in range(3):
+            p = torch.sigmoid(logits[0, s, k])
+            if assigned[0, s] >= 0 and k == 2:
+                focal += -0.25 * (1 - p) ** 2 * torch.log(p)
+            else:
+                focal += -0.75 * p**2 * torch.log(1 - p)
+    assert positives >= 2  # cells of both levels lie inside the target
+    torch.testing.assert_close(terms[0], focal / positives)

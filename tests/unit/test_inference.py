@@ -62,7 +62,7 @@ def test_predict_checks_every_input_before_writing_anything(tiny_checkpoint, sha
         assert not out.exists()
     bogus = tmp_path / "bogus.pt"
     torch.save({"weights": torch.zeros(2)}, bogus)
-    with pytest.raises(CheckpointError, match="bogus.pt is neither a detr-ray checkpoint"):
+    with pytest.raises(CheckpointError, match="bogus.pt is none of the checkpoints detr-ray reads"):
         predict_images(bogus, [good], out, score_threshold=0.5)
     assert not out.exists()
     assert cli_main(["predict", "--checkpoint", str(bogus), "--out", str(out), str(good)]) == 2

@@ -25,7 +25,8 @@ def _randomise_frozen_bn(model, seed=0):
             buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
 
 
-def _padded_batch(seed=0, sizes=((64, 48), (40, 64))):
+def _padded_batch(seed=0, sizes=None):
+    sizes = sizes or ((64, 48), (40, 64))
     g = torch.Generator().manual_seed(seed)
     height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
     images = torch.zeros(len(sizes), 3, height, width)
@@ -39,12 +40,15 @@ def _padded_batch(seed=0, sizes=((64, 48), (40, 64))):
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_gives_the_promised_shapes(name):
     model = build_preset(name, num_classes=5).eval()
-    images, mask = _padded_batch()
-    with torch.no_grad():
-        cls_scores, bbox_preds = model(images, mask)
     config = PRESETS[name]
+    # two stages choose their 300 queries among the tokens: images with enough of them
+    images, mask = _padded_batch(sizes=((160, 128), (96, 160)) if config.two_stage else None)
+    with torch.no_grad():
+        outputs = model(images, mask)
+    cls_scores, bbox_preds = outputs[0], outputs[1]
     shape = (config.num_decoder_layers, 2, config.num_queries)
-    assert cls_scores.shape == shape + (6,)
+    # DETR: K + 1 softmax logits (background last); Deformable DETR: K sigmoid logits
+    assert cls_scores.shape == shape + (5 if config.deformable else 6,)
     assert bbox_preds.shape == shape + (4,)
     assert ((bbox_preds >= 0) & (bbox_preds <= 1)).all()
 

@@ -12,12 +12,26 @@ from detr_ray.tune.space import load_space, parse_space
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["matching_costs", "bg_cls_weight", "joint", "accelerator"])
+SHIPPED = ["matching_costs", "bg_cls_weight", "joint", "accelerator", "deformable_focal"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_spaces_load(name):
     space = load_space(ROOT / "tune_spaces" / f"{name}.yaml")
     assert space.params
     defaults = ExperimentConfig().flat()
     assert all(key in defaults for key in space.keys)
+
+
+def test_every_shipped_space_is_loaded_above():
+    assert sorted(p.stem for p in (ROOT / "tune_spaces").glob("*.yaml")) == sorted(SHIPPED)
+
+
+def test_the_deformable_space_sweeps_the_focal_costs_and_weights():
+    space = load_space(ROOT / "tune_spaces" / "deformable_focal.yaml")
+    assert {"matcher.cls_cost", "loss.cls_weight", "loss.focal_alpha", "loss.focal_gamma"} <= set(
+        space.keys
+    )
 
 
 def test_follow_costs_copies_each_cost_into_its_loss_weight():

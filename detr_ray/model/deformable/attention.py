@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from detr_ray.model.deformable.sampling import deformable_sample
+from detr_ray.model.deformable.sampling import LevelShapes, deformable_sample
 
 
 class DeformableAttention(nn.Module):
@@ -74,6 +74,7 @@ class DeformableAttention(nn.Module):
         values: Tensor,
         spatial_shapes: Tensor,
         padding_mask: Tensor | None = None,
+        level_shapes: LevelShapes | None = None,
     ) -> Tensor:
         """Attend from ``query`` to ``values``.
 
@@ -88,6 +89,7 @@ class DeformableAttention(nn.Module):
             spatial_shapes: ``(L, 2)`` long, ``(H_l, W_l)``.
             padding_mask: ``(N, S)`` bool, True at padded pixels: their values
                 are zeroed, so points that land there read nothing.
+            level_shapes: ``spatial_shapes`` as Python ints, if known (no device read).
 
         Returns:
             ``(N, Q, C)``.
@@ -114,4 +116,5 @@ class DeformableAttention(nn.Module):
                 "reference_points must end in 2 (points) or 4 (boxes), not "
                 f"{tuple(reference_points.shape)}"
             )
-        return self.output_proj(deformable_sample(value, spatial_shapes, locations, weights))
+        sampled = deformable_sample(value, spatial_shapes, locations, weights, level_shapes)
+        return self.output_proj(sampled)

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from detr_ray.model.backbone import ResNetBackbone
 from detr_ray.model.deformable.attention import DeformableAttention
+from detr_ray.model.deformable.sampling import LevelShapes
 from detr_ray.model.deformable.transformer import (
     DeformableDecoder,
     DeformableDecoderLayer,
@@ -54,6 +55,19 @@ from detr_ray.model.position_encoding import SinePositionalEncoding
 
 PRIOR_PROB = 0.01  # the class bias: every class starts at sigmoid = 0.01 (focal loss)
 PROPOSAL_VALID = (0.01, 0.99)  # proposals with a coordinate outside are never chosen
+
+
+class EncodedLevels(NamedTuple):
+    """The encoder's output: ``memory (B, S, C)`` over every level's tokens,
+    ``padding_mask (B, S)`` (True = padding), ``spatial_shapes (L, 2)`` long
+    ``(H_l, W_l)``, the same as Python ints in ``level_shapes`` (loops over
+    levels read no device), and ``valid_ratios (B, L, 2)`` ``(w, h)``."""
+
+    memory: Tensor
+    padding_mask: Tensor
+    spatial_shapes: Tensor
+    level_shapes: tuple[tuple[int, int], ...]
+    valid_ratios: Tensor
 
 
 class DeformableOutput(NamedTuple):
@@ -76,7 +90,7 @@ def proposal_pos_embed(boxes_logit: Tensor, num_feats: int, temperature: float =
 
 
 def encoder_proposals(
-    memory: Tensor, padding_mask: Tensor, spatial_shapes: Tensor
+    memory: Tensor, padding_mask: Tensor, level_shapes: LevelShapes
 ) -> tuple[Tensor, Tensor]:
     """Every token as a proposal: ``(memory with padded and invalid tokens
     zeroed (B, S, C), proposals (B, S, 4) cxcywh in logit space)``.
@@ -87,7 +101,7 @@ def encoder_proposals(
     """
     n = memory.shape[0]
     proposals, start = [], 0
-    for level, (h, w) in enumerate(spatial_shapes.tolist()):  # L is 4: a short loop
+    for level, (h, w) in enumerate(level_shapes):  # L is 4: a short loop
         mask = padding_mask[:, start : start + h * w].view(n, h, w)
         start += h * w
         valid = torch.stack([(~mask[:, 0, :]).sum(1), (~mask[:, :, 0]).sum(1)], -1)  # (B, 2)
@@ -116,6 +130,9 @@ def _last_linear(mlp: nn.Module) -> nn.Linear:
 class DeformableDETR(nn.Module):
     """Deformable DETR (Zhu et al., 2021); box refinement and two stages are options.
 
+    ``model(images, padding_mask)`` is ``model.decode(model.encode(images,
+    padding_mask))`` (training-only heads read the encoded tokens between the two).
+
     Args:
         backbone: its :meth:`~ResNetBackbone.forward_levels` maps feed the levels.
         num_classes: ``K`` (sigmoid logits, no background).
@@ -127,6 +144,8 @@ class DeformableDETR(nn.Module):
         with_box_refine: each decoder layer refines the previous layer's box.
         two_stage: the queries are the encoder's ``num_queries`` best proposals.
     """
+
+    sigmoid_classes = True  # K sigmoid logits, no background class (see DETR's)
 
     def __init__(
         self,
@@ -147,6 +166,7 @@ class DeformableDETR(nn.Module):
     ):
         super().__init__()
         self.backbone = backbone
+        self.num_classes, self.dim = num_classes, dim
         self.num_queries, self.num_feature_levels = num_queries, num_feature_levels
         self.with_box_refine, self.two_stage = with_box_refine, two_stage
         self.position_encoding = SinePositionalEncoding(dim // 2, normalize=True, offset=-0.5)
@@ -228,9 +248,13 @@ class DeformableDETR(nn.Module):
         return maps, masks
 
     def forward(self, images: Tensor, padding_mask: Tensor) -> DeformableOutput:
+        return self.decode(self.encode(images, padding_mask))
+
+    def encode(self, images: Tensor, padding_mask: Tensor) -> EncodedLevels:
+        """Backbone, projections and encoder: every level's tokens, encoded."""
         maps, masks = self.levels(images, padding_mask)
-        n = images.shape[0]
-        shapes = torch.tensor([m.shape[-2:] for m in maps], device=images.device)
+        level_shapes = tuple((int(m.shape[-2]), int(m.shape[-1])) for m in maps)
+        shapes = torch.tensor(level_shapes, device=images.device)
         tokens = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)  # (B, S, C)
         pos = torch.cat(
             [
@@ -242,11 +266,24 @@ class DeformableDETR(nn.Module):
         )
         token_mask = torch.cat([mask.flatten(1) for mask in masks], 1)  # (B, S)
         ratios = valid_ratios(masks).to(tokens.dtype)
-        memory = self.encoder(tokens, pos, shapes, ratios, token_mask)
+        memory = self.encoder(tokens, pos, shapes, ratios, token_mask, level_shapes)
+        return EncodedLevels(memory, token_mask, shapes, level_shapes, ratios)
+
+    def decode(self, encoded: EncodedLevels) -> DeformableOutput:
+        """Queries (learned, or the encoder's best proposals), decoder and heads."""
+        memory, token_mask, shapes, level_shapes, ratios = encoded
+        n = memory.shape[0]
         dim = memory.shape[-1]
         enc_logits = enc_boxes = None
         if self.two_stage:
-            proposal_memory, proposals = encoder_proposals(memory, token_mask, shapes)
+            tokens = sum(h * w for h, w in level_shapes)
+            if tokens < self.num_queries:
+                raise ValueError(
+                    f"a two-stage Deformable DETR chooses its {self.num_queries} queries among "
+                    f"the encoder's tokens, and these images give {tokens}: use larger images "
+                    "or fewer queries (model.num_queries)"
+                )
+            proposal_memory, proposals = encoder_proposals(memory, token_mask, level_shapes)
             proposal_memory = self.enc_output_norm(self.enc_output(proposal_memory))
             enc_logits = self.class_embed[-1](proposal_memory)  # (B, S, K)
             enc_coords = self.bbox_embed[-1](proposal_memory) + proposals  # logit space
@@ -262,7 +299,7 @@ class DeformableDETR(nn.Module):
             queries = queries.unsqueeze(0).expand(n, -1, -1)
             reference = self.reference_points(query_pos).sigmoid()  # (B, Q, 2)
         hidden, references = self.decoder(
-            queries, query_pos, reference, memory, shapes, ratios, token_mask
+            queries, query_pos, reference, memory, shapes, ratios, token_mask, level_shapes
         )
         logits, boxes = [], []
         for layer, (h, ref) in enumerate(zip(hidden, references, strict=True)):

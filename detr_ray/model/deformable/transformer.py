@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detr_ray.model.deformable.attention import DeformableAttention
+from detr_ray.model.deformable.sampling import LevelShapes, shapes_list
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -50,18 +51,18 @@ def valid_ratios(padding_masks: list[Tensor]) -> Tensor:
     return torch.stack(ratios, 1)
 
 
-def encoder_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor) -> Tensor:
+def encoder_reference_points(level_shapes: LevelShapes, valid_ratios: Tensor) -> Tensor:
     """``(N, S, L, 2)``: each token's pixel centre ``(x, y)``, normalised by its
     image's valid part of its level, then seen from every level.
 
     Args:
-        spatial_shapes: ``(L, 2)`` long ``(H_l, W_l)``.
+        level_shapes: ``(H_l, W_l)`` of each level.
         valid_ratios: ``(N, L, 2)`` ``(w, h)`` fractions of each level that
             hold the image (the rest is padding).
     """
     dtype, device = valid_ratios.dtype, valid_ratios.device
     points = []
-    for level, (h, w) in enumerate(spatial_shapes.tolist()):  # L is 4: a short loop
+    for level, (h, w) in enumerate(level_shapes):  # L is 4: a short loop
         ys, xs = torch.meshgrid(
             torch.arange(h, dtype=dtype, device=device) + 0.5,
             torch.arange(w, dtype=dtype, device=device) + 0.5,
@@ -121,10 +122,16 @@ class DeformableEncoderLayer(_FeedForwardMixin, nn.Module):
         reference_points: Tensor,
         spatial_shapes: Tensor,
         padding_mask: Tensor | None,
+        level_shapes: LevelShapes | None = None,
     ) -> Tensor:
         """``tokens``, ``pos`` ``(N, S, C)``; ``reference_points`` ``(N, S, L, 2)``."""
         attended = self.self_attn(
-            _with_pos(tokens, pos), reference_points, tokens, spatial_shapes, padding_mask
+            _with_pos(tokens, pos),
+            reference_points,
+            tokens,
+            spatial_shapes,
+            padding_mask,
+            level_shapes,
         )
         tokens = self.norm1(tokens + self.dropout1(attended))
         return self.norm2(tokens + self._ffn(tokens))
@@ -158,6 +165,7 @@ class DeformableDecoderLayer(_FeedForwardMixin, nn.Module):
         memory: Tensor,
         spatial_shapes: Tensor,
         padding_mask: Tensor | None,
+        level_shapes: LevelShapes | None = None,
     ) -> Tensor:
         """``queries``, ``query_pos`` ``(N, Q, C)``; ``reference_points``
         ``(N, Q, L, 2 or 4)`` (already scaled to each level's valid part);
@@ -166,7 +174,12 @@ class DeformableDecoderLayer(_FeedForwardMixin, nn.Module):
         attended = self.self_attn(q, k, queries, need_weights=False)[0]
         queries = self.norm2(queries + self.dropout2(attended))
         attended = self.cross_attn(
-            _with_pos(queries, query_pos), reference_points, memory, spatial_shapes, padding_mask
+            _with_pos(queries, query_pos),
+            reference_points,
+            memory,
+            spatial_shapes,
+            padding_mask,
+            level_shapes,
         )
         queries = self.norm1(queries + self.dropout1(attended))
         return self.norm3(queries + self._ffn(queries))
@@ -184,11 +197,14 @@ class DeformableEncoder(nn.Module):
         spatial_shapes: Tensor,
         valid_ratios: Tensor,
         padding_mask: Tensor | None,
+        level_shapes: LevelShapes | None = None,
     ) -> Tensor:
-        """``(N, S, C)`` tokens in, ``(N, S, C)`` out."""
-        reference_points = encoder_reference_points(spatial_shapes, valid_ratios)
+        """``(N, S, C)`` tokens in, ``(N, S, C)`` out; ``level_shapes`` as
+        ``spatial_shapes`` in Python ints, if known (no device read)."""
+        shapes = shapes_list(spatial_shapes, level_shapes)
+        reference_points = encoder_reference_points(shapes, valid_ratios)
         for layer in self.layers:
-            tokens = layer(tokens, pos, reference_points, spatial_shapes, padding_mask)
+            tokens = layer(tokens, pos, reference_points, spatial_shapes, padding_mask, shapes)
         return tokens
 
 
@@ -210,6 +226,7 @@ class DeformableDecoder(nn.Module):
         spatial_shapes: Tensor,
         valid_ratios: Tensor,
         padding_mask: Tensor | None,
+        level_shapes: LevelShapes | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """Every layer's queries and the reference each layer started from.
 
@@ -230,7 +247,9 @@ class DeformableDecoder(nn.Module):
             else:
                 scale = valid_ratios[:, None]  # (N, 1, L, 2)
             per_level = reference_points[:, :, None] * scale
-            queries = layer(queries, query_pos, per_level, memory, spatial_shapes, padding_mask)
+            queries = layer(
+                queries, query_pos, per_level, memory, spatial_shapes, padding_mask, level_shapes
+            )
             outputs.append(queries)
             if self.bbox_embed is not None:
                 delta = self.bbox_embed[index](queries)  # (N, Q, 4) in logit space

@@ -59,13 +59,13 @@ def loader_rate(dataset, batch: int, workers: int, batches: int) -> float:
 
 
 def step_rate(dataset, preset: str, batch: int, steps: int = 3) -> float:
-    from detr_ray.config import LossConfig, MatcherConfig
+    from detr_ray.config import LossConfig, MatcherConfig, preset_config
     from detr_ray.criterion.build import build_criterion
     from detr_ray.model.build import build_preset
 
     num_classes = dataset.label_map.num_classes
     model = build_preset(preset, num_classes=num_classes).train()
-    criterion = build_criterion(MatcherConfig(), LossConfig(), num_classes)
+    criterion = build_criterion(preset_config(preset), MatcherConfig(), LossConfig(), num_classes)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     collate = PadCollate(size_divisor=32)
     batches = [collate([dataset[i * batch + j] for j in range(batch)]) for i in range(steps + 1)]

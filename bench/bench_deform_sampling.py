@@ -1,4 +1,4 @@
-"""Multi-scale deformable sampling: detr_ray's one-pass gather against per-level grid_sample.
+"""Multi-scale deformable sampling: detr_ray's one call on an atlas against per-level grid_sample.
 
     python bench/bench_deform_sampling.py [--reps 5] [--scales official,cpu]
 

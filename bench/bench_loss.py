@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from detr_ray.config import LossConfig, MatcherConfig
+from detr_ray.config import LossConfig, MatcherConfig, ModelConfig
 from detr_ray.criterion.build import build_criterion
 from detr_ray.criterion.matcher import FlatTargets, Matching, solve_assignments
 
@@ -241,8 +241,10 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
 
     loss = LossConfig(bg_cls_weight=BG)
-    criterion = build_criterion(MatcherConfig(), loss, K)
-    criterion_cxcywh = build_criterion(MatcherConfig(bbox_cost_format="cxcywh"), loss, K)
+    criterion = build_criterion(ModelConfig(), MatcherConfig(), loss, K)
+    criterion_cxcywh = build_criterion(
+        ModelConfig(), MatcherConfig(bbox_cost_format="cxcywh"), loss, K
+    )
 
     def ours(logits, boxes, targets):
         return criterion(logits, boxes, targets)["loss"]

@@ -46,13 +46,13 @@ def hf_twin(model_config, num_labels: int):
         encoder_attention_heads=cfg.nhead,
         decoder_attention_heads=cfg.nhead,
         auxiliary_loss=True,
+        # the official repositories' dropout sites (HF's defaults turn two of them off)
         dropout=cfg.dropout,
+        attention_dropout=cfg.dropout,
+        activation_dropout=cfg.dropout,
     )
     if not cfg.deformable:
-        # the official DETR's dropout sites (HF's defaults turn two of them off)
-        config = transformers.DetrConfig(
-            **common, attention_dropout=cfg.dropout, activation_dropout=cfg.dropout
-        )
+        config = transformers.DetrConfig(**common)
         return transformers.DetrForObjectDetection(config).train()
     config = transformers.DeformableDetrConfig(
         **common,

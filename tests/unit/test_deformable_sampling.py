@@ -11,7 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detr_ray.model.deformable.sampling import deformable_sample, level_starts
+from detr_ray.model.deformable.sampling import (
+    atlas_index,
+    atlas_layout,
+    atlas_origins,
+    deformable_sample,
+    level_starts,
+)
 
 
 def reference_sample(value, shapes, locations, weights):
@@ -47,12 +53,32 @@ def _inputs(seed, shapes, n=2, q=7, m=3, d=4, p=3, spread=1.0):
     return value, shapes, locations, weights
 
 
+@pytest.mark.parametrize(
+    "shapes",
+    [[[8, 10], [4, 5], [2, 3], [1, 2]], [[3, 4]], [[1, 1], [1, 1], [1, 1]], [[2, 9], [5, 1]]],
+)
+def test_the_atlas_holds_every_level_apart_and_the_device_agrees_where(shapes):
+    origins, height, width = atlas_layout(shapes)
+    assert torch.equal(atlas_origins(torch.tensor(shapes)), torch.tensor(origins))
+    taken = torch.zeros(height + 1, width + 1, dtype=torch.bool)  # room for the gutters
+    for (x0, y0), (h, w) in zip(origins, shapes):
+        assert x0 + w <= width and y0 + h <= height
+        # a level and its one-pixel border (the gutter) touch no other level
+        assert not taken[y0 : y0 + h, x0 : x0 + w].any()
+        taken[max(y0 - 1, 0) : y0 + h + 1, max(x0 - 1, 0) : x0 + w + 1] = True
+    positions = atlas_index(shapes, torch.device("cpu"))
+    assert len(positions.unique()) == sum(h * w for h, w in shapes)
+
+
 def test_level_starts_are_the_flattened_offsets():
     assert level_starts(torch.tensor([[4, 6], [2, 3], [1, 2]])).tolist() == [0, 24, 30]
 
 
-@pytest.mark.parametrize("spread", [1.0, 1.2], ids=["inside", "past-the-borders"])
+@pytest.mark.parametrize(
+    "spread", [1.0, 1.2, 3.0], ids=["inside", "past-the-borders", "far-outside"]
+)
 def test_it_equals_per_level_per_head_grid_sample(spread):
+    # far outside, a point lands where another level sits on the atlas: it must read zeros
     value, shapes, locations, weights = _inputs(0, [[8, 10], [4, 5], [2, 3], [1, 2]], spread=spread)
     ours = deformable_sample(value, shapes, locations, weights)
     theirs = reference_sample(value, shapes, locations, weights)
@@ -60,8 +86,9 @@ def test_it_equals_per_level_per_head_grid_sample(spread):
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
 
-def test_gradients_equal_the_reference_ones():
-    tensors = _inputs(1, [[5, 7], [3, 4]], spread=1.1)
+@pytest.mark.parametrize("spread", [1.1, 3.0])
+def test_gradients_equal_the_reference_ones(spread):
+    tensors = _inputs(1, [[5, 7], [3, 4], [9, 2]], spread=spread)
     grads = []
     for fn in (deformable_sample, reference_sample):
         leaves = [t.clone().requires_grad_(t.is_floating_point()) for t in tensors]

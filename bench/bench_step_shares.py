@@ -27,9 +27,8 @@ import statistics
 import time
 from collections import defaultdict
 
-import torch
-
 import bench_step as bs
+import torch
 
 TIMES: dict[str, float] = defaultdict(float)
 

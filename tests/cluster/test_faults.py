@@ -32,6 +32,7 @@ from tests.support.fault_cluster import (
     Driver,
     attempts,
     cluster_on_this_machine,
+    end_running_drivers,
     records,
     trained_images_by_epoch,
     wait_until,
@@ -39,12 +40,23 @@ from tests.support.fault_cluster import (
 )
 
 NUM_TRAIN = 24  # images: 6 steps an epoch with 2 workers x batch 2, 12 with one
+# How long a test waits for what it needs a run to reach: on a busy 2-core
+# machine a driver's start alone takes up to a minute (only a failure waits it out).
+WAIT_S = 300
 
 
 @pytest.fixture(scope="module")
 def cluster():
     with cluster_on_this_machine(worker_nodes=2) as (cluster, nodes):
         yield cluster, nodes
+
+
+@pytest.fixture(autouse=True)
+def no_driver_left_running():
+    """A test that fails half-way must not leave its driver holding the
+    cluster's CPUs for the next test (which would then wait for them)."""
+    yield
+    end_running_drivers()
 
 
 @pytest.fixture(scope="module")
@@ -144,12 +156,14 @@ def test_elastic_run_survives_a_lost_node_and_grows_back(cluster, shapes, tmp_pa
 
         return found
 
-    wait_until(lambda: [r for r in at(2)() if r["step"] >= 3], 120, "step 3 with 2 workers", driver)
+    wait_until(
+        lambda: [r for r in at(2)() if r["step"] >= 3], WAIT_S, "step 3 with 2 workers", driver
+    )
     lost = nodes.pop()  # the node of one worker (the head has no CPU for either)
     ray_cluster.remove_node(lost, allow_graceful=False)  # SIGKILL of its processes
-    shrunk = wait_until(at(1), 120, "a step with 1 worker", driver)
+    shrunk = wait_until(at(1), WAIT_S, "a step with 1 worker", driver)
     nodes.append(ray_cluster.add_node(num_cpus=1))  # capacity returns
-    wait_until(at(2, after_step=max(r["step"] for r in shrunk)), 120, "2 workers again", driver)
+    wait_until(at(2, after_step=max(r["step"] for r in shrunk)), WAIT_S, "2 workers again", driver)
     assert driver.wait(300) == 0, driver.output()[-4000:]
 
     rows = records(folder)
@@ -191,7 +205,9 @@ def test_killed_workers_then_a_killed_driver_end_in_one_finished_run(cluster, sh
                 if r["attempt"] not in seen and r["rank"] == rank and r["step"] > step
             ]
 
-        return wait_until(found, 120, f"rank {rank} of a new attempt past step {step}", driver)[0]
+        return wait_until(found, WAIT_S, f"rank {rank} of a new attempt past step {step}", driver)[
+            0
+        ]
 
     def attempt_ids() -> set[str]:
         return {a["attempt"] for a in attempts(records(folder))}

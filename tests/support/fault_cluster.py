@@ -71,6 +71,24 @@ def cluster_on_this_machine(worker_nodes: int):
                 os.environ[key] = value
 
 
+# Drivers started and not yet ended: a test that fails half-way leaves its driver
+# (and the cluster's CPUs it holds) to :func:`end_running_drivers`.
+_RUNNING: list[Driver] = []
+
+
+def end_running_drivers() -> list[str]:
+    """SIGKILL the process group of every driver still running (each started
+    here, killed by its own id); returns their logs' names."""
+    ended = []
+    while _RUNNING:
+        driver = _RUNNING.pop()
+        if driver.process.poll() is None:
+            driver.kill()
+            driver.process.wait(30)
+            ended.append(driver.log.name)
+    return ended
+
+
 class Driver:
     """``detr-ray train CONFIG --address ADDRESS ...`` in its own process group,
     its output in ``log``, its workers running ``hooks``."""
@@ -93,6 +111,7 @@ class Driver:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: killed as one, by its id
         )
+        _RUNNING.append(self)
 
     def wait(self, timeout: float) -> int:
         try:

@@ -5,7 +5,8 @@ One two-stage Deformable DETR with box refinement and the dense head (every
 part of its objective) trains 1 epoch on 2 workers, registering its best
 checkpoint; the same command then resumes it on 1 worker for a second epoch,
 as an elastic run does after losing a node: it goes on at the image where it
-stood, in the same MLflow run. (Elastic scaling itself, a node lost mid-run,
+stood, in the same MLflow run. ``mlflow models serve`` of the registered
+model then answers what ``detr-ray predict`` answers. (Elastic scaling itself, a node lost mid-run,
 is model-agnostic and shown on DETR in ``tests/cluster/test_faults.py``; 2
 workers training exactly like 1 is shown for Deformable DETR in
 ``tests/engine/test_workers_equal_one.py``.)
@@ -16,8 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow.pyfunc
-import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -28,6 +27,7 @@ from detr_ray.tracking.names import CHAMPION_ALIAS
 from detr_ray.train.launcher import run_training
 
 from tests.support.experiments import TINY_DEFORMABLE, tiny_experiment
+from tests.support.servers import invoke, served_model
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -89,31 +89,17 @@ def test_it_resumes_on_one_worker_where_it_stood_in_the_same_run(runs):
     assert {world[s] for s in range(1, 5)} == {2.0} and {world[s] for s in range(5, 13)} == {1.0}
 
 
-def test_the_registered_model_answers_what_predict_answers(runs, tmp_path):
+def test_the_served_model_answers_what_predict_answers(runs, tmp_path):
     shapes, _, resumed = runs
     uri = resumed.tracking_uri
     image = sorted(Path(shapes.val_images).iterdir())[0]
     threshold = 0.05
     out = tmp_path / "predict"
-    argv = ["predict", str(image), "--model", f"models:/{MODEL}@{CHAMPION_ALIAS}"]
-    argv += ["--tracking-uri", uri, "--out", str(out), "--threshold", str(threshold)]
+    model = f"models:/{MODEL}@{CHAMPION_ALIAS}"
+    argv = ["predict", str(image), "--model", model, "--tracking-uri", uri]
+    argv += ["--out", str(out), "--threshold", str(threshold)]
     assert cli_main(argv) == 0
     predicted = json.loads((out / "detections.json").read_text())[0]["detections"]
     assert predicted, "no detection to compare"
-    # what `mlflow models serve` runs: the registered pyfunc's predict
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@{CHAMPION_ALIAS}")
-    rows = model.predict(
-        pd.DataFrame({"image": [image.read_bytes()]}), params={"threshold": threshold}
-    )
-    served = [
-        {
-            "label": int(r.label),
-            "category_id": int(r.category_id),
-            "name": r.name,
-            "score": float(r.score),
-            "box_xyxy": [float(r.x1), float(r.y1), float(r.x2), float(r.y2)],
-        }
-        for r in rows.itertuples()
-    ]
-    assert served == predicted
+    with served_model(model, uri, tmp_path / "serve.log") as address:
+        assert invoke(address, image, threshold) == predicted

@@ -9,16 +9,8 @@ gives for the same PNG, through ``--model`` and through the checkpoint itself.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -34,7 +26,7 @@ from detr_ray.tracking.runs import RunTracker
 from detr_ray.train.launcher import run_training
 
 from tests.support.experiments import tiny_experiment
-from tests.support.ports import free_port
+from tests.support.servers import invoke, served_model
 
 MODEL = "shapes-detr"
 
@@ -128,27 +120,6 @@ def test_the_champion_alias_moves_only_to_a_better_version(tiny_checkpoint, tmp_
     assert client.get_run(tracker.run_id).info.status == "RUNNING"
 
 
-def post_json(url: str, payload: dict) -> dict:
-    request = urllib.request.Request(
-        url, json.dumps(payload).encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
-
-
-def wait_for_ping(url: str, server: subprocess.Popen, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"mlflow models serve exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.5)
-    raise AssertionError(f"no answer from {url} in {timeout_s} s")
-
-
 def test_the_served_model_answers_what_predict_answers(trained, tmp_path):
     shapes, outcome = trained
     uri = outcome.tracking_uri
@@ -165,40 +136,5 @@ def test_the_served_model_answers_what_predict_answers(trained, tmp_path):
     run = MlflowClient(uri).get_run(outcome.mlflow_run_id)
     assert by_model == predicted("--checkpoint", run.data.tags["best_checkpoint"])
     assert by_model, "no detection to compare"
-
-    port = free_port()
-    bin_dir = str(Path(sys.executable).parent)  # mlflow starts uvicorn found on PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    command = [f"{bin_dir}/mlflow", "models", "serve", "-m", f"models:/{MODEL}@{CHAMPION}"]
-    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen(
-        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )  # its own process group, ours to stop
-    try:
-        wait_for_ping(f"http://127.0.0.1:{port}/ping", server)
-        payload = {
-            "dataframe_split": {
-                "columns": ["image"],
-                "data": [[base64.b64encode(image.read_bytes()).decode()]],
-            },
-            "params": {"threshold": threshold},
-        }
-        answer = post_json(f"http://127.0.0.1:{port}/invocations", payload)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
-        log.close()
-    rows = answer["predictions"]
-    served = [
-        {
-            "label": r["label"],
-            "category_id": r["category_id"],
-            "name": r["name"],
-            "score": r["score"],
-            "box_xyxy": [r["x1"], r["y1"], r["x2"], r["y2"]],
-        }
-        for r in rows
-    ]
-    assert {r["image_index"] for r in rows} == {0}
-    assert served == by_model
+    with served_model(f"models:/{MODEL}@{CHAMPION}", uri, tmp_path / "serve.log") as address:
+        assert invoke(address, image, threshold) == by_model

@@ -3,16 +3,21 @@
 - :func:`mlflow_server`: ``mlflow server`` over a sqlite store, in its own
   process group (it has worker processes), killed by that group's id.
 - :func:`s3_server`: moto's S3 API in this process, stopped by its handle.
+- :func:`served_model`: ``mlflow models serve`` of a registered model, in its
+  own process group, stopped by that group's id; :func:`invoke` asks it.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,3 +103,64 @@ def s3_keys(endpoint: str, bucket: str, prefix: str) -> list[str]:
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     keys = (o["Key"] for page in pages for o in page.get("Contents", []))
     return sorted(k for k in keys if not k.endswith("/"))
+
+
+@contextlib.contextmanager
+def served_model(model_uri: str, tracking_uri: str, log: Path) -> Iterator[str]:
+    """``mlflow models serve -m MODEL_URI`` (``--env-manager local``) on a free
+    loopback port for the ``with`` block; yields its ``http://`` address once it
+    answers ``/ping``. mlflow starts uvicorn found on PATH: the venv's bin first."""
+    port = free_port()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    env["PATH"] = f"{bin_dir}:{os.environ['PATH']}"
+    command = [f"{bin_dir}/mlflow", "models", "serve", "-m", model_uri]
+    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )  # its own process group, ours to stop
+        try:
+            address = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 180
+            while True:
+                if server.poll() is not None:
+                    raise AssertionError(f"mlflow models serve exited with {server.returncode}")
+                try:
+                    with urllib.request.urlopen(f"{address}/ping", timeout=2):
+                        break
+                except (urllib.error.URLError, ConnectionError):
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"no answer from {address} in 180 s") from None
+                    time.sleep(0.5)
+            yield address
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
+
+
+def invoke(address: str, image: Path, threshold: float) -> list[dict]:
+    """The served detr-ray model's rows for one image, in ``predict``'s shape."""
+    payload = {
+        "dataframe_split": {
+            "columns": ["image"],
+            "data": [[base64.b64encode(image.read_bytes()).decode()]],
+        },
+        "params": {"threshold": threshold},
+    }
+    request = urllib.request.Request(
+        f"{address}/invocations", json.dumps(payload).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        rows = json.loads(response.read())["predictions"]
+    assert {r["image_index"] for r in rows} <= {0}
+    return [
+        {
+            "label": r["label"],
+            "category_id": r["category_id"],
+            "name": r["name"],
+            "score": r["score"],
+            "box_xyxy": [r["x1"], r["y1"], r["x2"], r["y2"]],
+        }
+        for r in rows
+    ]

@@ -162,9 +162,10 @@ def _data_and_model(commands: Any, command: Any) -> None:
     synth.add_argument("--seed", type=int, default=synthetic.seed, help="random seed")
     synth.add_argument(
         "--kind",
-        choices=["shapes", "glyphs"],
+        choices=["shapes", "glyphs", "swarm"],
         default=synthetic.kind,
-        help="shapes: 3 large outlines (the demo); glyphs: 12 small glyph classes on clutter",
+        help="shapes: 3 large outlines (the demo); glyphs: 12 small glyph classes on clutter; "
+        "swarm: 20-60 small parts of 24 long-tailed classes on textures",
     )
 
     check = command(
@@ -175,6 +176,23 @@ def _data_and_model(commands: Any, command: Any) -> None:
     )
     check.add_argument("ann", help="COCO annotation JSON")
     check.add_argument("images", help="the folder its file_names are relative to")
+
+    profile = command(
+        data,
+        "profile",
+        "what a COCO set is: objects per image, object sizes (in pixels and in feature "
+        "cells of each model family), aspect ratios, classes; reads no image",
+        tools.run_data_profile,
+    )
+    profile.add_argument("ann", help="COCO annotation JSON")
+    profile.add_argument("images", help="the folder its file_names are relative to")
+    profile.add_argument(
+        "--scale",
+        type=int,
+        help="short side the images are resized to for training (default: the source size)",
+    )
+    profile.add_argument("--max-size", type=int, help="long-side limit of that resize")
+    profile.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
     model = commands.add_parser("model", help="model presets").add_subparsers(
         title="model commands"

@@ -54,6 +54,24 @@ def run_data_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def run_data_profile(args: argparse.Namespace) -> int:
+    """Print the profile of a COCO set (:mod:`detr_ray.data.profile`)."""
+    from detr_ray.data.annotations import load_coco_json
+    from detr_ray.data.profile import format_profile, profile_coco
+
+    if not Path(args.images).is_dir():
+        raise DataError(f"image folder {args.images} does not exist")
+    for flag, value in (("--scale", args.scale), ("--max-size", args.max_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be a positive number of pixels, got {value}")
+    profile = profile_coco(load_coco_json(args.ann), args.scale, args.max_size)
+    if args.json:
+        print(json.dumps(profile.to_dict(), indent=2))
+    else:
+        print(format_profile(profile, str(args.ann)))
+    return 0
+
+
 def run_model_list(args: argparse.Namespace) -> int:
     """The presets with their architecture and parameter counts (COCO's 91 class rows)."""
     from detr_ray.config.model import PRESETS

@@ -18,7 +18,7 @@ class SyntheticDataConfig:
     num_val: int = 64
     size: int = 128
     seed: int = 0
-    kind: Literal["shapes", "glyphs"] = "shapes"  # see detr_ray.data.synthetic
+    kind: Literal["shapes", "glyphs", "swarm"] = "shapes"  # see detr_ray.data.synthetic
 
     def __post_init__(self):
         check_choices(self)

@@ -8,7 +8,9 @@ exercised. Each box is the exact pixel extent of its shape (drawn alone, so
 an occluded shape keeps its full box, as COCO's do). The same seed gives the
 same files. ``kind="glyphs"`` writes the second dataset of
 :mod:`detr_ray.data.glyphs` instead (small glyphs of 12 classes on clutter),
-for checking that a recipe tuned on the shapes generalises.
+and ``kind="swarm"`` the third, :mod:`detr_ray.data.swarm` (20-60 small
+parts of 24 long-tailed classes, elongated boxes, textured backgrounds,
+varied image shapes), for checking that a recipe tuned on one generalises.
 
 Layout under ``out_dir``::
 
@@ -27,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from detr_ray.data.glyphs import GLYPH_CATEGORIES, draw_glyph_image
+from detr_ray.data.swarm import SWARM_CATEGORIES, draw_swarm_image
 
 CATEGORIES = (
     {"id": 1, "name": "circle", "supercategory": "shape"},
@@ -44,7 +47,8 @@ PALETTE = (
     (240, 50, 230),
 )
 MIN_OBJECT_FRACTION, MAX_OBJECT_FRACTION = 0.15, 0.45  # of the image's short side
-KINDS = {"shapes": CATEGORIES, "glyphs": GLYPH_CATEGORIES}  # kind -> its categories
+# kind -> its categories
+KINDS = {"shapes": CATEGORIES, "glyphs": GLYPH_CATEGORIES, "swarm": SWARM_CATEGORIES}
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ def generate(
             between 3/4 of it and all of it.
         max_objects: at most this many shapes per image (shapes only).
         empty_fraction: the share of images without any shape (shapes only).
-        kind: ``"shapes"`` or ``"glyphs"`` (see the module docstring).
+        kind: ``"shapes"``, ``"glyphs"`` or ``"swarm"`` (see the module docstring).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
@@ -108,6 +112,8 @@ def generate(
         for image_id in range(count):
             if kind == "glyphs":
                 image, boxes = draw_glyph_image(rng, size)
+            elif kind == "swarm":
+                image, boxes = draw_swarm_image(rng, size)
             else:
                 image, boxes = _draw_image(rng, size, max_objects, empty_fraction)
             file_name = f"{image_id:06d}.png"

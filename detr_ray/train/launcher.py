@@ -95,6 +95,8 @@ def launch(
         f"classes; checkpoints in {storage.without_query(run_dir)}",
         flush=True,
     )
+    for warning in prepared.warnings:
+        print(f"[detr-ray] warning: {warning}", flush=True)
     uri = tracking_uri_of(config)
     _close_abandoned(uri, config.tracking.experiment)
     try:

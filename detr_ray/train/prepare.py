@@ -15,6 +15,10 @@ before any Ray call and before anything is written, on:
   not exist, an image file that is missing, unreadable or of another size
   than its annotation says (unless ``data.on_bad_image: skip``).
 
+It also profiles the training set and returns the warnings of
+:mod:`detr_ray.train.data_fit` (objects too small for the model, more
+objects than queries, rare classes), which the launcher prints.
+
 The synthetic dataset, when the config asks for it and it is missing, is
 generated after the other checks passed: it is the one thing written here.
 Pure of Ray and MLflow.
@@ -32,17 +36,21 @@ from detr_ray.config import ExperimentConfig
 from detr_ray.data.annotations import load_coco_json
 from detr_ray.data.check import DatasetReport, check_dataset
 from detr_ray.data.labels import LabelMap
+from detr_ray.data.profile import profile_coco
 from detr_ray.errors import CheckpointError, ConfigError, DataError
 from detr_ray.storage import DEFAULT_OPTIONS, StorageOptions, is_uri, open_location, without_query
 from detr_ray.tracking.store import check_tracking, find_tracking_uri, tracking_uri_of
+from detr_ray.train.data_fit import data_fit_warnings, training_scale
 
 
 @dataclass
 class PreparedRun:
-    """A config ready to run, and the label map of its training categories."""
+    """A config ready to run, the label map of its training categories, and
+    what the training set's profile warns about (:mod:`detr_ray.train.data_fit`)."""
 
     config: ExperimentConfig
     label_map: LabelMap
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def prepare_run(
@@ -65,8 +73,12 @@ def prepare_run(
     generate_synthetic_data_if_missing(config)
     if check_data:
         check_datasets(config)
-    label_map = LabelMap.from_categories(load_coco_json(config.data.train_ann)["categories"])
-    return PreparedRun(with_num_classes(config, label_map), label_map)
+    train_data = load_coco_json(config.data.train_ann)
+    label_map = LabelMap.from_categories(train_data["categories"])
+    config = with_num_classes(config, label_map)
+    scale, max_size = training_scale(config.data.augmentation)
+    warnings = data_fit_warnings(profile_coco(train_data, scale, max_size), config.model)
+    return PreparedRun(config, label_map, warnings)
 
 
 def resolve_paths(config: ExperimentConfig) -> ExperimentConfig:

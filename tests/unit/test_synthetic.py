@@ -106,3 +106,30 @@ def test_glyphs_are_a_second_kind_of_dataset(tmp_path):
         assert x + w <= image.shape[1] and y + h <= image.shape[0]
     assert max(per_image.values()) <= MAX_OBJECTS
     assert len({a["category_id"] for a in coco["annotations"]}) >= 10  # most classes appear
+
+
+def test_swarms_are_a_third_kind_of_dataset(tmp_path):
+    from detr_ray.data.swarm import MAX_OBJECTS, MIN_OBJECTS, SWARM_CATEGORIES
+
+    data = generate(tmp_path / "s", num_train=40, num_val=2, size=160, seed=7, kind="swarm")
+    again = generate(tmp_path / "t", num_train=40, num_val=2, size=160, seed=7, kind="swarm")
+    assert data.train_ann.read_text() == again.train_ann.read_text()  # deterministic
+    coco = json.loads(data.train_ann.read_text())
+    assert len(coco["categories"]) == len(SWARM_CATEGORIES) == 24
+    per_image, per_class, ratios = {}, {}, []
+    for ann in coco["annotations"]:
+        x, y, w, h = ann["bbox"]
+        per_image[ann["image_id"]] = per_image.get(ann["image_id"], 0) + 1
+        per_class[ann["category_id"]] = per_class.get(ann["category_id"], 0) + 1
+        ratios.append(w / h)
+        assert max(w, h) <= 31 and x >= 0 and y >= 0  # small
+    counts = list(per_image.values())
+    # crowded: at least 20 tried per image, a few may find no room
+    assert min(counts) >= MIN_OBJECTS * 0.8 and max(counts) <= MAX_OBJECTS
+    assert max(ratios) >= 3 and min(ratios) <= 1 / 3  # bars lying and standing
+    # long-tailed: the red forms (first) are several times the blue ones (last)
+    red = sum(per_class.get(c["id"], 0) for c in SWARM_CATEGORIES[:8])
+    blue = sum(per_class.get(c["id"], 0) for c in SWARM_CATEGORIES[16:])
+    assert red > 3 * blue > 0
+    shapes = {(img["width"], img["height"]) for img in coco["images"]}
+    assert len(shapes) > 10 and min(min(s) for s in shapes) < 110  # varied, some narrow

@@ -109,6 +109,10 @@ class TrainConfig:
     # Co-DETR-style dense auxiliary head on the encoder, trained one-to-many; the
     # weight of its losses (0: off). Dropped from evaluation, checkpoints and export.
     dense_aux_weight: float = 0.0
+    # Stop training after this many minutes (evaluations between epochs
+    # included, restarts carried over), then evaluate and checkpoint; the lr
+    # drops come at their epochs' share of the budget. epochs stays a limit.
+    time_budget_minutes: float | None = None
 
     def __post_init__(self):
         check_choices(self)
@@ -135,6 +139,12 @@ class TrainConfig:
             ">= 1 or null",
         )
         require(self.max_nan_steps >= 0, "max_nan_steps", self.max_nan_steps, ">= 0")
+        require(
+            self.time_budget_minutes is None or self.time_budget_minutes > 0,
+            "time_budget_minutes",
+            self.time_budget_minutes,
+            "> 0 or null",
+        )
         require(
             all(e >= 1 for e in self.lr_drop_epochs),
             "lr_drop_epochs",

@@ -35,6 +35,7 @@ from detr_ray.errors import ConfigError
 from detr_ray.evaluation.distributed import GatheredResults, detect_on_workers
 from detr_ray.model.training_detr import TrainingDETR, as_training_output, reference_detr
 from detr_ray.ops import dist
+from detr_ray.train.budget import TimeBudget
 from detr_ray.train.hooks import WorkerHooks
 from detr_ray.train.objective import TrainingObjective
 from detr_ray.train.optimizer import build_optimizer
@@ -133,6 +134,7 @@ class Engine:
             torch.channels_last if config.train.channels_last else torch.contiguous_format
         )
         self.state = TrainState()
+        self.budget = TimeBudget(config.train.time_budget_minutes)
         self.skips = SkippedSteps(config.train.max_nan_steps, self.rank)
         self.collate = PadCollate(config.data.size_divisor)
 
@@ -167,11 +169,13 @@ class Engine:
             self.scaler.load_state_dict(checkpoint["scaler"])
         full_batch = self.world_size * self.config.train.batch_size
         self.state = TrainState.from_checkpoint(checkpoint["train_state"], full_batch)
+        self.budget = TimeBudget(self.config.train.time_budget_minutes, self.state.train_seconds)
         self.skips.clear()
 
     @property
     def finished(self) -> bool:
-        return self.state.epoch >= self.config.train.epochs
+        """All ``train.epochs`` done, or ``train.time_budget_minutes`` spent."""
+        return self.state.epoch >= self.config.train.epochs or self.budget.exhausted
 
     # ------------------------------------------------------------------ training
     def plan(self) -> EpochPlan:
@@ -193,7 +197,8 @@ class Engine:
         on_log: Callable[[StepLog], None] = lambda _: None,
         on_mid_epoch_report: Callable[[], None] = lambda: None,
     ) -> None:
-        """Train until the end of the current epoch (resuming mid-epoch if needed).
+        """Train until the end of the current epoch (resuming mid-epoch if needed),
+        or until ``train.time_budget_minutes`` is spent (every worker at the same step).
 
         ``on_log`` gets every logged step (combined over workers: a collective);
         ``on_mid_epoch_report`` is called every ``train.report_every`` steps.
@@ -230,26 +235,33 @@ class Engine:
             state.step_in_epoch += 1
             state.epoch_images_seen += step_images
             state.images_seen += step_images
+            state.train_seconds = self.budget.spent_s
             last_of_epoch = state.step_in_epoch >= self.steps_per_epoch
+            out_of_time = self.budget.exhausted  # agreed: every worker stops here
             # Every log_every steps, and always at an epoch's end: a run shorter
             # than log_every still has its per-layer loss history.
-            if state.global_step % config.train.log_every == 0 or last_of_epoch:
+            if state.global_step % config.train.log_every == 0 or last_of_epoch or out_of_time:
                 self.settle_skips()
                 on_log(self.step_log(result, window))
                 window = StepWindow()
+            if out_of_time:
+                break
             if config.train.report_every and state.global_step % config.train.report_every == 0:
                 if not last_of_epoch:
                     self.settle_skips()
                     on_mid_epoch_report()
         self.settle_skips()
-        state.epoch += 1
-        state.step_in_epoch = 0
-        state.epoch_images_seen = 0
+        if state.step_in_epoch >= self.steps_per_epoch:  # (a spent budget may stop it sooner)
+            state.epoch += 1
+            state.step_in_epoch = 0
+            state.epoch_images_seen = 0
 
     def _set_lr(self) -> None:
         """Each group's rate for the coming step (see :func:`lr_factor`)."""
         state = self.state
-        factor = lr_factor(state.images_seen, state.epoch, self.world_size, self.config)
+        factor = lr_factor(
+            state.images_seen, state.epoch, self.world_size, self.config, self.budget.fraction
+        )
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
 
@@ -266,8 +278,10 @@ class Engine:
         """
         config = self.config
         step_number = self.state.global_step + 1  # 1-based, as logged
+        elapsed = torch.full((), self.budget.local_elapsed(), device=self.device)
         if batch is None:  # every image was unreadable (on_bad_image: skip); the others must know
-            dist.max_across(torch.ones((), device=self.device))
+            agreed = dist.max_across(torch.stack((torch.ones_like(elapsed), elapsed)))
+            self.budget.agree(agreed[1].item())  # a rare step: its own host read
             return self._skip("an empty batch")
         batch = batch.to(self.device, non_blocking=True)
         images, padding_mask = batch.inputs()
@@ -279,13 +293,15 @@ class Engine:
             outputs = outputs._replace(cls_scores=injected)
         matched = (outputs.cls_scores, outputs.bbox_preds, outputs.enc_logits, outputs.enc_boxes)
         finite = torch.stack([torch.isfinite(t).all() for t in matched if t is not None]).all()
-        # (this worker's outputs are bad, any worker's are) agreed before the
-        # criterion's all-reduce and DDP's, read with the costs
-        bad_here = (~finite).float()
-        flags = torch.stack((bad_here, dist.max_across(bad_here)))
+        # (this worker's outputs are bad, any worker's are, the workers' training
+        # seconds) agreed before the criterion's all-reduce and DDP's, read with the costs
+        bad_here = (~finite).to(elapsed.dtype)
+        agreed = dist.max_across(torch.stack((bad_here, elapsed)))
+        flags = torch.cat((bad_here[None], agreed))
         flat = FlatTargets.from_list(batch.targets, device=self.device)
         host = self.objective.costs_to_host(outputs, flat, rider=flags)
-        bad_here_host, bad_anywhere = host.rider
+        bad_here_host, bad_anywhere, seconds = host.rider
+        self.budget.agree(seconds)
         if bad_anywhere:
             return self._skip(
                 "non-finite model outputs"

@@ -18,6 +18,7 @@ class TrainState:
     images_seen: int = 0  # images trained on so far (all epochs, all workers)
     nan_streak: int = 0  # consecutive skipped steps
     skipped_steps: list[int] = field(default_factory=list)
+    train_seconds: float = 0.0  # training time spent (train.time_budget_minutes)
 
     @classmethod
     def from_checkpoint(cls, saved: dict, full_batch: int) -> TrainState:

@@ -140,13 +140,18 @@ def train_loop_per_worker(loop_config: dict) -> RunOutcome:
     if hooks:
         hooks.start_attempt(f"{engine.state.global_step}-{all_gather_objects(os.getpid())[0]}")
     try:
+        engine.budget.start()  # train.time_budget_minutes: this attempt's clock
         while not engine.finished:
             engine.train_epoch(
                 on_log=progress.on_log if progress else lambda _: None,
                 on_mid_epoch_report=lambda: report(None),
             )
             epoch = engine.state.epoch
-            if epoch % config.train.eval_every == 0 or epoch == config.train.epochs:
+            last = epoch == config.train.epochs or engine.budget.exhausted
+            if epoch % config.train.eval_every == 0 or last:
+                if engine.budget.exhausted and progress:
+                    done = epoch + engine.state.step_in_epoch / engine.steps_per_epoch
+                    print(f"[detr-ray] {engine.budget.spent_message(done)}", flush=True)
                 evaluate_and_report()
             else:
                 report(None)

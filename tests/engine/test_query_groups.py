@@ -190,3 +190,34 @@ def test_an_engine_refuses_a_model_built_for_other_accelerator_settings(shapes, 
     )
     with pytest.raises(ConfigError, match="build_trained_module"):
         _engine(shapes, module_for=plain, **train)  # the config wants it, the model lacks it
+
+
+def test_a_time_budget_stops_training_mid_epoch_with_its_drops_scaled_to_it(shapes):
+    from detr_ray.train.budget import TimeBudget
+
+    # 8 images, batch 1: 8 steps an epoch; a clock that moves 7 s a step
+    engine = _engine(
+        shapes, batch_size=1, epochs=10, lr_drop_epochs=[5], log_every=1, time_budget_minutes=1.0
+    )
+    ticks = iter(range(0, 10_000, 7))
+    engine.budget = TimeBudget(1.0, clock=lambda: float(next(ticks)))
+    engine.budget.start()
+    logged = []
+    while not engine.finished:
+        engine.train_epoch(on_log=logged.append)
+    # step k ends with 7k s spent: step 9 (63 s) is past the 60-s budget, in epoch 2
+    assert [log.global_step for log in logged] == list(range(1, 10))
+    state = engine.state
+    assert (state.global_step, state.epoch, state.step_in_epoch) == (9, 1, 1)
+    assert state.train_seconds == 63 and engine.budget.exhausted
+    # the drop of epoch 5 of 10 comes at half the budget: after step 5 (35 s >= 30 s)
+    base = engine.base_lrs[0]
+    rates = [log.metrics["lr/other"] for log in logged]
+    assert rates[:5] == [base] * 5 and rates[5:] == pytest.approx([base * 0.1] * 4)
+    # a checkpoint carries the seconds spent: a resumed engine knows its budget is spent
+    again = _engine(shapes, batch_size=1, epochs=10, time_budget_minutes=1.0)
+    again.load_checkpoint({"model": engine.reference_detr.state_dict(), **engine.training_state()})
+    assert again.finished and again.budget.spent_s == 63
+    more = _engine(shapes, batch_size=1, epochs=10, time_budget_minutes=2.0)
+    more.load_checkpoint({"model": engine.reference_detr.state_dict(), **engine.training_state()})
+    assert not more.finished  # a larger budget goes on

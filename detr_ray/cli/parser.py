@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     _training(commands, command)
+    _recipe(commands, command)
     _data_and_model(commands, command)
     _evaluation(commands, command)
     _cluster(commands, command)
@@ -198,6 +199,41 @@ def _data_and_model(commands: Any, command: Any) -> None:
         title="model commands"
     )
     command(model, "list", "the model presets with their parameter counts", tools.run_model_list)
+
+
+def _recipe(commands: Any, command: Any) -> None:
+    recipe = command(
+        commands,
+        "recipe",
+        "write a config for a dataset and a time budget: profile the data, time a few "
+        "training steps of each candidate model, choose (every choice explained in the file)",
+        tools.run_recipe,
+    )
+    recipe.add_argument("--train-ann", required=True, help="training COCO annotation JSON")
+    recipe.add_argument("--train-images", required=True, help="training image folder")
+    recipe.add_argument("--val-ann", required=True, help="validation COCO annotation JSON")
+    recipe.add_argument("--val-images", required=True, help="validation image folder")
+    recipe.add_argument(
+        "--budget-minutes", type=float, required=True, help="training time the run may take"
+    )
+    recipe.add_argument("--out", required=True, help="the config file to write (YAML)")
+    recipe.add_argument(
+        "--num-workers", type=int, default=2, help="Ray Train workers the run will use"
+    )
+    recipe.add_argument("--gpu", action="store_true", help="one GPU a worker")
+    recipe.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker gets")
+    recipe.add_argument("--address", help="probe on this Ray cluster (a worker's resources)")
+    recipe.add_argument(
+        "--init-from", help="fine-tune this checkpoint (detr-ray, official, Hugging Face folder)"
+    )
+    recipe.add_argument(
+        "--family",
+        choices=["detr", "deformable_detr"],
+        help="use this model family instead of choosing one (the rest is chosen for it)",
+    )
+    recipe.add_argument("--name", default="recipe", help="run.name of the config")
+    recipe.add_argument("--storage-path", default="runs", help="run.storage_path of the config")
+    recipe.add_argument("--seed", type=int, default=42, help="train.seed of the config")
 
 
 def _evaluation(commands: Any, command: Any) -> None:

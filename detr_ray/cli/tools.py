@@ -72,6 +72,51 @@ def run_data_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_recipe(args: argparse.Namespace) -> int:
+    """Profile, probe, choose and write a config (:mod:`detr_ray.recipe`)."""
+    from detr_ray.data.profile import format_profile
+    from detr_ray.recipe.make import RecipeInputs, make_recipe
+    from detr_ray.recipe.write import recipe_yaml
+
+    for flag, value in (
+        ("--num-workers", args.num_workers),
+        ("--cpus-per-worker", args.cpus_per_worker),
+    ):
+        if value <= 0:
+            raise ConfigError(f"{flag} must be > 0, got {value}")
+    for flag in ("train_images", "val_images"):
+        if not Path(getattr(args, flag)).is_dir():
+            raise DataError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not a folder")
+    inputs = RecipeInputs(
+        train_ann=str(Path(args.train_ann).resolve()),
+        train_images=str(Path(args.train_images).resolve()),
+        val_ann=str(Path(args.val_ann).resolve()),
+        val_images=str(Path(args.val_images).resolve()),
+        budget_minutes=args.budget_minutes,
+        num_workers=args.num_workers,
+        gpu=args.gpu,
+        cpus_per_worker=args.cpus_per_worker,
+        address=args.address,
+        init_from=args.init_from,
+        name=args.name,
+        storage_path=args.storage_path,
+        seed=args.seed,
+        family=args.family,
+    )
+    recipe = make_recipe(inputs)
+    print(format_profile(recipe.profile, inputs.train_ann))
+    for family, probe in recipe.probes.items():
+        print(f"probe: {family} {probe.images_per_s:.1f} images/s on one worker")
+    for key, choice in recipe.plan.choices.items():
+        value = round(choice.value, 6) if isinstance(choice.value, float) else choice.value
+        print(f"{key}: {value}  ({choice.why})")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(recipe_yaml(recipe, inputs))
+    print(f"written: {out}  (detr-ray train {out})")
+    return 0
+
+
 def run_model_list(args: argparse.Namespace) -> int:
     """The presets with their architecture and parameter counts (COCO's 91 class rows)."""
     from detr_ray.config.model import PRESETS

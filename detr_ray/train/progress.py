@@ -73,6 +73,11 @@ class Progress:
         done = step.global_step - self.start_step
         rate = (time.perf_counter() - self.started) / max(done, 1)
         eta = _duration(rate * max(total - step.global_step, 0))
+        budget = self.engine.budget
+        if budget.budget_s is not None:  # whichever ends the run first
+            left = max(budget.budget_s - budget.spent_s, 0)
+            if left < rate * max(total - step.global_step, 0):
+                eta = f"{_duration(left)} (time budget)"
         print(
             f"[detr-ray] epoch {step.epoch + 1}/{self.config.train.epochs} "
             f"step {step.step_in_epoch}/{step.steps_per_epoch} (total {step.global_step}/{total}) "

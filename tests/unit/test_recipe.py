@@ -1,0 +1,118 @@
+"""``detr-ray recipe``: its rules worked out by hand, and a whole recipe on generated sets."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+
+from detr_ray.cli import main
+from detr_ray.config import load_config
+from detr_ray.data.annotations import load_coco_json
+from detr_ray.data.profile import profile_coco
+from detr_ray.data.synthetic import generate
+from detr_ray.errors import ConfigError
+from detr_ray.recipe.rules import (
+    batch_and_lr,
+    candidates,
+    choose_family,
+    epochs_for,
+    queries_for,
+    scale_for,
+)
+
+
+def _squares(tmp_path, side: int, image: int = 200, per_image: int = 3):
+    """A file whose every object is a ``side`` x ``side`` box in ``image``-px squares."""
+    data = {
+        "images": [
+            {"id": i, "file_name": f"{i}.png", "width": image, "height": image} for i in range(10)
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {"id": per_image * i + k, "image_id": i, "category_id": 1, "bbox": [k, 5, side, side]}
+            for i in range(10)
+            for k in range(per_image)
+        ],
+    }
+    path = tmp_path / f"squares{side}.json"
+    path.write_text(json.dumps(data))
+    return load_coco_json(path)
+
+
+def test_the_scale_is_the_smallest_at_which_the_median_object_covers_a_cell(tmp_path):
+    data = _squares(tmp_path, side=20, image=200)  # 20-px objects in 200-px images
+    source = profile_coco(data)
+    # at short side s the objects are 20 * s / 200 px: >= 8 from s = 80 -> 96 on the ladder;
+    # >= 16 from s = 160 -> 160
+    assert scale_for(data, source, 8)[0] == 96
+    scale, why = scale_for(data, source, 16)
+    assert scale == 160 and "the median object, 16 px, covers a 16-px cell" in why
+    # never more than 2x the median image (400 px here): the largest allowed, said so
+    scale, why = scale_for(data, source, 64)
+    assert scale == 384 and "under one 64-px cell" in why
+
+
+def test_detr_when_it_needs_no_larger_input_than_deformable_detr(tmp_path):
+    big = _squares(tmp_path, side=60, image=200)  # 60 px at 200: 19 px at 64
+    chosen, why = choose_family(candidates(big, profile_coco(big), gpu=False))
+    assert (chosen.family, chosen.scale) == ("detr", 64) and why.startswith("DETR")
+    small = _squares(tmp_path, side=12, image=200)  # DETR needs 16-px objects: 267 -> 320
+    options = {c.family: c for c in candidates(small, profile_coco(small), gpu=False)}
+    assert (options["detr"].scale, options["deformable_detr"].scale) == (320, 160)
+    chosen, why = choose_family(list(options.values()))
+    assert chosen.family == "deformable_detr" and "where DETR would need 320 px" in why
+
+
+def test_queries_batch_lr_and_epochs_by_hand(tmp_path):
+    crowded = _squares(tmp_path, side=10, per_image=40)
+    assert queries_for(profile_coco(crowded))[0] == 60  # 1.5 x 40
+    assert queries_for(profile_coco(_squares(tmp_path, side=10, per_image=2)))[0] == 5  # floor
+    batch, lr, _ = batch_and_lr(gpu=False, workers=2, fine_tune=False)
+    assert (batch, lr) == (8, pytest.approx(2e-4))
+    batch, lr, _ = batch_and_lr(gpu=True, workers=8, fine_tune=True)  # 32 images: sqrt 2
+    assert (batch, lr) == (4, pytest.approx(2e-4 * math.sqrt(2) * 0.1))
+    # 10 min, 5 evaluations of 12 s: 540 s x 20 images/s = 10,800 images = 2.7 epochs of 4000
+    epochs, why = epochs_for(10, 20.0, 4000, 12.0)
+    assert epochs == pytest.approx(2.7) and "2.7 epochs of 4000 images" in why
+    with pytest.raises(ConfigError, match=r"--budget-minutes 1 trains about 0 images .* give at"):
+        epochs_for(1, 20.0, 4000, 12.0)  # 5 evaluations of 12 s take the whole minute
+
+
+def test_a_recipe_for_the_shapes_and_for_the_swarm(tmp_path, capsys):
+    shapes = generate(tmp_path / "shapes", num_train=32, num_val=4, size=128, seed=1)
+    swarm = generate(tmp_path / "swarm", num_train=16, num_val=4, size=128, seed=1, kind="swarm")
+
+    def recipe(data, out, minutes="10"):
+        argv = ["recipe", "--train-ann", str(data.train_ann), "--train-images"]
+        argv += [str(data.train_images), "--val-ann", str(data.val_ann), "--val-images"]
+        argv += [str(data.val_images), "--budget-minutes", minutes, "--out", str(out)]
+        return main(argv)
+
+    assert recipe(shapes, tmp_path / "shapes.yaml") == 0
+    printed = capsys.readouterr().out
+    assert "objects per image" in printed and "probe: deformable_detr" in printed
+    config = load_config(tmp_path / "shapes.yaml")  # what detr-ray train reads
+    assert config.model.family == "detr" and config.data.augmentation.val_scale == 64
+    assert config.train.time_budget_minutes == 10 and config.train.dense_aux_weight == 4
+    text = (tmp_path / "shapes.yaml").read_text()
+    assert "#   objects per image" in text  # the profile's table in the header
+    assert "  # the smallest input (short side) at which the median object" in text
+    lines = text.splitlines()
+    at = lines.index("  family: detr")
+    assert lines[at - 2].startswith("  # DETR: its coarser map already covers")  # (wrapped)
+    assert yaml.safe_load(text)["train"]["lr_drop_epochs"] == [round(0.8 * config.train.epochs)]
+
+    assert recipe(swarm, tmp_path / "swarm.yaml") == 0
+    config = load_config(tmp_path / "swarm.yaml")
+    profile = profile_coco(load_coco_json(swarm.train_ann))
+    assert config.model.family == "deformable_detr"
+    assert config.model.num_queries == math.ceil(1.5 * profile.objects_per_image.p99)
+    assert (config.matcher.cls_cost, config.loss.cls_weight) == (2.0, 2.0)  # the family's
+    # a budget that cannot hold one epoch is refused, naming the numbers
+    capsys.readouterr()
+    assert recipe(swarm, tmp_path / "none.yaml", minutes="0.05") == 2
+    assert "less than one epoch of 16" in capsys.readouterr().err
+    assert not (tmp_path / "none.yaml").exists()

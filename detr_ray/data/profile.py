@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from detr_ray.data.annotations import clean_box
-from detr_ray.data.transforms import resized_hw
+from detr_ray.data.sizes import resized_hw
 
 
 @dataclass(frozen=True)

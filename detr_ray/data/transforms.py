@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from detr_ray.config.augmentation import AugmentationConfig
+from detr_ray.data.sizes import resized_hw
 from detr_ray.ops.boxes import xyxy_to_cxcywh
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -80,18 +81,6 @@ class RandomHorizontalFlip:
             (width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]), 1
         )
         return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), {**target, "boxes_xyxy": flipped}
-
-
-def resized_hw(height: int, width: int, short_side: int, max_size: int | None) -> tuple[int, int]:
-    """Output ``(h, w)`` with the short side ``short_side`` and the long side at
-    most ``max_size``, keeping the aspect ratio (the official DETR's rounding)."""
-    if max_size is not None:
-        short, long = min(height, width), max(height, width)
-        if long / short * short_side > max_size:
-            short_side = int(round(max_size * short / long))
-    if width <= height:
-        return int(short_side * height / width), short_side
-    return short_side, int(short_side * width / height)
 
 
 def resize(image: Image.Image, target: dict, short_side: int, max_size: int | None):

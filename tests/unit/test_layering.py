@@ -38,6 +38,16 @@ RULES = [
     ),
     (("detr_ray.config", "detr_ray.schema", "detr_ray.errors"), TORCH_RAY_MLFLOW, "settings"),
     (
+        ("detr_ray.data.profile", "detr_ray.train.data_fit", "detr_ray.recipe.rules"),
+        TORCH_RAY_MLFLOW,
+        "a dataset's profile, the warnings and the recipe's rules are arithmetic",
+    ),
+    (
+        ("detr_ray.recipe", "detr_ray.train.objective", "detr_ray.train.budget"),
+        RAY_OR_MLFLOW,
+        "the recipe probes the plain engine (Ray only on a cluster, inside a function)",
+    ),
+    (
         (
             "detr_ray.tune.space",
             "detr_ray.tune.options",

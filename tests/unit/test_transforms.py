@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from detr_ray.config.augmentation import AugmentationConfig
+from detr_ray.data.sizes import resized_hw
 from detr_ray.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -15,7 +16,6 @@ from detr_ray.data.transforms import (
     crop,
     normalize_images,
     resize,
-    resized_hw,
 )
 
 

@@ -41,6 +41,7 @@ from detr_ray.config import ExperimentConfig
 from detr_ray.tracking.names import SWEEP_TAG, TRIALS_AT_ONCE_TAG
 from detr_ray.tracking.store import tracking_uri_of
 from detr_ray.train.prepare import prepare_run
+from detr_ray.tune.leftovers import remove_groups_left_since, this_jobs_groups
 from detr_ray.tune.options import SweepOptions, check_search
 from detr_ray.tune.results import SweepOutcome, finish_sweep
 from detr_ray.tune.resume import check_resume, check_resumed_concurrency, record_concurrency
@@ -152,12 +153,21 @@ def run_sweep(
             ),
         )
         record_concurrency(sweep_dir, at_once, options_storage)
+    groups_before = this_jobs_groups()
     try:
         with sigterm_as_sigint():  # Tune stops its trials and saves the sweep's state
             grid = tuner.fit()
     except BaseException:
         parent.finish("FAILED")
         raise
+    finally:
+        removed = remove_groups_left_since(groups_before)
+        if removed:
+            print(
+                f"[detr-ray] removed {removed} placement group(s) that stopped trials left "
+                "behind (Tune stopped them while Ray Train was starting their workers)",
+                flush=True,
+            )
     return finish_sweep(grid, base, space, options, sweep_dir, parent, why)
 
 

@@ -64,3 +64,29 @@ def test_the_guard_names_and_removes_a_leaked_placement_group():
     total = ray.cluster_resources()["CPU"]
     assert f"{total - 1:g} of {total:g} CPUs free" in left
     assert left_behind(settle_s=10) is None  # removed: the next test finds the cluster whole
+
+
+def test_a_sweep_removes_only_the_groups_its_own_job_made_since_it_began():
+    from detr_ray.tune.leftovers import remove_groups_left_since, this_jobs_groups
+
+    kept = placement_group([{"CPU": 0.5}], name="there-before-the-sweep")
+    ray.get(kept.ready(), timeout=30)
+    before = this_jobs_groups()
+    assert kept.id.hex() in before
+
+    @ray.remote(num_cpus=0)
+    class Controller:  # plays Ray Train's controller inside a stopped trial
+        def start_workers(self) -> str:
+            return placement_group([{"CPU": 1}]).id.hex()
+
+    controller = Controller.remote()
+    made = ray.get(controller.start_workers.remote())
+    ray.kill(controller)
+    assert made in this_jobs_groups()  # the actor died; the job's group stays
+
+    try:
+        assert remove_groups_left_since(before) == 1
+        assert this_jobs_groups() == before  # the older group is not the sweep's to remove
+    finally:
+        remove_placement_group(kept)
+    assert left_behind(settle_s=10) is None

@@ -7,7 +7,8 @@ For each dataset (a generated set's folder: ``annotations/{train,val}.json``,
 ``train/``, ``val/``) and each variant, one run, in this order:
 
 - ``recipe:SEED``: ``detr-ray recipe --budget-minutes B`` then ``detr-ray train``;
-- ``detr:SEED``: the same with the family forced to DETR (``--family detr``);
+- ``detr:SEED``, ``deformable:SEED``: the same with the family forced
+  (``--family detr``, ``--family deformable_detr``);
 - ``shapes_tiny:SEED``: today's CPU recipe (``configs/shapes_tiny.yaml``) on
   this data, with the same time budget;
 - ``finetune:SEED:FROM``: the recipe with ``--init-from`` the best checkpoint
@@ -104,8 +105,8 @@ def main() -> None:
                 command += ["--val-images", files[3], "--budget-minutes", str(args.budget)]
                 command += ["--out", str(config), "--name", name, "--seed", seed]
                 command += ["--storage-path", str(storage)]
-                if kind == "detr":
-                    command += ["--family", "detr"]
+                if kind in ("detr", "deformable"):
+                    command += ["--family", {"detr": "detr", "deformable": "deformable_detr"}[kind]]
                 if kind == "finetune":
                     source = curve(storage, rest[0]).get("best_checkpoint")
                     command += ["--init-from", str(source)]

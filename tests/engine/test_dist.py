@@ -15,6 +15,7 @@ from torch import nn
 
 from detr_ray.ops.dist import get_rank, get_world_size, is_distributed, max_across, reduce_mean
 
+from tests.support.gloo import exit_without_teardown
 from tests.support.reference_setup import reference_criterion
 
 NUM_LAYERS, NUM_QUERIES, NUM_CLASSES, FEATURES = 3, 6, 4, 5
@@ -82,11 +83,11 @@ def _worker(rank, world_size, init_file, counts, seed, out_dir):
             {"rank": get_rank(), "world": get_world_size(), "result": result, "agreed": agreed},
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
-        # Both ranks meet before teardown: a rank that destroys its gloo group
-        # while the other still talks to it aborts the process (SIGABRT).
-        dist.barrier()
-    finally:
+        dist.barrier()  # both ranks have written their results
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    exit_without_teardown()
 
 
 @pytest.mark.parametrize(

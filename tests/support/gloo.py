@@ -68,6 +68,18 @@ def _rank(rank: int, world_size: int, configs: list[dict], label_map: dict, fold
                     k: v.detach().clone() for k, v in engine.reference_detr.state_dict().items()
                 }
                 torch.save({"weights": weights, "steps": steps}, Path(folder) / f"result{index}.pt")
-    finally:
+    except BaseException:
         if world_size > 1:
             torch_dist.destroy_process_group()
+        raise
+    if world_size > 1:
+        torch_dist.barrier()
+        exit_without_teardown()
+
+
+def exit_without_teardown() -> None:
+    """End a spawned rank whose results are on disk, skipping the gloo group's
+    teardown: its C++ destructor can abort the process ("terminate called
+    without an active exception", SIGABRT) while the peer's connection closes,
+    a torch teardown race that has nothing to do with what the tests check."""
+    os._exit(0)

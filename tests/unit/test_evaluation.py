@@ -22,6 +22,8 @@ from detr_ray.evaluation.coco_eval import (
 )
 from detr_ray.evaluation.distributed import gather_image_results
 
+from tests.support.gloo import exit_without_teardown
+
 
 @pytest.fixture(scope="module")
 def shapes(make_shapes):
@@ -264,11 +266,11 @@ def _gather_worker(rank, init_file, shards, out_dir):
         merged = gather_image_results(shards[rank])
         with open(os.path.join(out_dir, f"gathered{rank}.json"), "w") as f:
             json.dump(None if merged is None else [merged.results, merged.image_ids], f)
-        # Both ranks meet before teardown: a rank that destroys its gloo group
-        # while the other still talks to it aborts the process (SIGABRT).
-        dist.barrier()
-    finally:
+        dist.barrier()  # both ranks have written their results
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    exit_without_teardown()
 
 
 def test_distributed_gather_deduplicates_padded_images(shapes, tmp_path):

@@ -188,6 +188,10 @@ def _config(
         planned = max(1, round(epochs))
         steps_per_epoch = max(1, profile.images // (batch * inputs.num_workers))
         limit = 5 * planned  # only a limit: the budget ends the run
+        expected = plan.choices["train.epochs"].why
+        plan.set(
+            "train.epochs", limit, f"{expected}; {limit} is a limit: the time budget ends the run"
+        )
         train.update(
             epochs=limit,
             lr_drop_epochs=[round(LR_DROP_AT * limit)],  # its share of epochs: of the budget

@@ -104,6 +104,10 @@ def test_a_recipe_for_the_shapes_and_for_the_swarm(tmp_path, capsys):
     at = lines.index("  family: detr")
     assert lines[at - 2].startswith("  # DETR: its coarser map already covers")  # (wrapped)
     assert yaml.safe_load(text)["train"]["lr_drop_epochs"] == [round(0.8 * config.train.epochs)]
+    at = lines.index(f"  epochs: {config.train.epochs}")  # the limit, said to be one
+    assert f"{config.train.epochs} is a limit: the time budget ends the run" in " ".join(
+        line.strip("# ") for line in lines[at - 3 : at]
+    )
 
     assert recipe(swarm, tmp_path / "swarm.yaml") == 0
     config = load_config(tmp_path / "swarm.yaml")

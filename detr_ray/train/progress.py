@@ -110,7 +110,11 @@ class Progress:
         self.tracker.log_metrics(self.engine.state.global_step, metrics, prefix=VAL_PREFIX)
         self._log_sample_images()
         shown = "  ".join(f"{k} {metrics[k]:.3f}" for k in ("AP", "AP50", "AP75", "AR100"))
-        print(f"[detr-ray] epoch {self.engine.state.epoch} validation: {shown}", flush=True)
+        state = self.engine.state
+        where = f"epoch {state.epoch}"
+        if state.step_in_epoch:  # a time budget ended training mid-epoch
+            where += f" + {state.step_in_epoch} steps"
+        print(f"[detr-ray] {where} validation: {shown}", flush=True)
         return metrics
 
     def on_report(self, best: tuple[float, str] | None, new_best: bool) -> None:

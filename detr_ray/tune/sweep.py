@@ -161,14 +161,22 @@ def run_sweep(
         parent.finish("FAILED")
         raise
     finally:
-        removed = remove_groups_left_since(groups_before)
-        if removed:
-            print(
-                f"[detr-ray] removed {removed} placement group(s) that stopped trials left "
-                "behind (Tune stopped them while Ray Train was starting their workers)",
-                flush=True,
-            )
+        _remove_leftovers(groups_before)
     return finish_sweep(grid, base, space, options, sweep_dir, parent, why)
+
+
+def _remove_leftovers(groups_before: set[str]) -> None:
+    """Remove what stopped trials left on this job (:mod:`detr_ray.tune.leftovers`)."""
+    try:
+        removed = remove_groups_left_since(groups_before)
+    except Exception:  # Ray itself is gone (the error that ended fit says why): so are its groups
+        return
+    if removed:
+        print(
+            f"[detr-ray] removed {removed} placement group(s) that stopped trials left "
+            "behind (Tune stopped them while Ray Train was starting their workers)",
+            flush=True,
+        )
 
 
 def to_tune_space(space: SearchSpace) -> dict:

@@ -84,7 +84,7 @@ def _place_glyph(rng, glyph: str, width: int, height: int, placed):
         box = (int(found[0]), int(found[1]), int(found[2]), int(found[3]))
         if not MIN_HEIGHT <= box[3] - box[1] <= MAX_HEIGHT:
             continue
-        if all(_overlap(box, other) <= 0.1 for other in placed):
+        if all(box_iou(box, other) <= 0.1 for other in placed):
             return mask, box
     return None
 
@@ -101,7 +101,9 @@ def _fill(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     return Image.fromarray(pixels.astype(np.uint8), "RGB")
 
 
-def _overlap(a, b) -> float:
+def box_iou(a, b) -> float:
+    """IoU of two ``(x1, y1, x2, y2)`` boxes (plain numbers): how the generated
+    sets keep their objects apart."""
     ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy

@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from detr_ray.data.glyphs import box_iou
+
 FORMS = ("square", "disc", "ring", "cross", "triangle", "diamond", "bar lying", "bar standing")
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 70), "blue": (40, 90, 230)}
 SWARM_CATEGORIES = tuple(
@@ -101,7 +103,7 @@ def _place(rng, form: str, width: int, height: int, placed):
         box = (int(x1), int(y1), int(x1 + w), int(y1 + h))
         if box[2] - box[0] < 2 or box[3] - box[1] < 2:
             continue
-        if all(_overlap(box, other) <= 0.05 for other in placed):
+        if all(box_iou(box, other) <= 0.05 for other in placed):
             return box
     return None
 
@@ -124,11 +126,3 @@ def _draw_form(draw: ImageDraw.ImageDraw, form: str, box) -> None:
         draw.polygon([(cx, y1), (x2, y2), (x1, y2)], fill=255)
     else:  # diamond
         draw.polygon([(cx, y1), (x2, cy), (cx, y2), (x1, cy)], fill=255)
-
-
-def _overlap(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0

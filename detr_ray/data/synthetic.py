@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from detr_ray.data.glyphs import GLYPH_CATEGORIES, draw_glyph_image
+from detr_ray.data.glyphs import GLYPH_CATEGORIES, box_iou, draw_glyph_image
 from detr_ray.data.swarm import SWARM_CATEGORIES, draw_swarm_image
 
 CATEGORIES = (
@@ -182,7 +182,7 @@ def _place_shape(rng, kind: str, width: int, height: int, placed) -> Image.Image
         h = w * rng.uniform(0.75, 1.33)
         x1, y1 = rng.uniform(0, width - w), rng.uniform(0, height - h)
         box = (x1, y1, x1 + w, y1 + h)
-        if all(_iou(box, other) <= 0.3 for other in placed):
+        if all(box_iou(box, other) <= 0.3 for other in placed):
             break
     else:
         return None
@@ -205,11 +205,3 @@ def _contrasting_colour(rng, background) -> tuple[int, int, int]:
             return colour
     r, g, b = (int(255 - c) for c in background)
     return r, g, b
-
-
-def _iou(a, b) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0

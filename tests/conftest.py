@@ -38,7 +38,7 @@ from tests.support.datasets import SHAPE_LABELS, shapes_factory
 from tests.support.ports import free_port
 
 TIERS = ("unit", "engine", "services", "ray", "cluster")
-TIMEOUT_S = {"cluster": 900, "ray": 600}  # the others: pyproject's timeout
+TIMEOUT_S = {"cluster": 1200, "ray": 900}  # the others: pyproject's timeout
 
 
 def pytest_collection_modifyitems(config, items):

@@ -175,8 +175,9 @@ def _data_and_model(commands: Any, command: Any) -> None:
         "validate a COCO-format set and show what it holds (exit 1 if it would stop training)",
         tools.run_data_check,
     )
-    check.add_argument("ann", help="COCO annotation JSON")
-    check.add_argument("images", help="the folder its file_names are relative to")
+    check.add_argument("ann", help="COCO annotation JSON (a path, or s3://, gs://)")
+    check.add_argument("images", help="the folder (or bucket prefix) its file_names are in")
+    _storage_arguments(check)
 
     profile = command(
         data,
@@ -185,8 +186,9 @@ def _data_and_model(commands: Any, command: Any) -> None:
         "cells of each model family), aspect ratios, classes; reads no image",
         tools.run_data_profile,
     )
-    profile.add_argument("ann", help="COCO annotation JSON")
-    profile.add_argument("images", help="the folder its file_names are relative to")
+    profile.add_argument("ann", help="COCO annotation JSON (a path, or s3://, gs://)")
+    profile.add_argument("images", help="the folder (or bucket prefix) its file_names are in")
+    _storage_arguments(profile)
     profile.add_argument(
         "--scale",
         type=int,
@@ -261,6 +263,12 @@ def _evaluation(commands: Any, command: Any) -> None:
         choices=choices_of(TrainConfig, "eval_backend"),
         default=default_of(TrainConfig, "eval_backend"),
         help="COCOeval implementation; auto: faster-coco-eval when installed (same metrics)",
+    )
+    evaluate.add_argument(
+        "--raw-ground-truth",
+        action="store_true",
+        help="score against the annotation file as it is (pycocotools' numbers); by default "
+        "against its boxes as training uses them: clipped to their image, invalid ones dropped",
     )
     evaluate.add_argument("--json", action="store_true", help="print the metric dict as JSON")
 
@@ -363,3 +371,11 @@ def _set_flag(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
     )
+
+
+def _storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--endpoint``/``--region`` of an object store (as run.storage_endpoint/_region)."""
+    parser.add_argument(
+        "--endpoint", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL, else AWS)"
+    )
+    parser.add_argument("--region", help="S3 region (default: AWS_REGION, else us-east-1)")

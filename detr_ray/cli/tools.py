@@ -45,7 +45,7 @@ def run_data_check(args: argparse.Namespace) -> int:
     """Print what a COCO set holds; exit 1 when something in it would stop training."""
     from detr_ray.data.check import check_dataset
 
-    report = check_dataset(args.ann, args.images)
+    report = check_dataset(args.ann, args.images, options=_storage_options(args))
     print(report.format())
     problems = report.problems(hint="fix them, or train with data.on_bad_image: skip")
     for problem in problems:
@@ -57,14 +57,16 @@ def run_data_check(args: argparse.Namespace) -> int:
 def run_data_profile(args: argparse.Namespace) -> int:
     """Print the profile of a COCO set (:mod:`detr_ray.data.profile`)."""
     from detr_ray.data.annotations import load_coco_json
+    from detr_ray.data.image_folder import open_image_folder
     from detr_ray.data.profile import format_profile, profile_coco
 
-    if not Path(args.images).is_dir():
+    options = _storage_options(args)
+    if not open_image_folder(args.images, options).exists():
         raise DataError(f"image folder {args.images} does not exist")
     for flag, value in (("--scale", args.scale), ("--max-size", args.max_size)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be a positive number of pixels, got {value}")
-    profile = profile_coco(load_coco_json(args.ann), args.scale, args.max_size)
+    profile = profile_coco(load_coco_json(args.ann, options), args.scale, args.max_size)
     if args.json:
         print(json.dumps(profile.to_dict(), indent=2))
     else:
@@ -152,7 +154,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from detr_ray.evaluation.coco_eval import evaluate_results_file, format_metrics
 
     if args.results:
-        metrics, summary = evaluate_results_file(args.ann, args.results, args.eval_backend)
+        metrics, summary = evaluate_results_file(
+            args.ann, args.results, args.eval_backend, args.raw_ground_truth
+        )
     else:
         if not args.images:
             raise ConfigError(
@@ -171,6 +175,7 @@ def run_eval(args: argparse.Namespace) -> int:
             device=resolve_device(args.device),
             on_bad_image=args.on_bad_image,
             eval_backend=args.eval_backend,
+            raw_ground_truth=args.raw_ground_truth,
         )
     if args.json:
         print(json.dumps({k: None if math.isnan(v) else v for k, v in metrics.items()}, indent=2))
@@ -205,3 +210,9 @@ def run_predict(args: argparse.Namespace) -> int:
         )
     print(f"wrote {count} drawing(s) and {json_path}")
     return 0
+
+
+def _storage_options(args: argparse.Namespace):
+    from detr_ray.storage import StorageOptions
+
+    return StorageOptions(args.endpoint, args.region)

@@ -30,6 +30,15 @@ class SyntheticDataConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The datasets: annotation files and image folders, local or in object storage.
+
+    Any of the four locations may be an ``s3://`` or ``gs://`` URI (endpoint and
+    region: ``run.storage_endpoint`` / ``run.storage_region``, as for runs). A
+    batch's images are read ``read_threads`` at a time; ``cache_dir`` (a folder
+    on each node's local disk) keeps up to ``cache_gb`` GB of what was read from
+    object storage, so that later epochs read local disk.
+    """
+
     train_ann: str = "data/shapes/annotations/train.json"
     train_images: str = "data/shapes/train"
     val_ann: str = "data/shapes/annotations/val.json"
@@ -41,11 +50,16 @@ class DataConfig:
     on_bad_image: Literal["error", "skip"] = "error"
     num_workers: int = 2
     val_max_images: int | None = None
+    read_threads: int = 8
+    cache_dir: str | None = None  # e.g. /mnt/local-ssd/detr-ray-cache; None: no cache
+    cache_gb: float = 50.0
 
     def __post_init__(self):
         check_choices(self)
         require(self.size_divisor >= 1, "size_divisor", self.size_divisor, ">= 1")
         require(self.num_workers >= 0, "num_workers", self.num_workers, ">= 0")
+        require(1 <= self.read_threads <= 256, "read_threads", self.read_threads, "in [1, 256]")
+        require(self.cache_gb > 0, "cache_gb", self.cache_gb, "> 0 (GB)")
         require(
             self.val_max_images is None or self.val_max_images >= 1,
             "val_max_images",

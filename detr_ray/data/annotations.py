@@ -7,6 +7,7 @@ Pure (json, numpy-free math, pycocotools): used by the dataset, by
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -16,7 +17,9 @@ from typing import Any
 
 from pycocotools.coco import COCO
 
+from detr_ray import storage
 from detr_ray.errors import DataError
+from detr_ray.storage import DEFAULT_OPTIONS, StorageOptions
 
 # Why a box is not a training target (the keys of DatasetReport.invalid_boxes).
 NOT_NUMBERS = "not numbers"
@@ -25,52 +28,53 @@ EMPTY = "width or height <= 0"
 OUTSIDE = "outside the image"
 
 
-def load_coco_json(ann_file: str | os.PathLike) -> dict:
+def load_coco_json(ann_file: str | os.PathLike, options: StorageOptions = DEFAULT_OPTIONS) -> dict:
     """Read and validate a COCO detection annotation file.
 
     Raises :class:`DataError` for a missing file, invalid JSON, a missing
     section or key, duplicate ids, or an annotation that refers to an image or
     category the file does not define. Fields COCO's evaluation needs but
     many exporters leave out are filled in: ``area`` (the box's area) and
-    ``iscrowd`` (0); ``data["filled_fields"]`` counts them.
+    ``iscrowd`` (0); ``data["filled_fields"]`` counts them. ``data["digest"]``
+    is the file's content digest (16 hex digits of its SHA-256).
+
+    ``ann_file`` may be an object-store URI (``s3://...``; ``options``: its
+    endpoint and region): it is read in one request.
     """
-    path = Path(ann_file)
-    if not path.is_file():
-        raise DataError(f"annotation file {path} does not exist")
+    name, raw = _read_annotation_file(ann_file, options)
     try:
-        with path.open("rb") as f:
-            data = json.load(f)
+        data = json.loads(raw)
     except json.JSONDecodeError as e:
         raise DataError(
-            f"annotation file {path} is not valid JSON: {e.msg} (line {e.lineno}, column "
+            f"annotation file {name} is not valid JSON: {e.msg} (line {e.lineno}, column "
             f"{e.colno}); is it truncated or damaged?"
         ) from None
     except UnicodeDecodeError as e:
-        raise DataError(f"annotation file {path} is not UTF-8 text: {e}") from None
+        raise DataError(f"annotation file {name} is not UTF-8 text: {e}") from None
     if not isinstance(data, dict):
-        raise DataError(f"annotation file {path}: the top level must be an object, not a list")
+        raise DataError(f"annotation file {name}: the top level must be an object, not a list")
     for section in ("images", "annotations", "categories"):
         if not isinstance(data.get(section), list):
-            raise DataError(f"annotation file {path}: missing the '{section}' list")
+            raise DataError(f"annotation file {name}: missing the '{section}' list")
     if not data["categories"]:
-        raise DataError(f"annotation file {path}: 'categories' is empty")
-    _check_entries(path, "categories", data["categories"], ("id", "name"))
-    _check_entries(path, "images", data["images"], ("id", "file_name", "width", "height"))
+        raise DataError(f"annotation file {name}: 'categories' is empty")
+    _check_entries(name, "categories", data["categories"], ("id", "name"))
+    _check_entries(name, "images", data["images"], ("id", "file_name", "width", "height"))
     _check_entries(
-        path, "annotations", data["annotations"], ("id", "image_id", "category_id", "bbox")
+        name, "annotations", data["annotations"], ("id", "image_id", "category_id", "bbox")
     )
     for img in data["images"]:
         width, height = img["width"], img["height"]
         if not (_positive_whole(width) and _positive_whole(height)):
             raise DataError(
-                f"annotation file {path}: image id {img['id']} ({img['file_name']!r}) has size "
+                f"annotation file {name}: image id {img['id']} ({img['file_name']!r}) has size "
                 f"{width!r}x{height!r}; width and height must be positive integers"
             )
     image_ids = {img["id"] for img in data["images"]}
     category_ids = {cat["id"] for cat in data["categories"]}
     filled = {"area": 0, "iscrowd": 0}
     for ann in data["annotations"]:
-        where = f"annotation file {path}: annotation id {ann['id']}"
+        where = f"annotation file {name}: annotation id {ann['id']}"
         if ann["image_id"] not in image_ids:
             raise DataError(
                 f"{where} refers to image_id {ann['image_id']}, which is not in 'images'"
@@ -89,6 +93,7 @@ def load_coco_json(ann_file: str | os.PathLike) -> dict:
             ann["area"] = _box_area(bbox)
             filled["area"] += 1
     data["filled_fields"] = filled
+    data["digest"] = hashlib.sha256(raw).hexdigest()[:16]
     return data
 
 
@@ -120,16 +125,16 @@ def coco_from_dict(data: dict) -> COCO:
     return coco
 
 
-def _check_entries(path: Path, section: str, entries: list, keys: tuple[str, ...]) -> None:
+def _check_entries(name: str, section: str, entries: list, keys: tuple[str, ...]) -> None:
     seen: set = set()
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise DataError(f"annotation file {path}: '{section}'[{index}] is not an object")
+            raise DataError(f"annotation file {name}: '{section}'[{index}] is not an object")
         for key in keys:
             if key not in entry:
-                raise DataError(f"annotation file {path}: '{section}'[{index}] has no '{key}'")
+                raise DataError(f"annotation file {name}: '{section}'[{index}] has no '{key}'")
         if entry["id"] in seen:
-            raise DataError(f"annotation file {path}: duplicate id {entry['id']} in '{section}'")
+            raise DataError(f"annotation file {name}: duplicate id {entry['id']} in '{section}'")
         seen.add(entry["id"])
 
 
@@ -146,3 +151,26 @@ def _box_area(bbox: list) -> float:
     except (TypeError, ValueError):
         return 0.0
     return area if math.isfinite(area) and area > 0 else 0.0
+
+
+def _read_annotation_file(
+    ann_file: str | os.PathLike, options: StorageOptions
+) -> tuple[str, bytes]:
+    """``(name for messages, bytes)`` of a local file or an object (one request)."""
+    if not storage.is_uri(ann_file):
+        path = Path(ann_file)
+        if not path.is_file():
+            raise DataError(f"annotation file {path} does not exist")
+        return str(path), path.read_bytes()
+    name = storage.without_query(str(ann_file))
+    try:
+        return name, storage.read_bytes(str(ann_file), options)
+    except FileNotFoundError:
+        raise DataError(
+            f"annotation file {name} does not exist (no such object, or no such bucket)"
+        ) from None
+    except OSError as e:
+        raise DataError(
+            f"annotation file {name} cannot be read: {e} (check the endpoint, region and "
+            "credentials: run.storage_endpoint, run.storage_region, AWS_* variables)"
+        ) from None

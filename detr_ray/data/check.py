@@ -6,6 +6,10 @@ once, reads every image's header (in threads) to compare its size with the
 annotation's, and returns a :class:`DatasetReport`: counts and distributions
 a user wants before a long run, and the problems. ``detr-ray data check``
 prints it; ``detr-ray train`` runs it on the driver before Ray starts.
+
+In object storage (``s3://``, ``gs://``) the image prefix is listed once, and
+no image is read: a header costs a request per image there, so sizes are
+checked as training reads each image (``headers_read`` says which).
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from detr_ray import storage
 from detr_ray.data.annotations import clean_box, load_coco_json
-from detr_ray.data.images import missing_files, read_sizes
+from detr_ray.data.image_folder import LocalFolder, open_image_folder
+from detr_ray.data.images import read_sizes
 from detr_ray.errors import DataError
+from detr_ray.storage import DEFAULT_OPTIONS, StorageOptions
 
 MAX_EXAMPLES = 3
 
@@ -28,8 +34,8 @@ MAX_EXAMPLES = 3
 class DatasetReport:
     """One annotation file and image folder, as training would see them."""
 
-    ann_file: Path
-    image_dir: Path
+    ann_file: str  # a path or a URI
+    image_dir: str
     num_images: int = 0
     num_annotations: int = 0
     per_category: dict[str, int] = field(default_factory=dict)  # "name (id N)" -> boxes
@@ -45,6 +51,7 @@ class DatasetReport:
     widths: list[int] = field(default_factory=list)
     heights: list[int] = field(default_factory=list)
     boxes_per_image: list[int] = field(default_factory=list)
+    headers_read: bool = False  # every present image's size compared with its annotation
 
     def problems(self, skip_bad_images: bool = False, hint: str = "") -> list[str]:
         """What would stop training (nothing with ``skip_bad_images`` but an empty set)."""
@@ -92,6 +99,11 @@ class DatasetReport:
             lines.append(f"image width      {_distribution(self.widths)}")
             lines.append(f"image height     {_distribution(self.heights)}")
             lines.append(f"boxes per image  {_distribution(self.boxes_per_image)}")
+        if not self.headers_read:
+            lines.append(
+                "image sizes      not compared with the annotations here (object "
+                "storage: training checks each image as it reads it)"
+            )
         for what, items in (
             ("missing", self.missing_images),
             ("unreadable", self.unreadable_images),
@@ -103,17 +115,29 @@ class DatasetReport:
 
 
 def check_dataset(
-    ann_file: str | os.PathLike, image_dir: str | os.PathLike, read_headers: bool = True
+    ann_file: str | os.PathLike,
+    image_dir: str | os.PathLike,
+    read_headers: bool = True,
+    options: StorageOptions = DEFAULT_OPTIONS,
 ) -> DatasetReport:
-    """Read ``ann_file`` and list ``image_dir`` (see the module docstring).
+    """Read ``ann_file`` and list ``image_dir`` (see the module docstring);
+    ``options``: an object store's endpoint and region.
 
     Raises:
         DataError: the annotation file itself is missing or malformed, or the
-            image folder does not exist.
+            image folder does not exist or cannot be listed.
     """
-    data = load_coco_json(ann_file)
-    report = DatasetReport(Path(ann_file), Path(image_dir))
-    if not report.image_dir.is_dir():
+    data = load_coco_json(ann_file, options)
+    report = DatasetReport(_name(ann_file), _name(image_dir))
+    folder = open_image_folder(image_dir, options)
+    try:
+        exists = folder.exists()
+    except OSError as e:
+        raise DataError(
+            f"image folder {report.image_dir} cannot be listed: {e} (check the endpoint, "
+            "region and credentials: run.storage_endpoint, run.storage_region, AWS_* variables)"
+        ) from None
+    if not exists:
         raise DataError(
             f"image folder {report.image_dir} (for {report.ann_file}) does not exist or is not "
             "a folder"
@@ -150,15 +174,16 @@ def check_dataset(
     report.widths = [int(img["width"]) for img in data["images"]]
     report.heights = [int(img["height"]) for img in data["images"]]
     file_names = [img["file_name"] for img in data["images"]]
-    missing = set(missing_files(report.image_dir, file_names))
+    missing = set(folder.missing(file_names))
     report.missing_images = [
         f"{n!r} (image id {img['id']})"
         for n, img in zip(file_names, data["images"])
         if n in missing
     ]
-    if read_headers:
+    if read_headers and isinstance(folder, LocalFolder):
+        report.headers_read = True
         present = [img for img in data["images"] if img["file_name"] not in missing]
-        sizes = read_sizes([report.image_dir / img["file_name"] for img in present])
+        sizes = read_sizes([folder.path / img["file_name"] for img in present])
         for img, size in zip(present, sizes):
             where = f"{img['file_name']!r} (image id {img['id']})"
             if isinstance(size, str):
@@ -169,6 +194,10 @@ def check_dataset(
                     f"{int(img['width'])}x{int(img['height'])}"
                 )
     return report
+
+
+def _name(location: str | os.PathLike) -> str:
+    return storage.without_query(str(location)) if storage.is_uri(location) else str(location)
 
 
 def _distribution(values: list[int]) -> str:

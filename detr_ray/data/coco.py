@@ -14,7 +14,10 @@ What it guarantees:
   boxes, the invalid ones dropped, crowd boxes as COCO's ignore regions;
 - images without annotations are kept (empty targets) unless ``filter_empty``;
 - a missing or unreadable image raises :class:`DataError` naming the file and
-  image id, or with ``on_bad_image="skip"`` is left out and counted.
+  image id, or with ``on_bad_image="skip"`` is left out and counted;
+- the annotation file and the image folder may be in object storage
+  (``s3://``, ``gs://``): the prefix is listed once, and a batch's images are
+  read at once on a bounded thread pool (:mod:`detr_ray.data.image_folder`).
 """
 
 from __future__ import annotations
@@ -23,16 +26,21 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 
 import numpy as np
 import torch
 from PIL import Image
 
-from detr_ray.data.annotations import clean_box, coco_from_dict, load_coco_json
-from detr_ray.data.images import ImageReadError, missing_files, open_rgb
+from detr_ray.data.annotations import coco_from_dict, load_coco_json
+from detr_ray.data.ground_truth import clean_ground_truth
+from detr_ray.data.image_folder import open_image_folder
+from detr_ray.data.images import ImageReadError, decode_rgb
 from detr_ray.data.labels import LabelMap
+from detr_ray.data.node_cache import NodeCache
 from detr_ray.errors import DataError
+from detr_ray.storage import DEFAULT_OPTIONS, StorageOptions
+from detr_ray.storage import without_query as storage_name
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +71,9 @@ class CocoDetection(torch.utils.data.Dataset):
     collate step drops it).
 
     Args:
-        ann_file: COCO-format JSON.
-        image_dir: folder the images' ``file_name`` are relative to.
+        ann_file: COCO-format JSON (a path or an object-store URI).
+        image_dir: folder (or bucket prefix) the images' ``file_name`` are
+            relative to.
         transforms: callable ``(image, target) -> (image, target)``.
         label_map: the category-id -> label map to use (e.g. a checkpoint's);
             by default the file's categories sorted by id.
@@ -73,6 +82,11 @@ class CocoDetection(torch.utils.data.Dataset):
         max_images: keep only the first this many images (e.g. a quick validation).
         bad_image_hint: how a user of this command goes on without bad images
             (e.g. eval's ``pass --on-bad-image skip``), for error messages.
+        storage: endpoint and region of an object store (URIs only).
+        cache: a node-local copy of the images read from an object store.
+        read_threads: images of one batch read at once (``__getitems__``).
+        annotations: the file's contents as :func:`load_coco_json` returned
+            them, when the caller has read it already (e.g. the driver).
     """
 
     def __init__(
@@ -85,22 +99,29 @@ class CocoDetection(torch.utils.data.Dataset):
         on_bad_image: str = "error",
         max_images: int | None = None,
         bad_image_hint: str = TRAINING_HINT,
+        storage: StorageOptions = DEFAULT_OPTIONS,
+        cache: NodeCache | None = None,
+        read_threads: int = 1,
+        annotations: dict | None = None,
     ):
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(
                 f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}"
             )
-        self.ann_file = Path(ann_file)
-        self.image_dir = Path(image_dir)
+        self.ann_file = storage_name(str(ann_file))  # for messages
+        self.folder = open_image_folder(image_dir, storage, cache)
+        self.image_dir = storage_name(str(image_dir))  # for messages
         self.transforms = transforms
         self.on_bad_image = on_bad_image
         self.bad_image_hint = bad_image_hint
-        if not self.image_dir.is_dir():
+        self.read_threads = read_threads
+        if not self.folder.exists():
             raise DataError(
                 f"image folder {self.image_dir} (for {self.ann_file}) does not exist or is not "
                 "a folder"
             )
-        data = load_coco_json(self.ann_file)
+        data = annotations if annotations is not None else load_coco_json(ann_file, storage)
+        self.digest: str = data["digest"]  # of the annotation file's content
         self.label_map = label_map or LabelMap.from_categories(data["categories"])
         self.stats: Counter = Counter()
         for field, count in data["filled_fields"].items():
@@ -129,7 +150,17 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         record = self.records[index]
-        image = self._load_image(record)
+        return self._item(record, self.folder.read_many([record.file_name], 1)[0])
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """``[self[i] for i in indices]``, their images read at once (torch's
+        DataLoader fetches a batch through this)."""
+        records = [self.records[i] for i in indices]
+        read = self.folder.read_many([r.file_name for r in records], self.read_threads)
+        return [self._item(r, data) for r, data in zip(records, read)]
+
+    def _item(self, record: ImageRecord, data: bytes | OSError):
+        image = self._load_image(record, data)
         if image is None:
             return None
         target = {
@@ -142,6 +173,10 @@ class CocoDetection(torch.utils.data.Dataset):
             return self.transforms(image, target)
         return image, target
 
+    def original_image(self, index: int) -> Image.Image:
+        """The image of ``records[index]`` as RGB, as read (no transforms; for drawing)."""
+        return decode_rgb(self.folder.read(self.records[index].file_name))
+
     @property
     def image_ids(self) -> list[int]:
         return [r.image_id for r in self.records]
@@ -153,8 +188,8 @@ class CocoDetection(torch.utils.data.Dataset):
         skipped = self.stats.get("missing images skipped", 0)
         return (
             f"scored against the {len(self.records)} images and the boxes the model is trained "
-            f"and run on ({dropped} invalid boxes dropped, boxes clipped to their image, "
-            f"{skipped} missing images left out; crowd boxes are ignore regions)"
+            f"and run on ({self.clipped_boxes} boxes clipped to their image, {dropped} invalid "
+            f"boxes dropped, {skipped} missing images left out; crowd boxes are ignore regions)"
         )
 
     # ------------------------------------------------------------------ building
@@ -169,40 +204,31 @@ class CocoDetection(torch.utils.data.Dataset):
                         f"{self.ann_file}: category {cat['id']} ({cat['name']!r}) has annotations "
                         f"but is not in the model's label map {self.label_map.names}"
                     ) from None
-        by_image: dict[int, list[dict]] = {img["id"]: [] for img in data["images"]}
-        for ann in data["annotations"]:
-            by_image[ann["image_id"]].append(ann)
-        records, ground_truth = [], []
+        cleaned = clean_ground_truth(data)
+        if cleaned.crowd:
+            self.stats["crowd boxes left out of training"] = cleaned.crowd
+        for reason, count in cleaned.dropped.items():
+            self.stats[f"invalid boxes dropped ({reason})"] = count
+        self.clipped_boxes = cleaned.clipped
+        records = []
         for img in data["images"]:
-            width, height = int(img["width"]), int(img["height"])
-            boxes, labels = [], []
-            for ann in by_image[img["id"]]:
-                if ann["iscrowd"]:
-                    self.stats["crowd boxes left out of training"] += 1
-                    ground_truth.append(ann)  # an ignore region for COCOeval
-                    continue
-                box, reason = clean_box(ann["bbox"], width, height)
-                if box is None:
-                    self.stats[f"invalid boxes dropped ({reason})"] += 1
-                    continue
-                x1, y1, x2, y2 = box
-                ground_truth.append({**ann, "bbox": [x1, y1, x2 - x1, y2 - y1]})
-                boxes.append(box)
-                labels.append(self.label_map.label_of(ann["category_id"]))
+            targets = cleaned.targets[img["id"]]
             records.append(
                 ImageRecord(
                     image_id=img["id"],
                     file_name=img["file_name"],
-                    width=width,
-                    height=height,
-                    boxes_xyxy=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-                    labels=np.asarray(labels, dtype=np.int64),
+                    width=int(img["width"]),
+                    height=int(img["height"]),
+                    boxes_xyxy=np.asarray([b for b, _ in targets], dtype=np.float32).reshape(-1, 4),
+                    labels=np.asarray(
+                        [self.label_map.label_of(c) for _, c in targets], dtype=np.int64
+                    ),
                 )
             )
-        return records, ground_truth
+        return records, cleaned.annotations
 
     def _drop_missing_images(self, records: list[ImageRecord]) -> list[ImageRecord]:
-        missing = set(missing_files(self.image_dir, [r.file_name for r in records]))
+        missing = set(self.folder.missing(r.file_name for r in records))
         if not missing:
             return records
         first = next(r for r in records if r.file_name in missing)
@@ -221,11 +247,14 @@ class CocoDetection(torch.utils.data.Dataset):
             log.warning("%s: %s", self.ann_file, details)
 
     # ------------------------------------------------------------------ loading
-    def _load_image(self, record: ImageRecord) -> Image.Image | None:
-        path = self.image_dir / record.file_name
+    def _load_image(self, record: ImageRecord, data: bytes | OSError) -> Image.Image | None:
+        """``data`` (an image's bytes, or why they could not be read) as RGB; None: skip it."""
+        path = self.folder.where(record.file_name)
         try:
-            image = open_rgb(path)
-        except (FileNotFoundError, ImageReadError) as e:
+            if isinstance(data, OSError):
+                raise data
+            image = decode_rgb(data)
+        except (OSError, ImageReadError) as e:
             problem = f"cannot read image {path} (image id {record.image_id}): {e}"
         else:
             if (image.width, image.height) == (record.width, record.height):
@@ -234,7 +263,7 @@ class CocoDetection(torch.utils.data.Dataset):
             # (re-saved, EXIF-rotated) would silently misplace every box.
             problem = (
                 f"image {path} (image id {record.image_id}) is {image.width}x{image.height} "
-                f"but {self.ann_file.name} says {record.width}x{record.height}"
+                f"but {PurePosixPath(self.ann_file).name} says {record.width}x{record.height}"
             )
         if self.on_bad_image == "skip":
             log.warning("%s; skipped", problem)

@@ -38,6 +38,7 @@ from pycocotools.cocoeval import COCOeval
 
 from detr_ray.config import TrainConfig
 from detr_ray.data.annotations import coco_from_dict, load_coco_json
+from detr_ray.data.ground_truth import clean_ground_truth
 from detr_ray.data.labels import LabelMap
 from detr_ray.errors import ConfigError, DataError
 from detr_ray.schema import choices_of
@@ -148,10 +149,26 @@ def evaluate(
 
 
 def evaluate_results_file(
-    ann_file: str | os.PathLike, results_file: str | os.PathLike, backend: str = "auto"
+    ann_file: str | os.PathLike,
+    results_file: str | os.PathLike,
+    backend: str = "auto",
+    raw_ground_truth: bool = False,
 ) -> tuple[dict[str, float], str]:
-    """Score an existing COCO results JSON (a list of result dicts)."""
-    coco_gt = coco_from_dict(load_coco_json(ann_file))
+    """Score an existing COCO results JSON (a list of result dicts) against the
+    annotation file's cleaned ground truth (:mod:`detr_ray.data.ground_truth`),
+    or with ``raw_ground_truth`` against the file as it is. The summary's first
+    line says which, and what cleaning changed."""
+    data = load_coco_json(ann_file)
+    if raw_ground_truth:
+        coco_gt = coco_from_dict(data)
+        note = f"Evaluation scored against {ann_file} as it is (--raw-ground-truth)"
+    else:
+        cleaned = clean_ground_truth(data)
+        coco_gt = coco_from_dict(cleaned.coco_dict(data))
+        note = (
+            f"Evaluation scored against the cleaned ground truth of {ann_file}, as training "
+            f"uses it: {cleaned.note()} (--raw-ground-truth: the file as it is)"
+        )
     path = Path(results_file)
     try:
         results = json.loads(path.read_text())
@@ -164,9 +181,10 @@ def evaluate_results_file(
     if not isinstance(results, list):
         raise DataError(f"results file {path} must hold a JSON list of detections")
     try:
-        return evaluate(coco_gt, results, backend=backend)
+        metrics, summary = evaluate(coco_gt, results, backend=backend)
     except DataError as e:
         raise DataError(f"results file {path}: {e}") from None
+    return metrics, f"{note}\n{summary}"
 
 
 def format_metrics(metrics: Mapping[str, float]) -> str:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from detr_ray.checkpoint import load_model
+from detr_ray.data.annotations import coco_from_dict, load_coco_json
 from detr_ray.data.coco import CocoDetection
 from detr_ray.data.collate import PadCollate
 from detr_ray.data.images import ImageReadError, open_rgb, read_sizes
@@ -39,12 +40,14 @@ def evaluate_checkpoint(
     on_bad_image: str = "error",
     num_workers: int = 0,
     eval_backend: str = "auto",
+    raw_ground_truth: bool = False,
 ) -> tuple[dict[str, float], str]:
     """COCO box metrics of a checkpoint on a dataset (see
     :func:`detr_ray.evaluation.coco_eval.evaluate`).
 
     The summary says what was scored: the dataset's cleaned ground truth over
-    the images that were run (see :class:`~detr_ray.data.coco.CocoDetection`).
+    the images that were run (see :class:`~detr_ray.data.coco.CocoDetection`),
+    or with ``raw_ground_truth`` the annotation file as it is, over those images.
     """
     loaded = load_model(checkpoint, device=device)
     dataset = CocoDetection(
@@ -65,9 +68,15 @@ def evaluate_checkpoint(
             results += to_coco_results(detect_batch(loaded.model, batch), loaded.label_map)
             image_ids += [meta.image_id for meta in batch.metas]
         progress.advance(batch_size)
-    metrics, summary = evaluate(dataset.coco, results, image_ids=image_ids, backend=eval_backend)
     skipped = len(dataset) - len(image_ids)
-    note = dataset.ground_truth_note + (f"; {skipped} unreadable images skipped" if skipped else "")
+    if raw_ground_truth:
+        ground_truth = coco_from_dict(load_coco_json(ann_file))
+        note = f"scored against {ann_file} as it is (--raw-ground-truth)"
+    else:
+        ground_truth = dataset.coco
+        note = dataset.ground_truth_note
+    metrics, summary = evaluate(ground_truth, results, image_ids=image_ids, backend=eval_backend)
+    note += f"; {skipped} unreadable images skipped" if skipped else ""
     return metrics, f"Evaluation {note}\n{summary}"
 
 

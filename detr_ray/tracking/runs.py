@@ -11,7 +11,6 @@ repeats. How runs end when their driver cannot end them is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -222,11 +221,11 @@ class RunTracker(_TrackedRun):
         super().finish(status)
 
     def log_dataset(
-        self, context: str, ann_file: str, image_dir: str, counts: Mapping[str, int]
+        self, context: str, ann_file: str, digest: str, image_dir: str, counts: Mapping[str, int]
     ) -> None:
-        """Record a dataset as an input of the run: its annotation file's content
-        digest (two versions of a dataset are two digests), where it is, its counts."""
-        digest = hashlib.sha256(Path(ann_file).read_bytes()).hexdigest()[:16]
+        """Record a dataset as an input of the run: its annotation file (a path or a
+        URI) and that file's content ``digest`` (two versions of a dataset are two
+        digests), where its images are, its counts."""
         dataset = Dataset(
             name=f"{Path(ann_file).stem} ({context})",
             digest=digest,

@@ -105,7 +105,8 @@ def launch(
         with sigterm_as_interrupt():  # after ray.init: it installs a SIGTERM handler of its own
             if cluster is not None:
                 wait_for_workers(WorkerNeed.of(scaling), can_grow, scaling.start_timeout_s)
-            result = _trainer(config, label_map, run_dir, hooks, callbacks).fit()
+            annotations = ray.put(prepared.annotations) if prepared.annotations else None
+            result = _trainer(config, label_map, run_dir, hooks, callbacks, annotations).fit()
     except ClusterError as e:  # the wait for workers timed out: say so in the run
         _end_run(uri, config, run_dir, "FAILED", {ERROR_TAG: str(e)[:MAX_TAG_LENGTH]}, create=True)
         raise
@@ -150,8 +151,10 @@ def _trainer(
     run_dir: str,
     hooks: FaultHooks | None,
     callbacks: list | None,
+    annotations=None,
 ):
-    """The run's ``TorchTrainer``: its workers, storage, failures, checkpoints."""
+    """The run's ``TorchTrainer``: its workers, storage, failures, checkpoints;
+    ``annotations``: an object ref of :attr:`PreparedRun.annotations`, or None."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -167,6 +170,7 @@ def _trainer(
             "run_dir": run_dir,
             "driver": driver_id(),
             "hooks": hooks.to_dict() if hooks else None,  # tests only: not the experiment's
+            "annotations": annotations,
         },
         scaling_config=ray.train.ScalingConfig(
             # (min, max): Train V2's elastic policy restarts at the size that fits

@@ -13,7 +13,9 @@ before any Ray call and before anything is written, on:
 - ``scaling.use_gpu`` on a machine without a GPU (a local run);
 - an annotation file that is missing or malformed, an image folder that does
   not exist, an image file that is missing, unreadable or of another size
-  than its annotation says (unless ``data.on_bad_image: skip``).
+  than its annotation says (unless ``data.on_bad_image: skip``); for datasets
+  in object storage, a bucket or object that is not there or credentials the
+  store refuses (the image prefix is listed once; no image is read).
 
 It also profiles the training set and returns the warnings of
 :mod:`detr_ray.train.data_fit` (objects too small for the model, more
@@ -46,11 +48,16 @@ from detr_ray.train.data_fit import data_fit_warnings, training_scale
 @dataclass
 class PreparedRun:
     """A config ready to run, the label map of its training categories, and
-    what the training set's profile warns about (:mod:`detr_ray.train.data_fit`)."""
+    what the training set's profile warns about (:mod:`detr_ray.train.data_fit`).
+
+    ``annotations``: when an annotation file is in object storage, both files'
+    contents as read here (``{"train": ..., "val": ...}``), for the workers.
+    """
 
     config: ExperimentConfig
     label_map: LabelMap
     warnings: list[str] = dataclasses.field(default_factory=list)
+    annotations: dict | None = None
 
 
 def prepare_run(
@@ -73,12 +80,16 @@ def prepare_run(
     generate_synthetic_data_if_missing(config)
     if check_data:
         check_datasets(config)
-    train_data = load_coco_json(config.data.train_ann)
+    train_data = load_coco_json(config.data.train_ann, config.run.storage)
     label_map = LabelMap.from_categories(train_data["categories"])
     config = with_num_classes(config, label_map)
     scale, max_size = training_scale(config.data.augmentation)
     warnings = data_fit_warnings(profile_coco(train_data, scale, max_size), config.model)
-    return PreparedRun(config, label_map, warnings)
+    annotations = None
+    if is_uri(config.data.train_ann) or is_uri(config.data.val_ann):
+        val_data = load_coco_json(config.data.val_ann, config.run.storage)
+        annotations = {"train": train_data, "val": val_data}
+    return PreparedRun(config, label_map, warnings, annotations)
 
 
 def resolve_paths(config: ExperimentConfig) -> ExperimentConfig:
@@ -87,22 +98,15 @@ def resolve_paths(config: ExperimentConfig) -> ExperimentConfig:
     (:func:`~detr_ray.tracking.store.resolve_tracking_uri`) and pinned here, so
     that workers on other nodes need not share the driver's environment."""
     data = config.data
-    for key in ("train_ann", "train_images", "val_ann", "val_images"):
-        if is_uri(getattr(data, key)):
-            raise ConfigError(
-                f"data.{key} {getattr(data, key)} is object storage: datasets are read from a "
-                "local or shared file system (copy it to every node, or to the cluster's "
-                "shared folder); checkpoints and runs may live in object storage"
-            )
     synthetic = data.synthetic
     if synthetic is not None:
         synthetic = dataclasses.replace(synthetic, root=_absolute(synthetic.root))
     data = dataclasses.replace(
         data,
-        train_ann=_absolute(data.train_ann),
-        train_images=_absolute(data.train_images),
-        val_ann=_absolute(data.val_ann),
-        val_images=_absolute(data.val_images),
+        train_ann=_location(data.train_ann),
+        train_images=_location(data.train_images),
+        val_ann=_location(data.val_ann),
+        val_images=_location(data.val_images),
         synthetic=synthetic,
     )
     run = dataclasses.replace(
@@ -137,7 +141,7 @@ def resolved_config(config: ExperimentConfig) -> ExperimentConfig:
     dataset when it is yet to be generated). Checks nothing else, writes nothing."""
     config = resolve_paths(config)
     if Path(config.data.train_ann).is_file():
-        categories = load_coco_json(config.data.train_ann)["categories"]
+        categories = load_coco_json(config.data.train_ann, config.run.storage)["categories"]
     elif config.data.synthetic is not None:
         from detr_ray.data.synthetic import KINDS
 
@@ -238,7 +242,7 @@ def check_datasets(config: ExperimentConfig) -> list[DatasetReport]:
     reports = []
     skip = data.on_bad_image == "skip"
     for ann, images in ((data.train_ann, data.train_images), (data.val_ann, data.val_images)):
-        report = check_dataset(ann, images)
+        report = check_dataset(ann, images, options=config.run.storage)
         problems = report.problems(
             skip_bad_images=skip, hint="fix them, or set data.on_bad_image: skip"
         )
@@ -250,7 +254,7 @@ def check_datasets(config: ExperimentConfig) -> list[DatasetReport]:
 
 def generate_synthetic_data_if_missing(config: ExperimentConfig) -> None:
     data = config.data
-    if data.synthetic is None or Path(data.train_ann).is_file():
+    if data.synthetic is None or is_uri(data.train_ann) or Path(data.train_ann).is_file():
         return
     from detr_ray.data.synthetic import generate
 

@@ -11,8 +11,6 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from PIL import Image
-
 from detr_ray.config import ExperimentConfig
 from detr_ray.criterion.loss_keys import keys_by_term
 from detr_ray.data.coco import CocoDetection
@@ -154,8 +152,7 @@ class Progress:
                 continue
             det = detect_batch(model, batch, top_k=None, score_threshold=0.5)[0]
             record = self.val_set.records[index]
-            with Image.open(self.val_set.image_dir / record.file_name) as opened:
-                image = opened.convert("RGB")
+            image = self.val_set.original_image(index)
             drawn = draw_detections(image, describe_detections(det, self.label_map))
             self.tracker.log_image(drawn, f"val_images/image_{record.image_id}.png")
         model.train()
@@ -200,7 +197,7 @@ def log_datasets(
             "annotations": sum(len(r.labels) for r in dataset.records),
             "categories": label_map.num_classes,
         }
-        tracker.log_dataset(context, str(dataset.ann_file), images, counts)
+        tracker.log_dataset(context, dataset.ann_file, dataset.digest, images, counts)
 
 
 def node_sampler(

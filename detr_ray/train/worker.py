@@ -43,7 +43,8 @@ def train_loop_per_worker(loop_config: dict) -> RunOutcome:
 
     ``loop_config`` holds the resolved ``experiment`` config, the
     ``label_map``, the ``run_dir`` (a local folder or an object-store URI),
-    the ``driver`` (host:pid) and, in tests, ``hooks``
+    the ``driver`` (host:pid), ``annotations`` (an object ref of the files the
+    driver read from object storage, or None) and, in tests, ``hooks``
     (:class:`~detr_ray.train.hooks.FaultHooks` as a dict). Returns how the run
     ended (see :class:`~detr_ray.train.outcome.RunOutcome`).
     """
@@ -65,7 +66,9 @@ def train_loop_per_worker(loop_config: dict) -> RunOutcome:
     # and every rank learns whether any rank failed: they end together.
     inputs, error = None, None
     try:
-        inputs = _read_inputs(config, label_map, run_dir, rank)
+        shipped = loop_config.get("annotations")
+        annotations = None if shipped is None else ray.get(shipped)  # [Ray]
+        inputs = _read_inputs(config, label_map, run_dir, rank, annotations)
     except DetrRayError as e:
         error = e
     errors = [e for e in all_gather_objects(error) if e is not None]
@@ -200,12 +203,19 @@ def _log_detr_ray_info() -> None:
         logger.propagate = False
 
 
-def _read_inputs(config: ExperimentConfig, label_map: LabelMap, run_dir: str, rank: int):
+def _read_inputs(
+    config: ExperimentConfig,
+    label_map: LabelMap,
+    run_dir: str,
+    rank: int,
+    annotations: dict | None = None,
+):
     """The model (initialised from ``model.init_from`` on a fresh start), the
-    datasets, and the checkpoint to start from; reads every user file a worker needs."""
+    datasets, and the checkpoint to start from; reads every user file a worker needs
+    (but ``annotations``, when the driver sent them)."""
     seed_everything(config.train.seed)  # the same initial weights on every worker
     detr = build_model(config.model)
-    train_set, val_set = build_datasets(config, label_map)
+    train_set, val_set = build_datasets(config, label_map, annotations)
     start = starting_checkpoint(config, run_dir, rank)
     if start is None and config.init.init_from:
         loaded = initialise_from(

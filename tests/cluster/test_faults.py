@@ -6,7 +6,9 @@ across nodes, and real faults.
   one MLflow run that says where its workers ran);
 - a node SIGKILLed in the middle of an elastic run's epoch: the run goes on
   with one worker, then grows back to two when a node returns; every image of
-  every epoch goes into the model exactly once;
+  every epoch goes into the model exactly once. Its dataset is in a bucket (a
+  real S3 API, moto's server, on loopback), read through a node cache that
+  the nodes' workers share;
 - in a fixed-size run, a training worker SIGKILLed: restarted from the latest
   checkpoint within ``run.max_failures``, the run FAILED past it; then the
   driver SIGKILLed: the same command resumes the same MLflow run and marks the
@@ -25,6 +27,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from detr_ray import storage
 from detr_ray.train.hooks import FaultHooks
 
 from tests.support.experiments import tiny_experiment
@@ -38,6 +41,7 @@ from tests.support.fault_cluster import (
     wait_until,
     write_config,
 )
+from tests.support.servers import s3_server
 
 NUM_TRAIN = 24  # images: 6 steps an epoch with 2 workers x batch 2, 12 with one
 # How long a test waits for what it needs a run to reach: on a busy 2-core
@@ -128,8 +132,27 @@ def test_two_workers_on_two_nodes_share_one_run(cluster, shapes, tmp_path):
     assert run.info.status == "FINISHED"
 
 
-def test_elastic_run_survives_a_lost_node_and_grows_back(cluster, shapes, tmp_path):
+@pytest.fixture
+def data_in_a_bucket(shapes):
+    """``(data section, endpoint)``: ``shapes`` in a bucket of an S3 API on loopback."""
+    with s3_server("elastic-data") as endpoint:
+        options = storage.StorageOptions(endpoint)
+        root = Path(shapes.train_ann).parents[1]
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            key = path.relative_to(root).as_posix()
+            storage.write_bytes(f"s3://elastic-data/{key}", path.read_bytes(), options)
+        data = {
+            key: f"s3://elastic-data/{Path(getattr(shapes, key)).relative_to(root).as_posix()}"
+            for key in ("train_ann", "train_images", "val_ann", "val_images")
+        }
+        yield data, endpoint
+
+
+def test_elastic_run_survives_a_lost_node_and_grows_back(
+    cluster, shapes, data_in_a_bucket, tmp_path
+):
     ray_cluster, nodes = cluster
+    data, endpoint = data_in_a_bucket
     config = fault_config(
         shapes,
         tmp_path,
@@ -138,7 +161,8 @@ def test_elastic_run_survives_a_lost_node_and_grows_back(cluster, shapes, tmp_pa
         # cluster catching up with the returning node (refreshed every 20 s)
         train={"epochs": 5},
         scaling={"resize_interval_s": 1.0},
-        run={"max_failures": 3},
+        run={"max_failures": 3, "storage_endpoint": endpoint},
+        data=data | {"cache_dir": str(tmp_path / "node-cache")},
     )
     folder = tmp_path / "records"
     driver = Driver(
@@ -170,6 +194,8 @@ def test_elastic_run_survives_a_lost_node_and_grows_back(cluster, shapes, tmp_pa
     worlds = [a["world"] for a in attempts(rows)]
     assert worlds[0] == 2 and 1 in worlds and worlds[-1] == 2, worlds
     assert_each_image_once_per_epoch(rows, 5, shapes)
+    cached = {p.name for p in (tmp_path / "node-cache").rglob("*.png")}
+    assert cached >= {p.name for p in Path(shapes.train_images).iterdir()}
     client, run = one_mlflow_run(tmp_path, "elastic")
     assert run.info.status == "FINISHED"
     last_step = max(r["step"] for r in rows)

@@ -1,8 +1,10 @@
 """Training runs and sweeps in object storage: a real S3 API (moto's server) on loopback.
 
 The server is started by this module on 127.0.0.1 and stopped by its handle.
-Training checkpoints to the bucket, is resumed from it, a sweep stores its
-trials there, and ``predict`` and ``eval`` read the best checkpoint from it.
+The dataset is in the bucket too: training reads it there (two workers, the
+node cache off, then on), checkpoints to the bucket, is resumed from it, a
+sweep stores its trials there, and ``predict`` and ``eval`` read the best
+checkpoint from it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
+from detr_ray import storage
 from detr_ray.cli import main as cli_main
 from detr_ray.config import ExperimentConfig
 from detr_ray.train.launcher import run_training
@@ -32,28 +35,64 @@ def shapes(make_shapes):
     return make_shapes(num_train=8, num_val=2, size=64, seed=6)
 
 
+@pytest.fixture(scope="module")
+def data_in_s3(shapes, s3) -> dict:
+    """The ``data`` paths of ``shapes``, uploaded to ``s3://detr-runs/shapes/``."""
+    options = storage.StorageOptions(s3)
+    root = shapes.train_ann.parents[1]
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        key = path.relative_to(root).as_posix()
+        storage.write_bytes(f"s3://{BUCKET}/shapes/{key}", path.read_bytes(), options)
+    where = {
+        key: f"s3://{BUCKET}/shapes/{getattr(shapes, key).relative_to(root).as_posix()}"
+        for key in ("train_ann", "train_images", "val_ann", "val_images")
+    }
+    return where
+
+
 def _objects(endpoint: str, prefix: str) -> list[str]:
     return s3_keys(endpoint, BUCKET, prefix)
 
 
-def _s3_config(shapes, s3, tmp_path, name, **sections) -> ExperimentConfig:
+def _s3_config(shapes, s3, tmp_path, name, data=None, **sections) -> ExperimentConfig:
     raw = tiny_experiment(shapes, f"s3://{BUCKET}/runs", name, **sections)
+    raw["data"] |= data or {}
     raw["run"]["storage_endpoint"] = s3
     raw["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "log_images": 0}
     return ExperimentConfig.from_dict(raw)
 
 
 def test_training_checkpoints_to_s3_resumes_from_it_and_serves_predict_and_eval(
-    shapes, s3, tmp_path, monkeypatch
+    shapes, s3, data_in_s3, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)  # a relative "s3:" folder would appear here
-    first = run_training(_s3_config(shapes, s3, tmp_path, "s3run", train={"epochs": 1}))
+    first = run_training(
+        _s3_config(shapes, s3, tmp_path, "s3run", data=data_in_s3, train={"epochs": 1})
+    )
     assert first.latest_checkpoint == f"s3://{BUCKET}/runs/s3run/epoch0001_step0000002"
     assert "runs/s3run/epoch0001_step0000002/checkpoint.pt" in _objects(s3, "runs/s3run/")
     assert not any(p.name.startswith("s3") for p in tmp_path.iterdir())  # no local "s3:" dir
     # the same command with more epochs continues from the bucket's checkpoint
-    more = run_training(_s3_config(shapes, s3, tmp_path, "s3run", train={"epochs": 2}))
+    cache = tmp_path / "node-cache"
+    more = run_training(
+        _s3_config(
+            shapes,
+            s3,
+            tmp_path,
+            "s3run",
+            data=data_in_s3 | {"cache_dir": str(cache)},
+            train={"epochs": 2},
+        )
+    )
     assert (more.epoch, more.global_step) == (2, 4)
+    # both workers' images, and the validation's, each copied once to the node's disk
+    copies = {p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file()}
+    expected = {
+        f"s3/{BUCKET}/shapes/{path.relative_to(shapes.train_ann.parents[1]).as_posix()}"
+        for folder in (shapes.train_images, shapes.val_images)
+        for path in folder.iterdir()
+    }
+    assert copies == expected
     client = MlflowClient(more.tracking_uri)
     run = client.get_run(more.mlflow_run_id)
     assert run.info.run_id == first.mlflow_run_id  # one MLflow run across the resume
@@ -92,7 +131,7 @@ def test_training_checkpoints_to_s3_resumes_from_it_and_serves_predict_and_eval(
     assert tuned.global_step == 2
 
 
-def test_a_sweep_stores_its_trials_in_s3(shapes, s3, tmp_path, monkeypatch):
+def test_a_sweep_stores_its_trials_in_s3(shapes, s3, data_in_s3, tmp_path, monkeypatch):
     import ray
 
     from detr_ray.tune.options import SweepOptions
@@ -100,7 +139,7 @@ def test_a_sweep_stores_its_trials_in_s3(shapes, s3, tmp_path, monkeypatch):
     from detr_ray.tune.sweep import run_sweep
 
     monkeypatch.chdir(tmp_path)  # a relative "s3:" folder would appear here
-    base = _s3_config(shapes, s3, tmp_path, "base", scaling={"num_workers": 1})
+    base = _s3_config(shapes, s3, tmp_path, "base", scaling={"num_workers": 1}, data=data_in_s3)
     space = parse_space({"params": {"loss.bg_cls_weight": {"grid": [0.05, 0.2]}}}, "grid")
     options = SweepOptions(name="s3sweep", num_samples=1, scheduler="fifo", metric="loss")
     outcome = run_sweep(base, space, options, address=ray.get_runtime_context().gcs_address)

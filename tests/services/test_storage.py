@@ -139,6 +139,6 @@ def test_no_uri_is_turned_into_a_local_path(shapes, s3, tmp_path, monkeypatch, c
         "--set",
         f"data.train_ann={uri}/train.json",
     ]
-    assert cli_main(data_uri) == 2
-    assert "datasets are read from a local or shared file system" in capsys.readouterr().err
+    assert cli_main(data_uri) == 2  # read where it is, and found missing there
+    assert f"annotation file {uri}/train.json does not exist" in capsys.readouterr().err
     assert not any(p.name.startswith("s3") for p in tmp_path.rglob("*"))

@@ -53,6 +53,11 @@ def cluster_on_this_machine(worker_nodes: int):
     # record of itself, which its placement-group cleaner reads to find its
     # State API, is no other Ray's on this machine.
     private = {**TRAIN_ENV, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rc-", dir="/tmp")}
+    # every node's workers may read a test's S3 API on loopback (moto: dummy credentials)
+    private |= {
+        key: os.environ.get(key, "testing")
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    }
     saved = {key: os.environ.get(key) for key in private}
     os.environ.update(private)
     cluster = Cluster(

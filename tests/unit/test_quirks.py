@@ -6,6 +6,11 @@ Training on them, then ``eval`` and ``predict`` of what was trained, is
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import math
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,7 +19,7 @@ from detr_ray.cli import main as cli_main
 from detr_ray.data.check import check_dataset
 from detr_ray.data.coco import CocoDetection
 from detr_ray.data.images import open_rgb
-from detr_ray.evaluation.coco_eval import evaluate
+from detr_ray.evaluation.coco_eval import COCO_METRICS, evaluate, evaluate_results_file
 
 from tests.support.quirky_coco import IMAGES, write_quirky_coco
 
@@ -93,3 +98,69 @@ def test_data_check_reports_the_quirks(quirky, capsys):
     out = capsys.readouterr().out
     assert "images           6 (0 without any box)" in out and "ready to train" in out
     assert "invalid boxes    3 (1 NaN or inf, 1 outside the image, 1 width or height <= 0)" in out
+
+
+def _perfect_detections(ann_file) -> list[dict]:
+    """Each valid ground-truth box of the file as it is, clipped to its image, as a
+    detection of score 1 (worked out here from the JSON, not by detr-ray's cleaning)."""
+    data = json.loads(open(ann_file).read())
+    sizes = {img["id"]: (img["width"], img["height"]) for img in data["images"]}
+    found = []
+    for ann in data["annotations"]:
+        x, y, w, h = ann["bbox"]
+        if ann.get("iscrowd") or not all(map(math.isfinite, (x, y, w, h))) or w <= 0 or h <= 0:
+            continue
+        width, height = sizes[ann["image_id"]]
+        x1, y1 = min(max(x, 0), width), min(max(y, 0), height)
+        x2, y2 = min(max(x + w, 0), width), min(max(y + h, 0), height)
+        if x2 > x1 and y2 > y1:
+            box = [x1, y1, x2 - x1, y2 - y1]
+            found.append(
+                {"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": box}
+                | {"score": 1.0}
+            )
+    return found
+
+
+@pytest.mark.parametrize("split", ["train_ann", "val_ann"])
+def test_eval_results_scores_perfect_detections_1_against_the_cleaned_ground_truth(
+    quirky, split, tmp_path, capsys
+):
+    results = tmp_path / "perfect.json"
+    results.write_text(json.dumps(_perfect_detections(quirky[split])))
+    metrics, summary = evaluate_results_file(quirky[split], results)
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["AR100"] == pytest.approx(1.0)
+    # one line says what cleaning did: the quirky train file has 1 box running off
+    # its image and 3 invalid ones (zero width, NaN, outside), and 1 crowd region
+    first = summary.splitlines()[0]
+    assert first.startswith(
+        f"Evaluation scored against the cleaned ground truth of {quirky[split]}"
+    )
+    if split == "train_ann":
+        assert "1 boxes clipped to their image, 3 dropped (" in first
+        assert "1 crowd boxes are ignore regions" in first
+    assert cli_main(["eval", "--ann", str(quirky[split]), "--results", str(results)]) == 0
+    assert first in capsys.readouterr().out
+
+
+def test_raw_ground_truth_is_what_pycocotools_alone_gives(quirky, tmp_path):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    detections = _perfect_detections(quirky["train_ann"])
+    results = tmp_path / "perfect.json"
+    results.write_text(json.dumps(detections))
+    metrics, summary = evaluate_results_file(
+        quirky["train_ann"], results, backend="pycocotools", raw_ground_truth=True
+    )
+    assert "as it is (--raw-ground-truth)" in summary.splitlines()[0]
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO(str(quirky["train_ann"]))
+        evaluator = COCOeval(ground_truth, ground_truth.loadRes(detections), iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    for name, value in zip(COCO_METRICS, evaluator.stats):
+        expected = math.nan if value == -1 else value
+        assert metrics[name] == pytest.approx(expected, abs=1e-12, nan_ok=True), name
+    assert metrics["AP50"] < 1.0  # the clipped and the invalid boxes count as misses here

@@ -271,6 +271,19 @@ def _evaluation(commands: Any, command: Any) -> None:
         "against its boxes as training uses them: clipped to their image, invalid ones dropped",
     )
     evaluate.add_argument("--json", action="store_true", help="print the metric dict as JSON")
+    eval_cluster = evaluate.add_argument_group("over a Ray cluster (Ray Data), with --checkpoint")
+    eval_cluster.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run the model with Ray Data over the cluster (one image at a time per actor, "
+        "--batch-size images per actor call): the in-process metrics of --batch-size 1",
+    )
+    eval_cluster.add_argument(
+        "--address", help="the Ray cluster (default: RAY_ADDRESS, else local)"
+    )
+    eval_cluster.add_argument("--actors", type=int, default=2, help="model actors, at most")
+    eval_cluster.add_argument("--gpu", action="store_true", help="one GPU per actor")
+    _storage_arguments(eval_cluster)
 
     predict = command(
         commands, "predict", "draw a checkpoint's detections on images", tools.run_predict
@@ -292,11 +305,30 @@ def _evaluation(commands: Any, command: Any) -> None:
         default="runs",
         help="run.storage_path whose sqlite store holds --model (default: runs)",
     )
-    predict.add_argument("--out", required=True, help="folder for the drawings and detections.json")
+    predict.add_argument(
+        "--out",
+        required=True,
+        help="folder for the drawings and detections.json (--cluster: a folder or a bucket "
+        "prefix for JSON Lines parts)",
+    )
     predict.add_argument(
         "--threshold", type=float, default=0.5, help="minimum score to keep, in [0, 1]"
     )
     predict.add_argument("--device", help=DEVICE_HELP)
+    on_cluster = predict.add_argument_group(
+        "over a Ray cluster (Ray Data): images from folders, globs or s3://, gs:// prefixes"
+    )
+    on_cluster.add_argument(
+        "--cluster",
+        action="store_true",
+        help="predict with Ray Data over the cluster; a re-run skips the images --out holds",
+    )
+    on_cluster.add_argument("--address", help="the Ray cluster (default: RAY_ADDRESS, else local)")
+    on_cluster.add_argument("--actors", type=int, default=2, help="model actors, at most")
+    on_cluster.add_argument("--batch-size", type=int, default=8, help="images an actor takes")
+    on_cluster.add_argument("--gpu", action="store_true", help="one GPU per actor")
+    on_cluster.add_argument("--part-size", type=int, default=1000, help="records per part file")
+    _storage_arguments(on_cluster)
 
 
 def _cluster(commands: Any, command: Any) -> None:

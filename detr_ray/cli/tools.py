@@ -153,7 +153,9 @@ def run_model_list(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from detr_ray.evaluation.coco_eval import evaluate_results_file, format_metrics
 
-    if args.results:
+    if args.cluster:
+        metrics, summary = _evaluate_on_cluster(args)
+    elif args.results:
         metrics, summary = evaluate_results_file(
             args.ann, args.results, args.eval_backend, args.raw_ground_truth
         )
@@ -189,6 +191,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from detr_ray.evaluation.detect import resolve_device
     from detr_ray.evaluation.predict import predict_images
 
+    if args.cluster:
+        return _predict_on_cluster(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file; give a folder (it is created if missing)")
@@ -209,6 +213,61 @@ def run_predict(args: argparse.Namespace) -> int:
             device=resolve_device(args.device),
         )
     print(f"wrote {count} drawing(s) and {json_path}")
+    return 0
+
+
+def _evaluate_on_cluster(args: argparse.Namespace) -> tuple[dict[str, float], str]:
+    """``eval --checkpoint --cluster``: :func:`detr_ray.batch.pipeline.evaluate_on_cluster`."""
+    from detr_ray.batch.pipeline import ClusterPrediction, evaluate_on_cluster
+    from detr_ray.cluster.local import choose_cluster
+    from detr_ray.cluster.session import init_ray, set_ray_env_defaults
+
+    if not args.checkpoint or not args.images:
+        raise ConfigError("eval --cluster needs --checkpoint and --images")
+    settings = ClusterPrediction(batch_size=args.batch_size, max_actors=args.actors, gpu=args.gpu)
+    cluster = choose_cluster(args.address)  # a dead address fails now
+    set_ray_env_defaults()
+    init_ray(cluster)
+    return evaluate_on_cluster(
+        args.checkpoint,
+        args.ann,
+        args.images,
+        settings,
+        _storage_options(args),
+        eval_backend=args.eval_backend,
+        raw_ground_truth=args.raw_ground_truth,
+    )
+
+
+def _predict_on_cluster(args: argparse.Namespace) -> int:
+    """``predict --cluster``: :mod:`detr_ray.batch.pipeline` on the chosen Ray cluster."""
+    from detr_ray.batch.pipeline import ClusterPrediction, predict_on_cluster
+    from detr_ray.cluster.local import choose_cluster
+    from detr_ray.cluster.session import init_ray, set_ray_env_defaults
+
+    settings = ClusterPrediction(
+        score_threshold=args.threshold,
+        batch_size=args.batch_size,
+        max_actors=args.actors,
+        gpu=args.gpu,
+        part_size=args.part_size,
+    )
+    options = _storage_options(args)
+    out = args.out if "://" in args.out else str(Path(args.out).resolve())
+    cluster = choose_cluster(args.address)  # a dead address fails now
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint
+        if args.model:
+            from detr_ray.tracking.registry import download_registered_checkpoint
+            from detr_ray.tracking.store import require_existing_store, resolve_tracking_uri
+
+            uri = resolve_tracking_uri(args.tracking_uri, args.storage_path)
+            require_existing_store(uri, f"--model {args.model}")
+            checkpoint = str(download_registered_checkpoint(args.model, uri, tmp))
+        set_ray_env_defaults()
+        init_ray(cluster)
+        written, skipped = predict_on_cluster(checkpoint, args.images, out, settings, options)
+    print(f"predicted {written} image(s) into {out} ({skipped} done before, skipped)")
     return 0
 
 

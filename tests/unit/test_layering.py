@@ -27,6 +27,11 @@ RULES = [
     ),
     (("detr_ray.evaluation", "detr_ray.checkpoint"), RAY_OR_MLFLOW, "evaluation runs anywhere"),
     (
+        ("detr_ray.batch",),
+        RAY_OR_MLFLOW,
+        "batch prediction's stages are plain torch (its pipeline imports Ray inside)",
+    ),
+    (
         (
             "detr_ray.train.engine",
             "detr_ray.train.build",

@@ -197,14 +197,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file; give a folder (it is created if missing)")
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = args.checkpoint
-        if args.model:
-            from detr_ray.tracking.registry import download_registered_checkpoint
-            from detr_ray.tracking.store import require_existing_store, resolve_tracking_uri
-
-            uri = resolve_tracking_uri(args.tracking_uri, args.storage_path)
-            require_existing_store(uri, f"--model {args.model}")
-            checkpoint = str(download_registered_checkpoint(args.model, uri, tmp))
+        checkpoint = _checkpoint_of(args, tmp)
         json_path, count = predict_images(
             checkpoint,
             args.images,
@@ -256,19 +249,24 @@ def _predict_on_cluster(args: argparse.Namespace) -> int:
     out = args.out if "://" in args.out else str(Path(args.out).resolve())
     cluster = choose_cluster(args.address)  # a dead address fails now
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = args.checkpoint
-        if args.model:
-            from detr_ray.tracking.registry import download_registered_checkpoint
-            from detr_ray.tracking.store import require_existing_store, resolve_tracking_uri
-
-            uri = resolve_tracking_uri(args.tracking_uri, args.storage_path)
-            require_existing_store(uri, f"--model {args.model}")
-            checkpoint = str(download_registered_checkpoint(args.model, uri, tmp))
+        checkpoint = _checkpoint_of(args, tmp)
         set_ray_env_defaults()
         init_ray(cluster)
         written, skipped = predict_on_cluster(checkpoint, args.images, out, settings, options)
     print(f"predicted {written} image(s) into {out} ({skipped} done before, skipped)")
     return 0
+
+
+def _checkpoint_of(args: argparse.Namespace, tmp: str) -> str:
+    """``--checkpoint``, or ``--model``'s checkpoint downloaded into ``tmp``."""
+    if not args.model:
+        return args.checkpoint
+    from detr_ray.tracking.registry import download_registered_checkpoint
+    from detr_ray.tracking.store import require_existing_store, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri, args.storage_path)
+    require_existing_store(uri, f"--model {args.model}")
+    return str(download_registered_checkpoint(args.model, uri, tmp))
 
 
 def _storage_options(args: argparse.Namespace):

@@ -27,7 +27,6 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from detr_ray import storage
 from detr_ray.train.hooks import FaultHooks
 
 from tests.support.experiments import tiny_experiment
@@ -41,7 +40,7 @@ from tests.support.fault_cluster import (
     wait_until,
     write_config,
 )
-from tests.support.servers import s3_server
+from tests.support.servers import s3_server, upload_dataset
 
 NUM_TRAIN = 24  # images: 6 steps an epoch with 2 workers x batch 2, 12 with one
 # How long a test waits for what it needs a run to reach: on a busy 2-core
@@ -136,16 +135,7 @@ def test_two_workers_on_two_nodes_share_one_run(cluster, shapes, tmp_path):
 def data_in_a_bucket(shapes):
     """``(data section, endpoint)``: ``shapes`` in a bucket of an S3 API on loopback."""
     with s3_server("elastic-data") as endpoint:
-        options = storage.StorageOptions(endpoint)
-        root = Path(shapes.train_ann).parents[1]
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            key = path.relative_to(root).as_posix()
-            storage.write_bytes(f"s3://elastic-data/{key}", path.read_bytes(), options)
-        data = {
-            key: f"s3://elastic-data/{Path(getattr(shapes, key)).relative_to(root).as_posix()}"
-            for key in ("train_ann", "train_images", "val_ann", "val_images")
-        }
-        yield data, endpoint
+        yield upload_dataset(shapes, "s3://elastic-data", endpoint), endpoint
 
 
 def test_elastic_run_survives_a_lost_node_and_grows_back(

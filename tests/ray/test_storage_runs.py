@@ -12,13 +12,12 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from detr_ray import storage
 from detr_ray.cli import main as cli_main
 from detr_ray.config import ExperimentConfig
 from detr_ray.train.launcher import run_training
 
 from tests.support.experiments import tiny_experiment
-from tests.support.servers import s3_keys, s3_server
+from tests.support.servers import s3_keys, s3_server, upload_dataset
 
 BUCKET = "detr-runs"
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -38,16 +37,7 @@ def shapes(make_shapes):
 @pytest.fixture(scope="module")
 def data_in_s3(shapes, s3) -> dict:
     """The ``data`` paths of ``shapes``, uploaded to ``s3://detr-runs/shapes/``."""
-    options = storage.StorageOptions(s3)
-    root = shapes.train_ann.parents[1]
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        key = path.relative_to(root).as_posix()
-        storage.write_bytes(f"s3://{BUCKET}/shapes/{key}", path.read_bytes(), options)
-    where = {
-        key: f"s3://{BUCKET}/shapes/{getattr(shapes, key).relative_to(root).as_posix()}"
-        for key in ("train_ann", "train_images", "val_ann", "val_images")
-    }
-    return where
+    return upload_dataset(shapes, f"s3://{BUCKET}/shapes", s3)
 
 
 def _objects(endpoint: str, prefix: str) -> list[str]:

@@ -34,7 +34,7 @@ from detr_ray.train.build import build_engine
 from detr_ray.train.prepare import prepare_run
 
 from tests.support.experiments import tiny_experiment
-from tests.support.servers import S3_REGION, s3_server
+from tests.support.servers import S3_REGION, s3_server, upload_dataset
 from tests.support.stalling_proxy import StallingProxy
 
 BUCKET = "detr-data"
@@ -51,14 +51,10 @@ def dataset(make_shapes):
     return make_shapes(num_train=8, num_val=4, size=64, seed=11)
 
 
-def _upload(root: Path, prefix: str, options: StorageOptions) -> str:
-    """Every file under ``root`` to ``s3://BUCKET/prefix/...``; returns that URI."""
-    uri = f"s3://{BUCKET}/{prefix}"
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        storage.write_bytes(
-            f"{uri}/{path.relative_to(root).as_posix()}", path.read_bytes(), options
-        )
-    return uri
+def _upload(dataset, prefix: str, endpoint: str) -> str:
+    """The whole generated set to ``s3://BUCKET/prefix/...``; returns that URI."""
+    upload_dataset(dataset, f"s3://{BUCKET}/{prefix}", endpoint)
+    return f"s3://{BUCKET}/{prefix}"
 
 
 def _delete(endpoint: str, key: str) -> None:
@@ -107,7 +103,7 @@ def _step_losses(config: ExperimentConfig) -> list[dict[str, float]]:
 
 def test_a_set_in_a_bucket_reads_and_trains_as_it_does_from_disk(s3, dataset, tmp_path):
     options = StorageOptions(s3, S3_REGION)
-    uri = _upload(dataset.train_ann.parents[1], "shapes", options)
+    uri = _upload(dataset, "shapes", s3)
     local = _config(dataset, tmp_path, str(dataset.train_ann.parents[1]), s3)
     bucket = _config(dataset, tmp_path, uri, s3, read_threads=4)
 
@@ -144,7 +140,7 @@ def test_a_set_in_a_bucket_reads_and_trains_as_it_does_from_disk(s3, dataset, tm
 
 def test_an_object_gone_mid_run_stops_or_is_skipped_and_the_cache_serves_it(s3, dataset, tmp_path):
     options = StorageOptions(s3, S3_REGION)
-    uri = _upload(dataset.train_ann.parents[1], "gone", options)
+    uri = _upload(dataset, "gone", s3)
     ann, images = f"{uri}/annotations/train.json", f"{uri}/train"
     cache = NodeCache(tmp_path / "cache", limit_gb=1.0)
     cached = CocoDetection(ann, images, storage=options, cache=cache, read_threads=4)
@@ -175,7 +171,7 @@ def test_an_object_gone_mid_run_stops_or_is_skipped_and_the_cache_serves_it(s3, 
 
 def test_a_stalling_server_delays_the_reads_and_fails_none(s3, dataset):
     options = StorageOptions(s3, S3_REGION)
-    uri = _upload(dataset.train_ann.parents[1], "stalls", options)
+    uri = _upload(dataset, "stalls", s3)
     ann, images = f"{uri}/annotations/train.json", f"{uri}/train"
     direct = CocoDetection(ann, images, storage=options)
     everything = list(range(len(direct)))
@@ -233,8 +229,7 @@ def test_the_cache_keeps_to_its_limit(tmp_path):
 def test_missing_buckets_or_objects_and_refused_credentials_stop_before_ray_naming_the_uri(
     s3, dataset, tmp_path, capsys, monkeypatch
 ):
-    options = StorageOptions(s3, S3_REGION)
-    uri = _upload(dataset.train_ann.parents[1], "checked", options)
+    uri = _upload(dataset, "checked", s3)
     _delete(s3, "checked/val/" + sorted(p.name for p in dataset.val_images.iterdir())[0])
     config = _config(dataset, tmp_path, uri, s3)
     with pytest.raises(DataError, match=f"1 of 4 images in {uri}/annotations/val.json are missing"):

@@ -95,6 +95,27 @@ def s3_server(*buckets: str) -> Iterator[str]:
         server.stop()
 
 
+DATA_KEYS = ("train_ann", "train_images", "val_ann", "val_images")
+
+
+def upload_dataset(dataset, uri: str, endpoint: str) -> dict[str, str]:
+    """Every file of a generated dataset (a ``SyntheticDataset``) copied under
+    ``uri`` (``s3://bucket/prefix``); returns its ``data`` section's four
+    locations there."""
+    from detr_ray import storage
+
+    options = storage.StorageOptions(endpoint, S3_REGION)
+    root = Path(dataset.train_ann).parents[1]
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        storage.write_bytes(
+            f"{uri}/{path.relative_to(root).as_posix()}", path.read_bytes(), options
+        )
+    return {
+        key: f"{uri}/{Path(getattr(dataset, key)).relative_to(root).as_posix()}"
+        for key in DATA_KEYS
+    }
+
+
 def s3_keys(endpoint: str, bucket: str, prefix: str) -> list[str]:
     """The keys of the objects under ``prefix`` in ``bucket`` (not pyarrow's folder markers)."""
     import boto3

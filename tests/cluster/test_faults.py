@@ -16,17 +16,27 @@ across nodes, and real faults.
   tested in ``tests/cluster/test_jobs.py``).
 
 In every case MLflow holds one run whose loss history has no repeated step.
+
+- ``predict --cluster`` over the two nodes, on a few hundred images in a
+  folder and in a bucket: the detections of in-process ``predict``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from detr_ray import storage
+from detr_ray.batch.parts import read_records
+from detr_ray.evaluation.predict import predict_images
+from detr_ray.storage import StorageOptions
 from detr_ray.train.hooks import FaultHooks
 
 from tests.support.experiments import tiny_experiment
@@ -40,7 +50,8 @@ from tests.support.fault_cluster import (
     wait_until,
     write_config,
 )
-from tests.support.servers import s3_server, upload_dataset
+from tests.support.predictions import assert_same_predictions
+from tests.support.servers import S3_REGION, s3_server, upload_dataset
 
 NUM_TRAIN = 24  # images: 6 steps an epoch with 2 workers x batch 2, 12 with one
 # How long a test waits for what it needs a run to reach: on a busy 2-core
@@ -258,3 +269,34 @@ def test_killed_workers_then_a_killed_driver_end_in_one_finished_run(cluster, sh
     client, run = one_mlflow_run(tmp_path, "fixed")  # one run all along
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     assert_no_repeated_steps(client, run, 18)
+
+
+def test_prediction_over_two_nodes_gives_in_process_predictions(
+    cluster, tiny_checkpoint, make_shapes, tmp_path
+):
+    ray_cluster, _ = cluster
+    images = make_shapes(num_train=2, num_val=200, size=64, seed=12).val_images
+    checkpoint = str(tiny_checkpoint[0])
+    json_path, _ = predict_images(checkpoint, [images], tmp_path / "one", score_threshold=0.05)
+    expected = {Path(r["file"]).name: r for r in json.loads(json_path.read_text())}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+
+    def predict(source: str, out: str, *more: str) -> None:
+        command = [sys.executable, "-m", "detr_ray.cli", "predict", "--cluster", source]
+        command += ["--checkpoint", checkpoint, "--out", out, "--threshold", "0.05"]
+        command += ["--address", ray_cluster.address, "--actors", "2", "--batch-size", "8"]
+        done = subprocess.run(
+            command + list(more), env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "predicted 200 image(s)" in done.stdout
+
+    predict(str(images), str(tmp_path / "from-folder"))
+    assert_same_predictions(list(read_records(str(tmp_path / "from-folder"))), expected)
+    with s3_server("predict-data") as endpoint:
+        options = StorageOptions(endpoint, S3_REGION)
+        for path in sorted(images.iterdir()):
+            storage.write_bytes(f"s3://predict-data/val/{path.name}", path.read_bytes(), options)
+        predict("s3://predict-data/val", "s3://predict-data/out", "--endpoint", endpoint)
+        records = list(read_records("s3://predict-data/out", options))
+    assert_same_predictions(records, expected)

@@ -28,6 +28,7 @@ from detr_ray.batch.pipeline import ClusterPrediction, predict_on_cluster
 from detr_ray.cli import main as cli_main
 from detr_ray.evaluation.predict import evaluate_checkpoint, predict_images
 
+from tests.support.predictions import assert_same_predictions
 from tests.support.servers import S3_REGION, s3_server
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -52,19 +53,6 @@ def in_process(tiny_checkpoint, images, tmp_path_factory) -> dict[str, dict]:
     return {Path(r["file"]).name: r for r in json.loads(json_path.read_text())}
 
 
-def _assert_same(records: list[dict], expected: dict[str, dict]) -> None:
-    names = [Path(r["file"]).name for r in records]
-    assert sorted(names) == sorted(expected)  # every image, once
-    for record in records:
-        want = expected[Path(record["file"]).name]
-        assert (record["width"], record["height"]) == (want["width"], want["height"])
-        got, wanted = record["detections"], want["detections"]
-        assert [d["label"] for d in got] == [d["label"] for d in wanted]
-        for a, b in zip(got, wanted):
-            assert a["score"] == pytest.approx(b["score"], abs=2e-4)
-            assert a["box_xyxy"] == pytest.approx(b["box_xyxy"], abs=0.02)
-
-
 def test_a_folder_and_a_bucket_give_in_process_predictions_and_reruns_skip_them(
     tiny_checkpoint, images, in_process, tmp_path, capsys
 ):
@@ -73,7 +61,7 @@ def test_a_folder_and_a_bucket_give_in_process_predictions_and_reruns_skip_them(
     argv += ["--out", str(out), "--threshold", "0.05", "--batch-size", "4", "--part-size", "16"]
     assert cli_main(argv) == 0
     assert "predicted 40 image(s)" in capsys.readouterr().out
-    _assert_same(list(read_records(str(out))), in_process)
+    assert_same_predictions(list(read_records(str(out))), in_process)
     assert len(part_files(str(out))) == 3  # 16 + 16 + 8 lines
     assert cli_main(argv) == 0  # a re-run: nothing left to do
     again = capsys.readouterr().out
@@ -91,7 +79,7 @@ def test_a_folder_and_a_bucket_give_in_process_predictions_and_reruns_skip_them(
         assert (written, skipped) == (40, 0)
         records = list(read_records("s3://preds/out", options))
     assert all(r["file"].startswith("s3://preds/val/") for r in records)
-    _assert_same(records, in_process)
+    assert_same_predictions(records, in_process)
 
 
 def test_an_actor_killed_mid_run_leaves_every_image_predicted_once(
@@ -128,7 +116,7 @@ def test_an_actor_killed_mid_run_leaves_every_image_predicted_once(
     thread.join(600)
     assert not thread.is_alive() and "error" not in outcome, outcome
     assert outcome["counts"] == (40, 0)
-    _assert_same(list(read_records(str(out))), in_process)
+    assert_same_predictions(list(read_records(str(out))), in_process)
 
 
 def test_eval_on_the_cluster_gives_the_in_process_metrics(tiny_checkpoint, shapes, capsys):

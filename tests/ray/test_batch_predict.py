@@ -85,6 +85,7 @@ def test_a_folder_and_a_bucket_give_in_process_predictions_and_reruns_skip_them(
 def test_an_actor_killed_mid_run_leaves_every_image_predicted_once(
     tiny_checkpoint, images, in_process, tmp_path
 ):
+    import ray
     from ray.util.state import list_actors
 
     out = tmp_path / "out"
@@ -107,7 +108,12 @@ def test_an_actor_killed_mid_run_leaves_every_image_predicted_once(
         time.sleep(0.2)
     actors = [
         a
-        for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+        # this session's Ray, by its address: other Rays may run on the machine
+        for a in list_actors(
+            address=ray.get_runtime_context().gcs_address,
+            filters=[("state", "=", "ALIVE")],
+            detail=True,
+        )
         if "Detect" in a.class_name
     ]
     assert len(actors) == 1, [a.class_name for a in actors]

@@ -37,6 +37,12 @@ class NodeCache:
         self._used: int | None = None  # bytes on disk, as this process knows it
         self._writes = 0
 
+    def __getstate__(self) -> dict:  # a loader process started by spawn gets its own lock
+        return {**self.__dict__, "_lock": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
     def path_of(self, uri: str) -> Path:
         """Where ``uri``'s copy lives (``scheme/bucket/key`` under the root; no query)."""
         parts = urlsplit(uri.split("?", 1)[0])

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -224,6 +225,9 @@ def test_the_cache_keeps_to_its_limit(tmp_path):
     # another process on the node sees what is on disk already
     assert not NodeCache(tmp_path, limit_gb=2500 / 1e9).put("gs://b/9.png", bytes(1000))
     assert NodeCache(tmp_path, limit_gb=3500 / 1e9).put("gs://b/9.png", bytes(1000))
+    copied = pickle.loads(pickle.dumps(cache))  # as a spawned loader process gets it
+    assert copied.get("gs://b/0.png") == bytes(1000)
+    assert not copied.put("gs://b/8.png", bytes(600))  # 2000 known + 600 > 2500
 
 
 def test_missing_buckets_or_objects_and_refused_credentials_stop_before_ray_naming_the_uri(

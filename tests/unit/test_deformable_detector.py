@@ -197,3 +197,27 @@ def test_the_official_r50_preset_has_hf_deformable_detrs_parameters():
         count = sum(p.numel() for p in ours.parameters())
         # HF ties the two-stage decoder's heads to the detector's: each counted once
         assert count == sum(p.numel() for p in theirs.parameters()), name
+
+
+def test_the_extra_level_under_cpu_bfloat16_is_its_float32_convolution_on_narrow_maps():
+    # torch 2.13's CPU bfloat16 kernel gets a stride-2 3x3 conv wrong on maps one
+    # or two cells wide (AMX Xeons); the CPU recipes' small inputs give such maps.
+    # Under autocast the extra level's conv must still give, for the map it was
+    # given, float32's answer up to bfloat16 rounding.
+    torch.manual_seed(0)
+    model = DeformableDETR(ResNetBackbone(depth=18, norm="frozen"), NUM_CLASSES, dim=128)
+    conv = model.input_proj[-1][0]  # the extra level's strided 3x3 conv
+    seen = []
+    conv.register_forward_hook(lambda module, args, out: seen.append((args[0], out)))
+    for hw in [(96, 64), (128, 64), (160, 64)]:  # C5 maps 3x2, 4x2, 5x2
+        seen.clear()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model.levels(torch.randn(2, 3, *hw), torch.zeros(2, *hw, dtype=torch.bool))
+        ((c5, out),) = seen
+        assert c5.shape[-1] <= 2
+        with torch.no_grad():
+            exact = torch.nn.functional.conv2d(
+                c5.double(), conv.weight.double(), conv.bias.double(), stride=2, padding=1
+            )
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out.double(), exact, atol=0.05, rtol=0.02)

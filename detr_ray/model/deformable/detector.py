@@ -70,6 +70,21 @@ class EncodedLevels(NamedTuple):
     valid_ratios: Tensor
 
 
+def _extra_level(proj: nn.Module, x: Tensor) -> Tensor:
+    """An extra level's strided 3x3 projection of ``x`` ``(B, C, H, W)``.
+
+    Under CPU bfloat16 autocast it runs in float32: torch 2.13's CPU bfloat16
+    kernel for a stride-2 3x3 convolution returns wrong values, NaN at times,
+    when the input map is one or two cells wide (seen on an AMX Xeon; small
+    inputs such as the CPU recipes' give such maps). This level is the
+    smallest map, so float32 costs little.
+    """
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return proj(x.float())
+    return proj(x)
+
+
 class DeformableOutput(NamedTuple):
     """``cls_logits (L, B, Q, K)``, ``bbox_preds (L, B, Q, 4)``; with two stages
     also the encoder's proposals, ``enc_logits (B, S, K)``, ``enc_boxes (B, S, 4)``."""
@@ -241,7 +256,9 @@ class DeformableDETR(nn.Module):
         maps = [proj(f) for proj, f in zip(self.input_proj, features, strict=False)]
         # extra levels: the first from the backbone's last map, each next from the previous
         for proj in self.input_proj[len(features) :]:
-            maps.append(proj(features[-1] if len(maps) == len(features) else maps[-1]))
+            maps.append(
+                _extra_level(proj, features[-1] if len(maps) == len(features) else maps[-1])
+            )
         masks = [
             F.interpolate(padding_mask[None].float(), size=m.shape[-2:])[0].bool() for m in maps
         ]

@@ -7,7 +7,9 @@ the categories the new dataset shares with the source (matched by category
 id: an official COCO checkpoint's row ``i`` is COCO category ``i``), or be
 re-initialised; either way DETR's no-object row is kept. Deformable DETR has
 a class head per decoder layer (and the two-stage encoder's): each is
-treated the same way.
+treated the same way. A model with another number of queries than the source
+(a dataset with more or fewer objects per image) keeps the source's first
+query embeddings; any more are the model's own new ones.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from detr_ray.model.deformable.detector import DeformableDETR
 from detr_ray.model.detr import DETR
 
 CLASS_HEAD_POLICIES = ("keep", "reinit")
+QUERY_EMBEDDINGS = "query_embed.weight"  # (Q, C) in DETR, (Q, 2C) in Deformable DETR
 
 
 def is_torchvision_resnet(state_dict: Mapping) -> bool:
@@ -58,6 +61,7 @@ def load_pretrained_state_dict(
     weights.update(
         _class_head(model, weights, source_labels, target_labels, class_head, source_name)
     )
+    weights.update(_queries(model, weights))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -106,6 +110,20 @@ def _class_head(
                 new = own[key][: len(target.category_ids)]
             out[key] = torch.cat((new, theirs[-1:])) if background else new
     return out
+
+
+def _queries(model: DETR | DeformableDETR, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The query embeddings ``(Q, ...)`` for ``model``'s ``Q`` queries: the source's
+    first ``min(Q, Q_source)`` rows, then the model's own for the rest. Nothing
+    when the shapes agree, or differ in more than the count (the caller's check
+    names those)."""
+    own, theirs = model.state_dict().get(QUERY_EMBEDDINGS), state_dict.get(QUERY_EMBEDDINGS)
+    if own is None or theirs is None or own.shape == theirs.shape:
+        return {}
+    if own.shape[1:] != theirs.shape[1:]:
+        return {}
+    kept = min(len(own), len(theirs))
+    return {QUERY_EMBEDDINGS: torch.cat((theirs[:kept], own[kept:]))}
 
 
 def _is_class_head(key: str) -> bool:

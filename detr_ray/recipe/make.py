@@ -170,6 +170,13 @@ def _config(
     }
     if epochs is not None and profile is not None:
         queries, why = queries_for(profile)
+        theirs = candidate.model.num_queries
+        if fine_tune and theirs != queries:
+            why += (
+                f"; the checkpoint's {theirs} query embeddings start the {queries}"
+                if queries > theirs
+                else f"; the first {queries} of the checkpoint's {theirs} query embeddings"
+            )
         model["num_queries"] = queries
         plan.set("model.num_queries", queries, why)
         if epochs >= MANY_EPOCHS:

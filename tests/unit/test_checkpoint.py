@@ -50,6 +50,27 @@ def test_fine_tune_keeps_class_rows_by_category_id(tmp_path):
         initialise_from(fresh, path, LabelMap((500,), ("x",)), class_head="keep")
 
 
+def test_fine_tune_to_more_or_fewer_queries_keeps_the_sources_first_ones(tmp_path):
+    # A dataset with more objects per image needs more queries than the
+    # checkpoint has: its queries come first, the rest are the model's own.
+    torch.manual_seed(0)
+    source = build_model(preset_config("detr_r18_tiny", num_classes=3, num_queries=6))
+    path = tmp_path / "official.pth"
+    torch.save({"model": to_official_state_dict(source)}, path)
+    theirs = source.query_embed.weight.detach()
+    for queries in (12, 4):
+        target = build_model(preset_config("detr_r18_tiny", num_classes=3, num_queries=queries))
+        own = target.query_embed.weight.detach().clone()
+        initialise_from(target, path, LABELS, class_head="reinit")
+        kept = min(6, queries)
+        assert target.query_embed.weight.shape == (queries, theirs.shape[1])
+        assert torch.equal(target.query_embed.weight[:kept], theirs[:kept])
+        assert torch.equal(target.query_embed.weight[kept:], own[kept:])
+        mine, source_weights = target.state_dict(), source.state_dict()
+        others = [k for k in mine if not k.startswith(("query_embed.", "class_head."))]
+        assert others and all(torch.equal(mine[k], source_weights[k]) for k in others)
+
+
 def test_fine_tune_from_an_incompatible_checkpoint_names_the_problem(tiny_checkpoint):
     path, _ = tiny_checkpoint
     other = build_model(preset_config("detr_r18_small", num_classes=3))

@@ -6,14 +6,18 @@ import json
 import math
 
 import pytest
+import torch
 import yaml
 
+from detr_ray.checkpoint import initialise_from
 from detr_ray.cli import main
 from detr_ray.config import load_config
 from detr_ray.data.annotations import load_coco_json
+from detr_ray.data.labels import LabelMap
 from detr_ray.data.profile import profile_coco
 from detr_ray.data.synthetic import generate
 from detr_ray.errors import ConfigError
+from detr_ray.model.build import build_model
 from detr_ray.recipe.rules import (
     batch_and_lr,
     candidates,
@@ -81,15 +85,15 @@ def test_queries_batch_lr_and_epochs_by_hand(tmp_path):
         epochs_for(1, 20.0, 4000, 12.0)  # 5 evaluations of 12 s take the whole minute
 
 
-def test_a_recipe_for_the_shapes_and_for_the_swarm(tmp_path, capsys):
+def test_a_recipe_for_the_shapes_and_for_the_swarm(tmp_path, capsys, tiny_checkpoint):
     shapes = generate(tmp_path / "shapes", num_train=32, num_val=4, size=128, seed=1)
     swarm = generate(tmp_path / "swarm", num_train=16, num_val=4, size=128, seed=1, kind="swarm")
 
-    def recipe(data, out, minutes="10"):
+    def recipe(data, out, minutes="10", extra=()):
         argv = ["recipe", "--train-ann", str(data.train_ann), "--train-images"]
         argv += [str(data.train_images), "--val-ann", str(data.val_ann), "--val-images"]
         argv += [str(data.val_images), "--budget-minutes", minutes, "--out", str(out)]
-        return main(argv)
+        return main([*argv, *extra])
 
     assert recipe(shapes, tmp_path / "shapes.yaml") == 0
     printed = capsys.readouterr().out
@@ -115,6 +119,22 @@ def test_a_recipe_for_the_shapes_and_for_the_swarm(tmp_path, capsys):
     assert config.model.family == "deformable_detr"
     assert config.model.num_queries == math.ceil(1.5 * profile.objects_per_image.p99)
     assert (config.matcher.cls_cost, config.loss.cls_weight) == (2.0, 2.0)  # the family's
+    # Fine-tuning the tiny checkpoint (3 shape classes, 10 queries) to the swarm:
+    # its model, a new class head (other categories), the swarm's queries (its
+    # 10 start them), and the weights load into the model the config builds.
+    checkpoint, source = tiny_checkpoint
+    out = tmp_path / "fine.yaml"
+    assert recipe(swarm, out, extra=["--init-from", str(checkpoint.parent)]) == 0
+    fine = load_config(out)
+    assert fine.init.init_from == str(checkpoint.parent) and fine.init.class_head == "reinit"
+    assert fine.model.num_queries == config.model.num_queries > source.query_embed.num_embeddings
+    assert fine.model.family == "detr" and fine.train.dense_aux_weight == 0
+    assert "query embeddings start the" in out.read_text()
+    model = build_model(fine.model)
+    labels = LabelMap.from_categories(load_coco_json(swarm.train_ann)["categories"])
+    initialise_from(model, fine.init.init_from, labels, fine.init.class_head)
+    kept = source.query_embed.num_embeddings
+    assert torch.equal(model.query_embed.weight[:kept], source.query_embed.weight)
     # a budget that cannot hold one epoch is refused, naming the numbers
     capsys.readouterr()
     assert recipe(swarm, tmp_path / "none.yaml", minutes="0.05") == 2

@@ -118,9 +118,7 @@ def _queries(model: DETR | DeformableDETR, state_dict: Mapping[str, Tensor]) -> 
     when the shapes agree, or differ in more than the count (the caller's check
     names those)."""
     own, theirs = model.state_dict().get(QUERY_EMBEDDINGS), state_dict.get(QUERY_EMBEDDINGS)
-    if own is None or theirs is None or own.shape == theirs.shape:
-        return {}
-    if own.shape[1:] != theirs.shape[1:]:
+    if own is None or theirs is None or len(own) == len(theirs) or own[0].shape != theirs[0].shape:
         return {}
     kept = min(len(own), len(theirs))
     return {QUERY_EMBEDDINGS: torch.cat((theirs[:kept], own[kept:]))}

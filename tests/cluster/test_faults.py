@@ -2,8 +2,6 @@
 1-CPU worker nodes, one ``ray.cluster_utils.Cluster`` for the module): a run
 across nodes, and real faults.
 
-- two workers on two nodes: nothing assumes a single node (one storage path,
-  one MLflow run that says where its workers ran);
 - a node SIGKILLed in the middle of an elastic run's epoch: the run goes on
   with one worker, then grows back to two when a node returns; every image of
   every epoch goes into the model exactly once. Its dataset is in a bucket (a
@@ -13,7 +11,9 @@ across nodes, and real faults.
   checkpoint within ``run.max_failures``, the run FAILED past it; then the
   driver SIGKILLed: the same command resumes the same MLflow run and marks the
   dead driver's run KILLED as it starts (a stopped job's run ending KILLED is
-  tested in ``tests/cluster/test_jobs.py``).
+  tested in ``tests/cluster/test_jobs.py``). Its two workers run on two
+  nodes: nothing assumes a single node (one storage path, one MLflow run that
+  says where its workers ran).
 
 In every case MLflow holds one run whose loss history has no repeated step.
 
@@ -122,26 +122,6 @@ def assert_no_repeated_steps(client, run, last_step: int) -> None:
     assert sorted(steps) == list(range(1, last_step + 1))
 
 
-def test_two_workers_on_two_nodes_share_one_run(cluster, shapes, tmp_path):
-    # Each node has 1 CPU and each worker asks for 1: the workers cannot share a node.
-    ray_cluster, nodes = cluster
-    config = fault_config(
-        shapes, tmp_path, "two_nodes", train={"max_steps_per_epoch": 2, "eval_every": 1}
-    )
-    driver = Driver(config, ray_cluster.address, tmp_path / "driver.log")
-    assert driver.wait(300) == 0, driver.output()[-4000:]
-    assert "[detr-ray] 2 worker(s) on 2 node(s)" in driver.output()
-    # One checkpoint in the one storage path, written by the two-node run.
-    run_dir = tmp_path / "runs" / "two_nodes"
-    assert f"latest checkpoint: {run_dir / 'epoch0001_step0000002'}" in driver.output()
-    assert (run_dir / "epoch0001_step0000002" / "checkpoint.pt").is_file()
-    client, run = one_mlflow_run(tmp_path, "two_nodes")
-    worker_nodes = run.data.tags["detr_ray.worker_nodes"].split(",")
-    assert len(worker_nodes) == 2 and set(worker_nodes) == {n.node_id for n in nodes}
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "d0.loss_cls")] == [1, 2]
-    assert run.info.status == "FINISHED"
-
-
 @pytest.fixture
 def data_in_a_bucket(shapes):
     """``(data section, endpoint)``: ``shapes`` in a bucket of an S3 API on loopback."""
@@ -216,7 +196,7 @@ def test_killed_workers_then_a_killed_driver_end_in_one_finished_run(cluster, sh
     #      rank 1 SIGKILLed again -> past max_failures: exit 1, run FAILED;
     #   B: resumes; its driver's process group SIGKILLed -> run left RUNNING;
     #   C: marks B's run KILLED as it starts, resumes it and finishes.
-    ray_cluster, _ = cluster
+    ray_cluster, nodes = cluster
     folder = tmp_path / "records"
     config = fault_config(shapes, tmp_path, "fixed", train={"epochs": 3}, run={"max_failures": 1})
 
@@ -263,12 +243,20 @@ def test_killed_workers_then_a_killed_driver_end_in_one_finished_run(cluster, sh
     c = driver("c.log")
     assert c.wait(300) == 0, c.output()[-4000:]
     assert "was left RUNNING by a driver that died: marked KILLED" in c.output()
+    # Each node has 1 CPU and each worker asks for 1: the workers ran on two
+    # nodes, and nothing assumed one (one storage path, one checkpoint folder).
+    assert "[detr-ray] 2 worker(s) on 2 node(s)" in c.output()
+    run_dir = tmp_path / "runs" / "fixed"
+    assert f"latest checkpoint: {run_dir / 'epoch0003_step0000018'}" in c.output()
+    assert (run_dir / "epoch0003_step0000018" / "checkpoint.pt").is_file()
     rows = records(folder)
     assert len(attempts(rows)) == 4 and {x["world"] for x in attempts(rows)} == {2}
     assert_each_image_once_per_epoch(rows, 3, shapes)
     client, run = one_mlflow_run(tmp_path, "fixed")  # one run all along
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     assert_no_repeated_steps(client, run, 18)
+    worker_nodes = run.data.tags["detr_ray.worker_nodes"].split(",")
+    assert len(worker_nodes) == 2 and set(worker_nodes) == {n.node_id for n in nodes}
 
 
 def test_prediction_over_two_nodes_gives_in_process_predictions(

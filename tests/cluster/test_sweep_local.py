@@ -1,4 +1,5 @@
-"""A sweep on a fresh local Ray of its own (``detr-ray tune`` without ``--address``)."""
+"""A sweep on a fresh local Ray of its own (``detr-ray tune`` without ``--address``),
+started past the stale record of a dead one."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from tests.support.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -17,7 +20,11 @@ def test_a_sweep_without_max_concurrent_fits_the_machine(tmp_path):
     """A sweep of trials of 2 workers each, with no --max-concurrent, on this
     machine's own fresh Ray (2 CPUs): one trial at a time, and both finish. (Two
     trials admitted together would start worker groups that can never all be
-    placed: the deadlock this guards against.)"""
+    placed: the deadlock this guards against.)
+
+    The Ray temp folder holds the record of a Ray killed hard (``ray.init()``
+    alone would retry its dead address for ever): the command names the file
+    and the address, starts a fresh Ray and sweeps."""
     storage = tmp_path / "runs"
     command = [
         sys.executable,
@@ -53,11 +60,18 @@ def test_a_sweep_without_max_concurrent_fits_the_machine(tmp_path):
         "tracking.log_images=0",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
-    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short: Ray's socket paths
+    env["RAY_TMPDIR"] = str(ray_tmp)
+    (ray_tmp / "ray").mkdir()
+    dead = f"127.0.0.1:{free_port()}"
+    record = ray_tmp / "ray" / "ray_current_cluster"
+    record.write_text(dead)
     out = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    warning = next(x for x in (out.stdout + out.stderr).splitlines() if "does not answer" in x)
+    assert str(record) in warning and dead in warning and "ray stop --force" in warning
     cpus = os.cpu_count() or 1
     if cpus >= 2.01:  # the trial fits as configured: 2 workers x 1 CPU
         expected = f"{int(cpus // 2.01)} trial(s) at once: each needs 2.01 CPUs (2 workers x 1 "

@@ -1,8 +1,9 @@
 """No silent waits: every wait before training has a sentence and a deadline.
 
 ``detr-ray train`` as a user runs it (a subprocess, from the repository root):
-on a fresh local Ray in a Ray temp folder of the test's own (a stale record
-of a dead cluster there; a run too big for the machine), and joining the
+on a fresh local Ray in a Ray temp folder of the test's own (a run too big
+for the machine; a stale record of a dead cluster there is met by the sweep
+of ``tests/cluster/test_sweep_local.py``), and joining the
 tier's shared head (``head``, 2 CPUs) with a run that does not fit it now (the
 bounded wait, its timeout, a SIGTERM during it).
 """
@@ -19,8 +20,6 @@ import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
-
-from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CPUS = os.cpu_count() or 1
@@ -61,48 +60,6 @@ def _mlflow_run(tmp_path: Path):
     experiment = client.get_experiment_by_name("detr-ray")
     (run,) = client.search_runs([experiment.experiment_id])
     return run
-
-
-def test_a_stale_local_record_is_warned_about_and_the_run_trains(tmp_path):
-    """A Ray killed hard left its record; ``ray.init()`` alone would retry the
-    dead address for ever. The command names the file and the address, starts a
-    fresh Ray and trains."""
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rw-", dir="/tmp"))  # short: Ray's socket paths
-    (ray_tmp / "ray").mkdir()
-    dead = f"127.0.0.1:{free_port()}"
-    record = ray_tmp / "ray" / "ray_current_cluster"
-    record.write_text(dead)
-    process = subprocess.Popen(
-        _train_args(tmp_path),
-        cwd=tmp_path,
-        env=_local_env(ray_tmp),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines, warned, first_step = [], None, None
-    try:
-        for line in process.stdout:
-            lines.append(line)
-            if warned is None and "does not answer" in line:
-                warned = time.monotonic()
-            if first_step is None and warned is not None and " step 1/2 " in line:
-                first_step = time.monotonic() - warned
-        process.wait(timeout=300)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    out = "".join(lines)
-    assert process.returncode == 0, out[-3000:]
-    warning = next(x for x in lines if "does not answer" in x)
-    assert str(record) in warning and dead in warning and "ray stop --force" in warning
-    # The first step, counted from the warning: 32 s from the command's start on this
-    # machine when idle (Ray's start, two workers, the data), about 90 s with the
-    # suite's two lanes on its 2 cores. The bound is for slower machines still;
-    # what it catches is the wait without end.
-    assert first_step is not None and first_step < 180, (first_step, out[-2000:])
-    assert _mlflow_run(tmp_path).info.status == "FINISHED"
 
 
 def test_a_run_a_fresh_local_ray_can_never_hold_is_refused_at_once(tmp_path):

@@ -17,7 +17,7 @@ from detr_ray import storage
 from detr_ray.cli import main as cli_main
 from detr_ray.storage import StorageOptions
 
-from tests.support.experiments import run_cli_reporting_ray
+from tests.support.experiments import run_cli_cases_reporting_ray
 from tests.support.ports import free_port
 from tests.support.servers import s3_keys, s3_server
 
@@ -71,8 +71,8 @@ def test_unreachable_storage_or_a_missing_bucket_stop_before_ray(shapes, s3, tmp
         ("s3://no-such-bucket/runs", s3, "the bucket 'no-such-bucket' does not exist"),
         (f"s3://{BUCKET}/runs", closed, f"s3://{BUCKET}/runs: cannot reach the object store"),
     ]
-    for location, endpoint, message in cases:
-        argv = [
+    argvs = [
+        [
             "train",
             str(ROOT / "configs" / "shapes_tiny.yaml"),
             "--set=data.synthetic=null",
@@ -81,11 +81,13 @@ def test_unreachable_storage_or_a_missing_bucket_stop_before_ray(shapes, s3, tmp
             f"--set=run.storage_endpoint={endpoint}",
             f"--set=tracking.uri=sqlite:///{tmp_path / 'm.db'}",
         ]
-        out = run_cli_reporting_ray(tmp_path, argv)
-        assert out.returncode == 2 and out.stdout.strip().endswith("NO RAY"), out.stderr
+        for location, endpoint, _ in cases
+    ]
+    for (_, _, message), out in zip(cases, run_cli_cases_reporting_ray(tmp_path, argvs)):
+        assert out.returncode == 2 and not out.ray_imported, out.stderr
         errors = [x for x in out.stderr.splitlines() if x.startswith("detr-ray: error:")]
         assert len(errors) == 1 and message in errors[0], out.stderr
-        assert not (tmp_path / "m.db").exists()
+    assert not (tmp_path / "m.db").exists()
 
 
 def test_no_uri_is_turned_into_a_local_path(shapes, s3, tmp_path, monkeypatch, capsys):

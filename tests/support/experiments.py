@@ -1,36 +1,68 @@
 """The tiny experiment the Ray tests train (``detr_r18_tiny`` on generated
-shapes), and the command line run in a fresh interpreter that says whether
-it imported Ray."""
+shapes), and command lines run in a fresh interpreter that says whether
+they imported Ray."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-# `detr-ray ARGS`, then a last line "RAY IMPORTED" or "NO RAY": the checks
-# before Ray must stop a bad run without importing it.
-_CLI_REPORTING_RAY = (
-    "import sys\n"
+# `detr-ray ARGV` for several command lines in one new interpreter (each new
+# interpreter costs seconds of CPU), then each case's exit code, output and
+# whether Ray was imported by then, as JSON on the last line: the checks before
+# Ray must stop a bad run without importing it.
+_CASES_REPORTING_RAY = (
+    "import contextlib, io, json, logging, sys, traceback\n"
+    "class _Stderr:\n"
+    "    def write(self, text): return sys.stderr.write(text)\n"
+    "    def flush(self): sys.stderr.flush()\n"
+    "logging.basicConfig(level=logging.INFO, stream=_Stderr())  # each case's stderr\n"
     "from detr_ray.cli import main\n"
-    "code = main(sys.argv[1:])\n"
-    "print('RAY IMPORTED' if 'ray' in sys.modules else 'NO RAY', flush=True)\n"
-    "sys.exit(code)\n"
+    "results = []\n"
+    "for argv in json.loads(sys.argv[1]):\n"
+    "    out, err = io.StringIO(), io.StringIO()\n"
+    "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+    "        try:\n"
+    "            code = main(argv)\n"
+    "        except SystemExit as e:\n"
+    "            code = e.code if isinstance(e.code, int) else 1\n"
+    "        except BaseException:\n"
+    "            traceback.print_exc()\n"
+    "            code = 1\n"
+    "    results.append({'argv': argv, 'returncode': code, 'stdout': out.getvalue(),\n"
+    "                    'stderr': err.getvalue(), 'ray_imported': 'ray' in sys.modules})\n"
+    "print(json.dumps(results))\n"
 )
 
 
-def run_cli_reporting_ray(cwd: Path, argv: list[str]) -> subprocess.CompletedProcess:
-    """``detr-ray *argv`` in a new interpreter in ``cwd``; see ``_CLI_REPORTING_RAY``."""
-    return subprocess.run(
-        [sys.executable, "-c", _CLI_REPORTING_RAY, *argv],
+@dataclasses.dataclass(frozen=True)
+class CliCase:
+    """One command line's outcome in :func:`run_cli_cases_reporting_ray`."""
+
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    ray_imported: bool  # by the end of this case (cases run in order)
+
+
+def run_cli_cases_reporting_ray(cwd: Path, argvs: list[list[str]]) -> list[CliCase]:
+    """``detr-ray ARGV`` for each of ``argvs``, in order, in one new interpreter in ``cwd``."""
+    out = subprocess.run(
+        [sys.executable, "-c", _CASES_REPORTING_RAY, json.dumps(argvs)],
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=60 + 30 * len(argvs),
     )
+    assert out.returncode == 0 and out.stdout.strip(), out.stdout[-3000:] + out.stderr[-3000:]
+    return [CliCase(**case) for case in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
 @functools.cache

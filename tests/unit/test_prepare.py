@@ -1,7 +1,7 @@
 """Every bad input is caught on the driver before Ray starts, and nothing is written.
 
-Each case runs ``detr-ray train`` (or ``tune``) in a fresh interpreter, as a
-user would, and checks: exit code 2 (1 for an unreachable server), a
+The cases run ``detr-ray train`` (or ``tune``) one after another in a fresh
+interpreter, as a user would, and each checks: exit code 2 (1 for an unreachable server), a
 one-line message naming the file, key or value, Ray never imported (so no Ray
 process was started), no run folder and no MLflow store created.
 """
@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.support.experiments import run_cli_reporting_ray
+from tests.support.experiments import CliCase, run_cli_cases_reporting_ray
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,15 +40,20 @@ def data_flags(shapes, **paths) -> list[str]:
     return flags
 
 
-def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def run_cli(tmp_path: Path, *argvs: list[str]) -> list[CliCase]:
+    """Each of ``argvs`` (``COMMAND CONFIG ...``), storing under ``tmp_path/runs``
+    unless a later ``--set`` says otherwise, in one new interpreter: none imports
+    Ray, none creates the storage."""
     storage = tmp_path / "runs"
-    out = run_cli_reporting_ray(tmp_path, [*args, "--set", f"run.storage_path={storage}"])
-    assert out.stdout.strip().splitlines()[-1] == "NO RAY", out.stdout + out.stderr
+    where = ["--set", f"run.storage_path={storage}"]
+    cases = run_cli_cases_reporting_ray(tmp_path, [[*a[:2], *where, *a[2:]] for a in argvs])
+    for case in cases:
+        assert not case.ray_imported, (case.argv, case.stderr)
     assert not storage.exists(), f"{storage} was created"
-    return out
+    return cases
 
 
-def one_line_error(out: subprocess.CompletedProcess) -> str:
+def one_line_error(out: CliCase) -> str:
     lines = [x for x in out.stderr.splitlines() if x.startswith("detr-ray: error:")]
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     return lines[0]
@@ -104,31 +108,31 @@ def test_bad_inputs_fail_before_ray_naming_what_to_fix(shapes, tmp_path):
             r"scaling.use_gpu \(--gpu\) asks for 2 GPU\(s\).*this machine has 0",
         ),
     ]
-    for flags, message in cases:
-        out = run_cli(tmp_path, "train", str(CONFIG), *flags)
+    # the storage path itself under a file (a later --set wins), and an empty config
+    under_a_file = ["--set", f"run.storage_path={a_file}/runs"]
+    argvs = [["train", str(CONFIG), *flags] for flags, _ in cases]
+    argvs += [["train", str(CONFIG), *data_flags(shapes), *under_a_file]]
+    argvs += [["train", str(empty_config)]]
+    outs = run_cli(tmp_path, *argvs)
+    for (flags, message), out in zip(cases, outs):
         assert out.returncode == 2, (flags, out.stderr)
         line = one_line_error(out)
         assert re.search(message, line), (message, line)
-    # the storage path itself: under a file
-    out = run_cli_reporting_ray(
-        tmp_path,
-        ["train", str(CONFIG), *data_flags(shapes), "--set", f"run.storage_path={a_file}/runs"],
-    )
-    assert out.returncode == 2 and "NO RAY" in out.stdout
-    assert "a_file is a file, not a folder" in one_line_error(out)
-    out = run_cli(tmp_path, "train", str(empty_config))
-    assert out.returncode == 2 and "empty.yaml is empty" in one_line_error(out)
+    assert outs[-2].returncode == 2 and "a_file is a file, not a folder" in one_line_error(outs[-2])
+    assert outs[-1].returncode == 2 and "empty.yaml is empty" in one_line_error(outs[-1])
 
 
 def test_a_sweep_checks_its_search_algorithm_and_data_before_ray(shapes, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("params:\n  loss.bg_cls_weight: {uniform: [0.05, 0.2]}\n")
     tune = ["tune", str(CONFIG), "--space", str(space)]
+    argvs = [[*tune, *data_flags(shapes, val_images=tmp_path / "nowhere")]]
     try:
         import optuna  # noqa: F401  (not in the dev extras: CI checks the message)
     except ImportError:
-        out = run_cli(tmp_path, *tune, "--search", "optuna", *data_flags(shapes))
-        assert out.returncode == 2
-        assert "--search optuna needs Optuna, which is not installed" in one_line_error(out)
-    out = run_cli(tmp_path, *tune, *data_flags(shapes, val_images=tmp_path / "nowhere"))
-    assert out.returncode == 2 and "nowhere" in one_line_error(out)
+        argvs.append([*tune, "--search", "optuna", *data_flags(shapes)])
+    outs = run_cli(tmp_path, *argvs)
+    assert outs[0].returncode == 2 and "nowhere" in one_line_error(outs[0])
+    if len(outs) == 2:
+        assert outs[1].returncode == 2
+        assert "--search optuna needs Optuna, which is not installed" in one_line_error(outs[1])

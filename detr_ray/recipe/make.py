@@ -7,7 +7,7 @@ The order (each step's reasons go into the config it writes):
    (:func:`~detr_ray.recipe.rules.candidates`), or, to fine-tune, the
    checkpoint's model;
 3. probe each candidate's training step on the data (:mod:`~detr_ray.recipe.probe`,
-   on the cluster when given one);
+   on the cluster when given one); with ``--family``, that family's alone;
 4. choose the family, queries, batch, learning rate, dense head, epochs and
    augmentation (:mod:`~detr_ray.recipe.rules`), within the time budget.
 """
@@ -93,13 +93,15 @@ def make_recipe(inputs: RecipeInputs) -> Recipe:
         options = [_fine_tune_candidate(inputs, data, source, label_map, plan)]
     else:
         options = candidates(data, source, inputs.gpu)
+    if inputs.family:  # only the family asked for is probed
+        options = [c for c in options if c.family == inputs.family]
     probes = {
         c.family: _probe(_config(inputs, c, label_map, plan), label_map, inputs) for c in options
     }
     if inputs.init_from:
         chosen = options[0]
     elif inputs.family:
-        chosen = next(c for c in options if c.family == inputs.family)
+        (chosen,) = options
         plan.set("model.family", chosen.family, "--family asked for it")
     else:
         chosen, why = choose_family(options)

@@ -137,6 +137,13 @@ def test_a_recipe_for_the_shapes_and_for_the_swarm(tmp_path, capsys, tiny_checkp
     assert torch.equal(model.query_embed.weight[:kept], source.query_embed.weight)
     # a budget that cannot hold one epoch is refused, naming the numbers
     capsys.readouterr()
-    assert recipe(swarm, tmp_path / "none.yaml", minutes="0.05") == 2
+    forced = ["--family", "deformable_detr"]
+    assert recipe(swarm, tmp_path / "none.yaml", minutes="0.05", extra=forced) == 2
     assert "less than one epoch of 16" in capsys.readouterr().err
     assert not (tmp_path / "none.yaml").exists()
+    # --family: the family asked for, the only one probed
+    assert recipe(shapes, tmp_path / "forced.yaml", extra=forced) == 0
+    probes = [x for x in capsys.readouterr().out.splitlines() if x.startswith("probe: ")]
+    assert len(probes) == 1 and probes[0].startswith("probe: deformable_detr ")
+    assert load_config(tmp_path / "forced.yaml").model.family == "deformable_detr"
+    assert "--family asked for it" in (tmp_path / "forced.yaml").read_text()

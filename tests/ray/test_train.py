@@ -2,7 +2,8 @@
 
 Each test trains a tiny model on a tiny synthetic dataset for a few steps; the
 checks are on what the product promises: N workers train like one through
-Ray's seam (the accelerators and uneven shares are proved without Ray in
+Ray's seam, against the plain engine in one process (the accelerators and
+uneven shares are proved without Ray in
 ``tests/engine/test_workers_equal_one.py``), a failed worker is survived
 without a hole or a repeat in the MLflow history, a resumed run equals an
 uninterrupted one, non-finite steps are skipped then stop the run.
@@ -23,7 +24,9 @@ from detr_ray.errors import DataError, TrainingStopped
 from detr_ray.train.hooks import FaultHooks
 from detr_ray.train.launcher import run_training
 
+from tests.support.datasets import SHAPE_LABELS
 from tests.support.experiments import FIXED_DATA, tiny_experiment
+from tests.support.gloo import train_in_processes
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -48,40 +51,34 @@ def final_weights(outcome):
 
 def test_two_workers_train_exactly_like_one_with_the_whole_batch(shapes, tmp_path):
     # Through Ray's seam (prepare_model's DDP, its process group, the reports):
-    # one optimiser step with 2 workers x batch 2 must equal 1 worker x batch 4
-    # on the same 4 images (deterministic data, no dropout).
-    common = dict(data=FIXED_DATA, model={"dropout": 0.0})
-    two = run_training(
-        tiny_config(
+    # one optimiser step with 2 Ray Train workers x batch 2 must equal the plain
+    # engine in one process with batch 4 on the same 4 images (deterministic
+    # data, no dropout; tests/support/gloo.py, Ray's worker minus Ray).
+    def config(workers: int, batch: int) -> dict:
+        return tiny_experiment(
             shapes,
-            tmp_path,
-            "two",
-            **common,
-            scaling={"num_workers": 2},
-            train={"max_steps_per_epoch": 1, "batch_size": 2},
+            tmp_path / "runs",
+            f"w{workers}",
+            data=FIXED_DATA,
+            model={"dropout": 0.0, "num_classes": SHAPE_LABELS.num_classes},
+            scaling={"num_workers": workers},
+            train={"max_steps_per_epoch": 1, "batch_size": batch},
         )
-    )
-    one = run_training(
-        tiny_config(
-            shapes,
-            tmp_path,
-            "one",
-            **common,
-            scaling={"num_workers": 1},
-            train={"max_steps_per_epoch": 1, "batch_size": 4},
-        )
-    )
-    a, b = final_weights(two), final_weights(one)
+
+    two = run_training(ExperimentConfig.from_dict(config(2, 2)))
+    (one,) = train_in_processes(1, [config(1, 4)], SHAPE_LABELS, tmp_path / "one")
+    a, b = final_weights(two), one["weights"]
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0, msg=key)
     # The losses (averaged over workers) and the gradient norm agree too: the
     # Adam step alone is insensitive to a uniform gradient scale, these are not.
-    (_, run_two), (_, run_one) = mlflow_run(two), mlflow_run(one)
+    _, run_two = mlflow_run(two)
+    (step_one,) = one["steps"]
     for key in ["loss", "loss_cls", "d0.loss_bbox", "loss_iou", "grad_norm"]:
-        assert run_two.data.metrics[key] == pytest.approx(run_one.data.metrics[key], rel=1e-5)
+        assert run_two.data.metrics[key] == pytest.approx(step_one[key], rel=1e-5), key
     # the two workers' shares: positives per worker add up to the single worker's
-    assert 2 * run_two.data.metrics["positives/mean"] == run_one.data.metrics["positives/mean"]
+    assert 2 * run_two.data.metrics["positives/mean"] == step_one["positives/mean"]
 
 
 def _step(metric):

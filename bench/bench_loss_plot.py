@@ -55,7 +55,7 @@ def new_plot(tracker: RunTracker) -> None:
     tracker.log_image = lambda figure, name: figure.savefig(  # type: ignore[method-assign]
         Path(tempfile.mkdtemp()) / "plot.png", dpi=100
     )
-    tracker.log_loss_plot()
+    tracker.log_loss_plot(force=True)
 
 
 def main() -> None:

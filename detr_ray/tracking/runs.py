@@ -43,6 +43,9 @@ from detr_ray.tracking.store import artifact_root
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000
+# The loss plot is redrawn during a run at most this often (drawing it takes
+# rank 0 about half a second of CPU; a run's reports may come every few steps).
+PLOT_REFRESH_S = 60.0
 
 
 class _TrackedRun:
@@ -141,7 +144,9 @@ class RunTracker(_TrackedRun):
     term, one key per decoder layer in layer order (see
     :func:`detr_ray.criterion.loss_keys.keys_by_term`); their history is kept in
     memory, so drawing the plot never reads the whole history back from the
-    tracking store.
+    tracking store. The plot is drawn at most every ``plot_refresh_s`` seconds
+    of the run, counted from the tracker's start, and whenever it is forced
+    (at the run's end): a short run draws it once.
     """
 
     def __init__(
@@ -149,9 +154,12 @@ class RunTracker(_TrackedRun):
         *args: Any,
         loss_series: Mapping[str, Sequence[str]] | None = None,
         asynchronous: bool = True,
+        plot_refresh_s: float = PLOT_REFRESH_S,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        self.plot_refresh_s = plot_refresh_s
+        self._plotted_at = time.monotonic()  # as if drawn at the start: nothing to show yet
         # Metric points go through a background queue (see detr_ray.tracking.metric_queue)
         # unless ``asynchronous`` is False: then each log_metrics waits for the store.
         self._queue = (
@@ -236,16 +244,23 @@ class RunTracker(_TrackedRun):
         tags = [InputTag(key="mlflow.data.context", value=context)]
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset=dataset, tags=tags)])
 
-    def log_loss_plot(self) -> None:
-        """``plots/decoder_layer_losses.png``: every decoder layer's loss terms."""
+    def log_loss_plot(self, force: bool = False) -> bool:
+        """``plots/decoder_layer_losses.png``: every decoder layer's loss terms,
+        if ``plot_refresh_s`` have passed since it was last drawn or ``force``;
+        returns whether it was drawn."""
         if not self.loss_series:
-            return
+            return False
+        now = time.monotonic()
+        if not force and now - self._plotted_at < self.plot_refresh_s:
+            return False
+        self._plotted_at = now
         series = {
             term: [self._history[key] for key in keys] for term, keys in self.loss_series.items()
         }
         figure = plots.decoder_layer_losses(series)
         self.log_image(figure, LOSS_PLOT_ARTIFACT)
         plots.close(figure)
+        return True
 
 
 class SweepTracker(_TrackedRun):

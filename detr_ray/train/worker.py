@@ -163,6 +163,7 @@ def train_loop_per_worker(loop_config: dict) -> RunOutcome:
         # collective is left waiting. Returning (not raising) keeps Ray Train
         # from restarting into the same divergence.
         if progress:
+            progress.tracker.log_loss_plot(force=True)  # the losses that led to the stop
             progress.tracker.set_tags({STOPPED_TAG: str(stopped)})
             progress.tracker.finish("FAILED")
         if sampler:
@@ -183,7 +184,7 @@ def train_loop_per_worker(loop_config: dict) -> RunOutcome:
     if sampler:
         sampler.stop()
     if progress:
-        progress.tracker.log_loss_plot()
+        progress.tracker.log_loss_plot(force=True)  # the whole run's, whenever it was last drawn
         if config.tracking.register_model and checkpoints.best:
             progress.register(checkpoints.best, config.tracking.register_model)
         progress.tracker.finish("FINISHED")

@@ -83,3 +83,34 @@ def test_runs_of_dead_drivers_on_this_host_are_closed_and_no_others(tmp_path):
         "trial": "RUNNING",
     }
     assert close_abandoned_runs(uri, "exp", "here") == []  # nothing twice
+
+
+def test_the_loss_plot_is_redrawn_at_most_every_refresh_interval_and_when_forced(tmp_path):
+    from detr_ray.criterion.loss_keys import keys_by_term
+    from detr_ray.tracking.names import LOSS_PLOT_ARTIFACT
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    series = keys_by_term(2)
+    points = {key: 1.0 for keys in series.values() for key in keys}
+    client = MlflowClient(uri)
+
+    def plots(tracker: RunTracker) -> list[str]:
+        return [a.path for a in client.list_artifacts(tracker.run_id, "plots")]
+
+    tracker = RunTracker(
+        uri, "exp", "run", tmp_path / "run", asynchronous=False, loss_series=series
+    )
+    tracker.log_metrics(1, points)
+    assert not tracker.log_loss_plot()  # a report seconds into the run: not drawn
+    assert plots(tracker) == []
+    assert tracker.log_loss_plot(force=True)  # the run's end
+    assert plots(tracker) == [LOSS_PLOT_ARTIFACT]
+    assert not tracker.log_loss_plot()  # just drawn
+
+    every_time = RunTracker(
+        uri, "exp", "eager", tmp_path / "eager", asynchronous=False, loss_series=series,
+        plot_refresh_s=0.0,
+    )  # fmt: skip
+    every_time.log_metrics(1, points)
+    assert every_time.log_loss_plot() and every_time.log_loss_plot()
+    assert plots(every_time) == [LOSS_PLOT_ARTIFACT]

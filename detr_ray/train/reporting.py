@@ -52,10 +52,16 @@ class Checkpoints:
         evaluated: dict[str, float] | None,
         loss: float | None = None,
         mlflow_run_id: str | None = None,
+        final: bool = False,
     ) -> bool:
         """Report ``evaluated`` metrics (and ``loss``, the mean logged training
         loss since the last report) with a checkpoint; returns whether it is the
-        new best."""
+        new best.
+
+        A ``final`` report (the run's last) uploads in the foreground whatever
+        ``run.checkpoint_upload`` says: Ray handles reports in order, so when it
+        returns every checkpoint of the run is complete in storage, and what
+        the worker does next (registering the best one) reads whole files."""
         state = self.engine.state
         name = checkpoint_folder_name(state.epoch, state.global_step)
         ap = evaluated.get("AP") if evaluated else None
@@ -94,7 +100,7 @@ class Checkpoints:
             checkpoint=ray.train.Checkpoint.from_directory(local),
             checkpoint_dir_name=name,
             checkpoint_upload_mode=upload.ASYNC
-            if self.config.run.checkpoint_upload == "async"
+            if self.config.run.checkpoint_upload == "async" and not final
             else upload.SYNC,
             delete_local_checkpoint_after_upload=True,
         )

@@ -113,22 +113,23 @@ def train_loop_per_worker(loop_config: dict) -> RunOutcome:
         if start is not None:
             note_resume(tracker, engine)
 
-    def report(evaluated: dict[str, float] | None) -> None:
+    def report(evaluated: dict[str, float] | None, final: bool = False) -> None:
         """Checkpoint and report to Ray on every rank; rank 0 also tracks it."""
         loss = progress.mean_loss_since_report() if progress else None
         run_id = progress.tracker.run_id if progress else None
-        new_best = checkpoints.report(evaluated, loss=loss, mlflow_run_id=run_id)
+        new_best = checkpoints.report(evaluated, loss=loss, mlflow_run_id=run_id, final=final)
         if progress:
             progress.on_report(checkpoints.best, new_best)
 
-    def evaluate_and_report() -> None:
+    def evaluate_and_report(final: bool) -> None:
         gathered = engine.evaluate()  # every rank takes part
         try:
             evaluated = progress.score(gathered) if progress else None
         except BaseException:
             report(None)  # the epoch's checkpoint first (unranked): no training is lost
             raise
-        report(evaluated)
+        # the last report's checkpoints are all in storage before registration reads one
+        report(evaluated, final=final)
 
     # One system-metrics sampler per node, into rank 0's MLflow run.
     run_id = str(all_gather_objects(progress.tracker.run_id if progress else None)[0])
@@ -155,7 +156,7 @@ def train_loop_per_worker(loop_config: dict) -> RunOutcome:
                 if engine.budget.exhausted and progress:
                     done = epoch + engine.state.step_in_epoch / engine.steps_per_epoch
                     print(f"[detr-ray] {engine.budget.spent_message(done)}", flush=True)
-                evaluate_and_report()
+                evaluate_and_report(final=last)
             else:
                 report(None)
     except TrainingStopped as stopped:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from detr_ray.checkpoint import CHECKPOINT_FILE
 from detr_ray.cli import main as cli_main
 from detr_ray.config import ExperimentConfig
 from detr_ray.criterion.loss_keys import DENSE_TERMS, ENC_TERMS, loss_keys
@@ -27,6 +28,7 @@ from detr_ray.tracking.names import CHAMPION_ALIAS
 from detr_ray.train.launcher import run_training
 
 from tests.support.experiments import TINY_DEFORMABLE, tiny_experiment
+from tests.support.registry import digest, registered_checkpoints
 from tests.support.servers import invoke, served_model
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -87,6 +89,11 @@ def test_it_resumes_on_one_worker_where_it_stood_in_the_same_run(runs):
         m.step: m.value for m in client.get_metric_history(resumed.mlflow_run_id, "world_size")
     }
     assert {world[s] for s in range(1, 5)} == {2.0} and {world[s] for s in range(5, 13)} == {1.0}
+    # each run registered its best checkpoint whole (the second run's is its last report's)
+    carried = registered_checkpoints(resumed.tracking_uri, MODEL)
+    assert sorted(carried) == ["1", "2"]
+    for version, (sha, location) in carried.items():
+        assert sha == digest((Path(location) / CHECKPOINT_FILE).read_bytes()), version
 
 
 def test_the_served_model_answers_what_predict_answers(runs, tmp_path):

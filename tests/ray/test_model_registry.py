@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from detr_ray.checkpoint import CHECKPOINT_FILE
 from detr_ray.cli import main as cli_main
 from detr_ray.config import ExperimentConfig
 from detr_ray.tracking.names import CHAMPION_ALIAS as CHAMPION
@@ -26,6 +27,7 @@ from detr_ray.tracking.runs import RunTracker
 from detr_ray.train.launcher import run_training
 
 from tests.support.experiments import tiny_experiment
+from tests.support.registry import digest, registered_checkpoints
 from tests.support.servers import invoke, served_model
 
 MODEL = "shapes-detr"
@@ -40,7 +42,9 @@ def trained(ray_session, tmp_path_factory, make_shapes):
         root / "runs",
         "registered",
         tracking={"register_model": MODEL, "system_metrics_every": 0.5, "log_images": 0},
-        train={"epochs": 2},
+        # evaluated at the end only: the best checkpoint is the run's last, the
+        # one registration reads straight after it is reported
+        train={"epochs": 2, "eval_every": 2},
     )
     outcome = run_training(ExperimentConfig.from_dict(raw))
     return shapes, outcome
@@ -58,6 +62,11 @@ def test_the_best_checkpoint_is_registered_as_the_champion(trained):
     assert run.info.status == "FINISHED"
     # the logged model belongs to the run
     assert champion.run_id == run.info.run_id
+    # it carries the whole best checkpoint (not a copy taken while it was being stored)
+    best = Path(run.data.tags["best_checkpoint"]) / CHECKPOINT_FILE
+    assert best.parent.name == "epoch0002_step0000004"
+    carried = registered_checkpoints(outcome.tracking_uri, MODEL)
+    assert carried == {"1": (digest(best.read_bytes()), str(best.parent))}
 
 
 def test_the_experiment_opens_as_model_development(trained):

@@ -18,7 +18,7 @@ across nodes, and real faults.
 In every case MLflow holds one run whose loss history has no repeated step.
 
 - ``predict --cluster`` over the two nodes, on a few hundred images in a
-  folder and in a bucket: the detections of in-process ``predict``.
+  bucket: the detections of in-process ``predict``.
 """
 
 from __future__ import annotations
@@ -279,8 +279,7 @@ def test_prediction_over_two_nodes_gives_in_process_predictions(
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "predicted 200 image(s)" in done.stdout
 
-    predict(str(images), str(tmp_path / "from-folder"))
-    assert_same_predictions(list(read_records(str(tmp_path / "from-folder"))), expected)
+    # (from a local folder, which only one machine can read, in tests/ray/test_batch_predict.py)
     with s3_server("predict-data") as endpoint:
         options = StorageOptions(endpoint, S3_REGION)
         for path in sorted(images.iterdir()):

@@ -90,63 +90,50 @@ def test_submit_follow_trains_the_shipped_spec_and_logs_to_mlflow(head, tmp_path
     assert "[detr-ray] finished 1 epochs (2 steps)" in logs.stdout
 
 
-def test_rays_own_job_submit_runs_the_same_spec(head, tmp_path):
+def test_rays_own_job_submit_runs_the_spec_and_a_stopped_job_resubmitted_resumes_its_run(
+    head, tmp_path
+):
     storage = tmp_path / "runs"
+    overrides = [
+        "--submission-id",
+        "stop-me",
+        "--set",
+        f"run.storage_path={storage}",
+        "--set",
+        "run.name=stopped",
+        "--set",
+        "data.synthetic.num_train=64",
+        "--set",
+        "data.val_max_images=8",
+        "--set",
+        "train.log_every=1",
+    ]
+    # The spec as a `ray job submit` command, run by Ray's own CLI (which, as
+    # PLATFORM.md says, needs the token: mode and path in the environment): the
+    # demo on fewer images, for minutes, so that it still runs when stopped.
     printed = head.detr(
         "submit",
         "jobs/train_shapes_local.yaml",
         "--print-ray-command",
         "--address",
         head.address,
-        "--submission-id",
-        "via-ray-cli",
+        *overrides,
         "--set",
-        f"run.storage_path={storage}",
-        "--set",
-        "run.name=ray_cli",
-        *TINY,
+        "train.epochs=100",
     )
     assert printed.returncode == 0, printed.stderr
     argv = shlex.split(printed.stdout)
     assert argv[:3] == ["ray", "job", "submit"]
-    # Ray's own CLI, as PLATFORM.md says it needs the token: mode and path in the environment.
     out = head.run(
-        str(BIN / "ray"), *argv[1:], RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(head.token)
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--no-wait",
+        *argv[3:],
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(head.token),
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    status = head.detr("jobs", "status", "via-ray-cli", "--address", head.address)
-    assert status.stdout.startswith("via-ray-cli: SUCCEEDED"), status.stdout + status.stderr
-    _, run = _mlflow_run(storage, "ray_cli")
-    assert run.info.status == "FINISHED"
-
-
-def test_a_stopped_job_ends_its_run_killed_and_the_spec_resubmitted_resumes_it(head, tmp_path):
-    storage = tmp_path / "runs"
-
-    def submit(*overrides: str):
-        return head.detr(
-            "submit",
-            "jobs/train_shapes_local.yaml",
-            "--address",
-            head.address,
-            "--submission-id",
-            "stop-me",
-            "--set",
-            f"run.storage_path={storage}",
-            "--set",
-            "run.name=stopped",
-            "--set",
-            "data.synthetic.num_train=64",
-            "--set",
-            "data.val_max_images=8",
-            "--set",
-            "train.log_every=1",
-            *overrides,
-        )
-
-    # the demo on fewer images, for minutes: it must still run when stopped
-    out = submit("--set", "train.epochs=100")
-    assert out.returncode == 0, out.stderr
     # Past epoch 1's checkpoint (written whole or not at all): watched on disk, not
     # by a `detr-ray jobs logs` process every few seconds (each a second of CPU).
     deadline = time.monotonic() + 180
@@ -163,9 +150,21 @@ def test_a_stopped_job_ends_its_run_killed_and_the_spec_resubmitted_resumes_it(h
     _, run = _mlflow_run(storage, "stopped")
     assert run.info.status == "KILLED"  # its driver said so as it was stopped
 
-    # The same spec again (its id is taken): it runs as stop-me-2 and resumes the
-    # run, here to a shorter end that its checkpoints have already passed.
-    again = submit("--set", "train.epochs=1", "--set", "tracking.register_model=null", "--follow")
+    # The same spec again, through detr-ray (its id is taken): it runs as
+    # stop-me-2 and resumes the run, here to a shorter end that its checkpoints
+    # have already passed.
+    again = head.detr(
+        "submit",
+        "jobs/train_shapes_local.yaml",
+        "--address",
+        head.address,
+        *overrides,
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "tracking.register_model=null",
+        "--follow",
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr
     assert "job stop-me ended STOPPED: submitting it again as stop-me-2" in again.stdout
     assert "resumed at epoch" in again.stdout

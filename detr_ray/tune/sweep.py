@@ -38,6 +38,7 @@ from detr_ray.cluster.resources import (
 from detr_ray.cluster.session import init_ray, set_ray_env_defaults
 from detr_ray.cluster.signals import sigterm_as_sigint
 from detr_ray.config import ExperimentConfig
+from detr_ray.storage import StorageOptions
 from detr_ray.tracking.names import SWEEP_TAG, TRIALS_AT_ONCE_TAG
 from detr_ray.tracking.store import tracking_uri_of
 from detr_ray.train.prepare import prepare_run
@@ -140,7 +141,7 @@ def run_sweep(
                 mode=options.mode,
                 num_samples=options.num_samples,
                 max_concurrent_trials=None if seeded else at_once,
-                scheduler=_scheduler(options, base.train.epochs),
+                scheduler=_scheduler(options, base.train.epochs, sweep_dir, options_storage),
                 search_alg=searcher,
                 trial_dirname_creator=trial_folder,  # the trial's id, as in results.csv
             ),
@@ -194,12 +195,16 @@ def to_tune_space(space: SearchSpace) -> dict:
     return {p.key: makers[p.kind](*p.args) for p in space.params}
 
 
-def _scheduler(options: SweepOptions, max_epochs: int) -> Any:  # ASHAScheduler | None
+def _scheduler(
+    options: SweepOptions, max_epochs: int, sweep_dir: str, storage_options: StorageOptions
+) -> Any:  # ResumableASHA | None
     if options.scheduler == "fifo":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from detr_ray.tune.asha import ResumableASHA
 
-    return ASHAScheduler(
+    return ResumableASHA(
+        sweep_dir,  # its rungs are kept there: a resumed sweep judges against them
+        storage_options,
         # The epoch each report carries, not Tune's iteration count: a trial
         # resumed after an interruption restarts its count but not its epochs.
         time_attr="epoch",

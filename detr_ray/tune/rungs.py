@@ -1,0 +1,64 @@
+"""The rule of asynchronous successive halving (ASHA), as plain data.
+
+One bracket of rungs at ``grace_period * reduction_factor**k`` epochs (below
+``max_t``). A trial that reaches a rung first is recorded there, and stopped
+if its reward is below the rung's cutoff: the ``(1 - 1/reduction_factor)``
+quantile (linear interpolation) of the rewards recorded there before it. A
+reward is the metric, negated when lower is better. This is the rule of Ray
+Tune's ``ASHAScheduler`` with one bracket (Li et al., "A System for Massively
+Parallel Hyperparameter Tuning", 2020); :class:`Rungs` holds its records as
+JSON, so that a resumed sweep judges its trials against the ones it already ran.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+
+def milestones(grace_period: float, max_t: float, reduction_factor: float) -> list[float]:
+    """The rungs' epochs, lowest first: ``grace_period * rf**k`` for ``k`` from 0
+    while it stays within ``max_t`` (Ray's count: ``int(log(max_t/grace)/log(rf)) + 1``)."""
+    count = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
+    return [grace_period * reduction_factor**k for k in range(max(count, 0))]
+
+
+class Rungs:
+    """Rewards recorded at each rung: ``{milestone: {trial_id: reward}}``."""
+
+    def __init__(self, marks: list[float], reduction_factor: float, recorded: dict | None = None):
+        self.reduction_factor = reduction_factor
+        self.recorded: dict[float, dict[str, float]] = {float(m): {} for m in marks}
+        for mark, rewards in (recorded or {}).items():
+            self.recorded.setdefault(float(mark), {}).update(
+                {trial: float(reward) for trial, reward in rewards.items()}
+            )
+
+    def cutoff(self, mark: float) -> float | None:
+        """The reward a trial must reach at rung ``mark`` (None: nothing recorded there)."""
+        rewards = list(self.recorded[mark].values())
+        if not rewards:
+            return None
+        return float(np.nanpercentile(rewards, (1 - 1 / self.reduction_factor) * 100))
+
+    def judge(self, trial_id: str, epoch: float, reward: float) -> bool:
+        """Record ``trial_id``'s ``reward`` at ``epoch`` at the highest rung it has
+        reached and not been recorded at; returns whether it must stop (below
+        that rung's cutoff). A result at a rung it was already judged at changes
+        nothing and continues."""
+        for mark in sorted(self.recorded, reverse=True):
+            if epoch < mark or trial_id in self.recorded[mark]:
+                continue
+            cutoff = self.cutoff(mark)
+            self.recorded[mark][trial_id] = reward
+            return cutoff is not None and reward < cutoff
+        return False
+
+    def to_json(self) -> str:
+        return json.dumps({str(m): r for m, r in sorted(self.recorded.items())}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, marks: list[float], reduction_factor: float) -> Rungs:
+        return cls(marks, reduction_factor, json.loads(text))

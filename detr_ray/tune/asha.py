@@ -40,6 +40,7 @@ class ResumableASHA(FIFOScheduler):
         self._options = options
         self._time_attr, self._max_t, self._rf = time_attr, max_t, reduction_factor
         self._marks = milestones(grace_period, max_t, reduction_factor)
+        self._metric: str | None = None  # set by Tune (set_search_properties)
         self._mode: str | None = None
         self._rungs: Rungs | None = None  # read on first use: after a restore too
 

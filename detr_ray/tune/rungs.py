@@ -1,6 +1,6 @@
 """The rule of asynchronous successive halving (ASHA), as plain data.
 
-One bracket of rungs at ``grace_period * reduction_factor**k`` epochs (below
+One bracket of rungs at ``grace_period * reduction_factor**k`` epochs (up to
 ``max_t``). A trial that reaches a rung first is recorded there, and stopped
 if its reward is below the rung's cutoff: the ``(1 - 1/reduction_factor)``
 quantile (linear interpolation) of the rewards recorded there before it. A

@@ -17,9 +17,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from detr_ray import storage
 from detr_ray.storage import StorageOptions
-from detr_ray.tune.rungs import Rungs, milestones
-
-RUNGS_FILE = "asha_rungs.json"
+from detr_ray.tune.rungs import RUNGS_FILE, Rungs, milestones, read_rungs
 
 
 class ResumableASHA(FIFOScheduler):
@@ -75,17 +73,14 @@ class ResumableASHA(FIFOScheduler):
         rungs = self._loaded()
         value = float(result[self._metric])
         reward = value if self._mode == "max" else -value
-        before = rungs.to_json()
         stop = rungs.judge(trial_id, float(result[self._time_attr]), reward)
-        if rungs.to_json() != before:
-            storage.write_bytes(self._path, rungs.to_json().encode(), self._options)
+        if stop is None:  # no rung reached: nothing recorded
+            return False
+        storage.write_bytes(self._path, rungs.to_json().encode(), self._options)
         return stop
 
     def _loaded(self) -> Rungs:
         if self._rungs is None:
-            if storage.kind(self._path, self._options) == "file":
-                text = storage.read_bytes(self._path, self._options).decode()
-                self._rungs = Rungs.from_json(text, self._marks, self._rf)
-            else:
-                self._rungs = Rungs(self._marks, self._rf)
+            kept = read_rungs(self._path, self._options, self._marks, self._rf)
+            self._rungs = kept or Rungs(self._marks, self._rf)
         return self._rungs

@@ -28,8 +28,8 @@ from detr_ray.config import load_config
 from detr_ray.criterion.loss_keys import loss_keys
 from detr_ray.data.synthetic import generate
 from detr_ray.train.prepare import prepare_run
-from detr_ray.tune.asha import RUNGS_FILE
 from detr_ray.tune.options import SweepOptions
+from detr_ray.tune.rungs import RUNGS_FILE
 from detr_ray.tune.space import load_space
 from detr_ray.tune.sweep import run_sweep
 
@@ -207,5 +207,12 @@ def test_resuming_a_missing_sweep_or_reusing_a_name_is_an_error(tmp_path):
     (tmp_path / "runs" / "sweeps" / "taken").mkdir(parents=True)
     with pytest.raises(ConfigError, match="already exists .* add --resume"):
         run_sweep(base, space, SweepOptions(name="taken"))
+    # a resumed sweep whose kept ASHA rungs were cut short: named, before Tune starts
+    damaged = tmp_path / "runs" / "sweeps" / "damaged"
+    damaged.mkdir(parents=True)
+    (damaged / "tuner.pkl").write_bytes(b"")
+    (damaged / RUNGS_FILE).write_text('{"1.0": {"a": ')
+    with pytest.raises(ConfigError, match=rf"damaged/{RUNGS_FILE}: ASHA's records .* delete"):
+        run_sweep(base, space, SweepOptions(name="damaged", resume=True))
     with pytest.raises(ConfigError, match="--metric must be one of"):
         SweepOptions(name="x", metric="AP")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from detr_ray.storage import StorageOptions
-from detr_ray.tune.rungs import Rungs, milestones
+from detr_ray.tune.rungs import RUNGS_FILE, Rungs, milestones
 
 
 def test_the_rungs_are_at_grace_times_powers_of_the_reduction_factor_within_max_t():
@@ -26,7 +26,7 @@ def test_a_trial_below_the_cutoff_of_the_rewards_recorded_before_it_stops():
     assert rungs.judge("c", 1, 1.0) is True  # 1 < 3
     assert rungs.cutoff(1) == pytest.approx(2.0)  # median of [1, 2, 4]
     # between rungs, or at a rung already judged: nothing recorded, it goes on
-    assert rungs.judge("b", 1.5, -100.0) is False
+    assert rungs.judge("b", 1.5, -100.0) is None
     assert rungs.recorded[1.0] == {"a": 2.0, "b": 4.0, "c": 1.0}
     # the next rung has its own records
     assert rungs.judge("b", 2, 5.0) is False
@@ -60,7 +60,7 @@ class _Trial:  # what the scheduler reads of Tune's trial
 def test_a_restored_scheduler_judges_new_trials_against_the_rungs_it_recorded(tmp_path):
     from ray.tune.schedulers import TrialScheduler
 
-    from detr_ray.tune.asha import RUNGS_FILE, ResumableASHA
+    from detr_ray.tune.asha import ResumableASHA
 
     def scheduler() -> ResumableASHA:
         made = ResumableASHA(str(tmp_path), StorageOptions(), max_t=3, grace_period=1,
@@ -85,3 +85,15 @@ def test_a_restored_scheduler_judges_new_trials_against_the_rungs_it_recorded(tm
     assert resumed.on_trial_result(None, _Trial("d"), {"epoch": 1}) == "CONTINUE"
     assert resumed.set_search_properties("loss", "min")  # a restore passes them again
     assert not resumed.set_search_properties("val/AP", "max")
+
+
+def test_damaged_records_are_an_error_naming_the_file(tmp_path):
+    from detr_ray.errors import ConfigError
+    from detr_ray.tune.asha import ResumableASHA
+
+    (tmp_path / RUNGS_FILE).write_text('{"1.0": {"a": -1.0')  # cut short by a kill
+    scheduler = ResumableASHA(str(tmp_path), StorageOptions(), max_t=3, grace_period=1,
+                              reduction_factor=2)  # fmt: skip
+    scheduler.set_search_properties("loss", "min")
+    with pytest.raises(ConfigError, match=rf"{RUNGS_FILE}: ASHA's records .* delete the file"):
+        scheduler.on_trial_result(None, _Trial("a"), {"epoch": 1, "loss": 1.0})

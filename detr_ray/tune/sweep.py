@@ -177,8 +177,8 @@ def _remove_leftovers(groups_before: set[str]) -> None:
         return
     if removed:
         print(
-            f"[detr-ray] removed {removed} placement group(s) that stopped trials left "
-            "behind (Tune stopped them while Ray Train was starting their workers)",
+            f"[detr-ray] removed {removed} placement group(s) that the Train runs of "
+            "stopped trials left behind",
             flush=True,
         )
 

@@ -8,6 +8,7 @@ holds it.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -58,35 +59,54 @@ def test_the_guard_names_and_removes_a_leaked_placement_group():
     leaked = placement_group([{"CPU": 1}], name="leaked-by-the-test")
     ray.get(leaked.ready(), timeout=30)
     left = left_behind(settle_s=1)
+    job = ray.get_runtime_context().get_job_id()
+    assert left is not None
     assert (
-        left is not None and "1 placement group(s) behind ['leaked-by-the-test (CREATED)']" in left
+        f"1 placement group(s) behind ['leaked-by-the-test (CREATED, job {job}, this driver)']"
+        in left
     )
     total = ray.cluster_resources()["CPU"]
     assert f"{total - 1:g} of {total:g} CPUs free" in left
     assert left_behind(settle_s=10) is None  # removed: the next test finds the cluster whole
 
 
-def test_a_sweep_removes_only_the_groups_its_own_job_made_since_it_began():
-    from detr_ray.tune.leftovers import remove_groups_left_since, this_jobs_groups
+@ray.remote(num_cpus=0)
+class TrainController:
+    """Plays Ray Train's controller inside a stopped trial (Ray names an actor's
+    class by its qualified name: this one is at the module's top, as Ray's is)."""
 
+    def start_workers(self) -> str:
+        return placement_group([{"CPU": 1}]).id.hex()
+
+
+def test_a_sweep_removes_only_the_groups_its_own_job_made_since_it_began_once_its_controllers_end():
+    from ray.train.v2._internal.execution.controller import TrainController as RaysController
+
+    from detr_ray.tune.leftovers import CONTROLLER_CLASS, remove_groups_left_since, this_jobs_groups
+
+    assert RaysController.__name__ == CONTROLLER_CLASS  # the actors the removal waits for
     kept = placement_group([{"CPU": 0.5}], name="there-before-the-sweep")
     ray.get(kept.ready(), timeout=30)
     before = this_jobs_groups()
     assert kept.id.hex() in before
 
-    @ray.remote(num_cpus=0)
-    class Controller:  # plays Ray Train's controller inside a stopped trial
-        def start_workers(self) -> str:
-            return placement_group([{"CPU": 1}]).id.hex()
-
-    controller = Controller.remote()
-    made = ray.get(controller.start_workers.remote())
-    ray.kill(controller)
-    assert made in this_jobs_groups()  # the actor died; the job's group stays
-
+    controller = TrainController.remote()
     try:
+        # A controller that outlives the wait (1 s here): its group goes all the same.
+        ray.get(controller.start_workers.remote())
+        started = time.monotonic()
+        assert remove_groups_left_since(before, controllers_timeout_s=1) == 1
+        assert time.monotonic() - started >= 1.0
+        # A dying controller (killed 3 s from now): its group is removed only once it is dead,
+        # else a live one would start new workers in a new group.
+        made = ray.get(controller.start_workers.remote())
+        assert made in this_jobs_groups()
+        threading.Timer(3.0, ray.kill, args=(controller,)).start()
+        started = time.monotonic()
         assert remove_groups_left_since(before) == 1
+        assert time.monotonic() - started >= 3.0
         assert this_jobs_groups() == before  # the older group is not the sweep's to remove
     finally:
+        ray.kill(controller)
         remove_placement_group(kept)
     assert left_behind(settle_s=10) is None

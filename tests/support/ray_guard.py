@@ -30,8 +30,19 @@ def left_behind(settle_s: float) -> str | None:
     for group in groups:
         group_id = ray.PlacementGroupID(bytes.fromhex(group["placement_group_id"]))
         remove_placement_group(PlacementGroup(group_id))
-    shown = [f"{g['name'] or g['placement_group_id'][:12]} ({g['state']})" for g in groups]
+    job = ray.get_runtime_context().get_job_id()
+    shown = [
+        f"{g['name'] or g['placement_group_id'][:12]} ({g['state']}, "
+        f"job {_creator(g['placement_group_id'], job)})"
+        for g in groups
+    ]
     return (
         f"left {len(groups)} placement group(s) behind {shown}; {free:g} of {total:g} CPUs "
         f"free {settle_s:g} s after it ended"
     )
+
+
+def _creator(group_id: str, this_job: str) -> str:
+    """The job that created a group (its id ends with the job's id)."""
+    creator = group_id[-len(this_job) :]
+    return f"{creator}, this driver" if creator == this_job else creator

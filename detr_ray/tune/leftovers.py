@@ -17,15 +17,32 @@ Order matters. A stopped trial's controller dies shortly *after* ``Tuner.fit``
 returns (Ray kills it when its trial's actor is gone). Removing its group while
 it still lives kills its workers, and the controller, seeing workers die,
 starts new ones in a *new* group (``run.max_failures``) that nothing removes.
-So the removal waits for this job's controllers to end first.
+So the removal waits for the controllers that began during the sweep to end
+first. (Not for older ones: the controller of a Train run this driver ran
+itself stays alive, idle, until its next run, held by the SIGINT handler Ray
+Train's ``fit`` installs.)
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 # The class name of Ray Train's controller actor, one per Train run (Ray 2.60).
 CONTROLLER_CLASS = "TrainController"
+
+
+@dataclass(frozen=True)
+class Stock:
+    """What this job had on the cluster at one moment (hex ids)."""
+
+    groups: frozenset[str]  # placement groups not removed
+    controllers: frozenset[str]  # Ray Train controllers not dead
+
+
+def take_stock() -> Stock:
+    """This job's placement groups and live Train controllers, now."""
+    return Stock(frozenset(this_jobs_groups()), frozenset(live_controllers() or ()))
 
 
 def this_jobs_groups() -> set[str]:
@@ -41,10 +58,9 @@ def this_jobs_groups() -> set[str]:
     }
 
 
-def wait_for_controllers(timeout_s: float) -> bool:
-    """Wait until no Ray Train controller of this job is alive; ``True`` if
-    none is, ``False`` if one still was after ``timeout_s`` (or Ray's State
-    API, which answers this, did not)."""
+def live_controllers() -> set[str] | None:
+    """Actor ids of this job's Ray Train controllers that are not dead; ``None``
+    if Ray's State API (which answers this) does not."""
     import ray
     from ray.util.state import list_actors
 
@@ -54,29 +70,37 @@ def wait_for_controllers(timeout_s: float) -> bool:
         ("class_name", "=", CONTROLLER_CLASS),
         ("state", "!=", "DEAD"),
     ]
+    try:
+        return {a.actor_id for a in list_actors(address=context.gcs_address, filters=filters)}
+    except Exception:  # noqa: BLE001 (a cluster without its dashboard)
+        return None
+
+
+def wait_for_controllers(older: frozenset[str], timeout_s: float) -> bool:
+    """Wait until every live Train controller of this job is one of ``older``;
+    ``True`` once so, ``False`` after ``timeout_s`` (or without a State API)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        try:
-            alive = list_actors(address=context.gcs_address, filters=filters)
-        except Exception:  # noqa: BLE001 (no State API on this cluster: nothing to wait on)
+        alive = live_controllers()
+        if alive is None:
             return False
-        if not alive:
+        if alive <= older:
             return True
         if time.monotonic() > deadline:
             return False
         time.sleep(0.25)
 
 
-def remove_groups_left_since(before: set[str], controllers_timeout_s: float = 60.0) -> int:
-    """Once this job's Train controllers have ended (at most
-    ``controllers_timeout_s``), remove this job's groups that were created
-    after ``before`` was taken; returns how many were removed."""
+def remove_groups_left_since(before: Stock, controllers_timeout_s: float = 60.0) -> int:
+    """Once the Train controllers started since ``before`` have ended (at most
+    ``controllers_timeout_s``), remove this job's groups made since ``before``;
+    returns how many were removed."""
     import ray
     from ray.util import remove_placement_group
     from ray.util.placement_group import PlacementGroup
 
-    wait_for_controllers(controllers_timeout_s)
-    left = this_jobs_groups() - before
+    wait_for_controllers(before.controllers, controllers_timeout_s)
+    left = this_jobs_groups() - before.groups
     for group_id in left:
         remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group_id)))
     return len(left)

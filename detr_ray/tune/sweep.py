@@ -42,7 +42,7 @@ from detr_ray.storage import StorageOptions
 from detr_ray.tracking.names import SWEEP_TAG, TRIALS_AT_ONCE_TAG
 from detr_ray.tracking.store import tracking_uri_of
 from detr_ray.train.prepare import prepare_run
-from detr_ray.tune.leftovers import remove_groups_left_since, this_jobs_groups
+from detr_ray.tune.leftovers import Stock, remove_groups_left_since, take_stock
 from detr_ray.tune.options import SweepOptions, check_search
 from detr_ray.tune.results import SweepOutcome, finish_sweep
 from detr_ray.tune.resume import check_resume, check_resumed_concurrency, record_concurrency
@@ -157,7 +157,7 @@ def run_sweep(
             ),
         )
         record_concurrency(sweep_dir, at_once, options_storage)
-    groups_before = this_jobs_groups()
+    before = take_stock()
     try:
         with sigterm_as_sigint():  # Tune stops its trials and saves the sweep's state
             grid = tuner.fit()
@@ -165,14 +165,14 @@ def run_sweep(
         parent.finish("FAILED")
         raise
     finally:
-        _remove_leftovers(groups_before)
+        _remove_leftovers(before)
     return finish_sweep(grid, base, space, options, sweep_dir, parent, why)
 
 
-def _remove_leftovers(groups_before: set[str]) -> None:
+def _remove_leftovers(before: Stock) -> None:
     """Remove what stopped trials left on this job (:mod:`detr_ray.tune.leftovers`)."""
     try:
-        removed = remove_groups_left_since(groups_before)
+        removed = remove_groups_left_since(before)
     except Exception:  # Ray itself is gone (the error that ended fit says why): so are its groups
         return
     if removed:

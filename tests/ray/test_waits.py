@@ -15,6 +15,7 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 from ray.util import placement_group, remove_placement_group
+from ray.util.placement_group import PlacementGroup
 
 from detr_ray.config import ExperimentConfig
 from detr_ray.errors import ClusterError
@@ -82,13 +83,14 @@ class TrainController:
 def test_a_sweep_removes_only_the_groups_its_own_job_made_since_it_began_once_its_controllers_end():
     from ray.train.v2._internal.execution.controller import TrainController as RaysController
 
-    from detr_ray.tune.leftovers import CONTROLLER_CLASS, remove_groups_left_since, this_jobs_groups
+    from detr_ray.tune.leftovers import CONTROLLER_CLASS, remove_groups_left_since, take_stock
 
     assert RaysController.__name__ == CONTROLLER_CLASS  # the actors the removal waits for
-    kept = placement_group([{"CPU": 0.5}], name="there-before-the-sweep")
-    ray.get(kept.ready(), timeout=30)
-    before = this_jobs_groups()
-    assert kept.id.hex() in before
+    # An earlier run's controller, idle and alive, with a group: not the sweep's.
+    idle = TrainController.remote()
+    kept = ray.get(idle.start_workers.remote())
+    before = take_stock()
+    assert kept in before.groups and len(before.controllers) >= 1
 
     controller = TrainController.remote()
     try:
@@ -97,16 +99,18 @@ def test_a_sweep_removes_only_the_groups_its_own_job_made_since_it_began_once_it
         started = time.monotonic()
         assert remove_groups_left_since(before, controllers_timeout_s=1) == 1
         assert time.monotonic() - started >= 1.0
-        # A dying controller (killed 3 s from now): its group is removed only once it is dead,
-        # else a live one would start new workers in a new group.
+        # A dying controller (killed 3 s from now): its group is removed only once it is
+        # dead, else a live one would start new workers in a new group. The idle one,
+        # alive throughout, is not waited for (the wait's limit is 60 s).
         made = ray.get(controller.start_workers.remote())
-        assert made in this_jobs_groups()
+        assert made in take_stock().groups
         threading.Timer(3.0, ray.kill, args=(controller,)).start()
         started = time.monotonic()
         assert remove_groups_left_since(before) == 1
-        assert time.monotonic() - started >= 3.0
-        assert this_jobs_groups() == before  # the older group is not the sweep's to remove
+        assert 3.0 <= time.monotonic() - started < 30
+        assert take_stock().groups == before.groups  # the older group is not the sweep's
     finally:
-        ray.kill(controller)
-        remove_placement_group(kept)
+        for actor in (controller, idle):
+            ray.kill(actor)
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(kept)))
     assert left_behind(settle_s=10) is None

@@ -22,7 +22,7 @@ from detr_ray.cluster.address import is_local
 from detr_ray.cluster.local import ClusterChoice, choose_cluster
 from detr_ray.cluster.resources import WorkerNeed
 from detr_ray.cluster.session import RAY_ENV_DEFAULTS, init_ray, set_ray_env_defaults
-from detr_ray.cluster.signals import sigterm_as_interrupt
+from detr_ray.cluster.signals import sigint_kept, sigterm_as_interrupt
 from detr_ray.cluster.waiting import wait_for_workers
 from detr_ray.config import ExperimentConfig
 from detr_ray.errors import ClusterError, TrainingStopped, error_kind
@@ -102,7 +102,8 @@ def launch(
     try:
         # a command's driver: never a silent wait for workers
         can_grow = cluster is not None and not init_ray(cluster)
-        with sigterm_as_interrupt():  # after ray.init: it installs a SIGTERM handler of its own
+        # after ray.init: it installs a SIGTERM handler of its own
+        with sigterm_as_interrupt(), sigint_kept():
             if cluster is not None:
                 wait_for_workers(WorkerNeed.of(scaling), can_grow, scaling.start_timeout_s)
             annotations = ray.put(prepared.annotations) if prepared.annotations else None

@@ -18,9 +18,10 @@ returns (Ray kills it when its trial's actor is gone). Removing its group while
 it still lives kills its workers, and the controller, seeing workers die,
 starts new ones in a *new* group (``run.max_failures``) that nothing removes.
 So the removal waits for the controllers that began during the sweep to end
-first. (Not for older ones: the controller of a Train run this driver ran
-itself stays alive, idle, until its next run, held by the SIGINT handler Ray
-Train's ``fit`` installs.)
+first. (Not for older ones: a Train run this driver ran itself through Ray
+Train's own ``fit`` leaves its controller alive and idle, held by the SIGINT
+handler ``fit`` installs; detr-ray's launcher puts the driver's handler back,
+:class:`~detr_ray.cluster.signals.sigint_kept`.)
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -11,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from detr_ray.cli import main as cli_main
 from detr_ray.config import ExperimentConfig
 from detr_ray.train.launcher import run_training
+from detr_ray.tune.leftovers import live_controllers
 
 from tests.support.quirky_coco import IMAGES, write_quirky_coco
 
@@ -40,8 +43,16 @@ def test_train_eval_and_predict_on_the_quirky_set(quirky, tmp_path, capsys):
             "tracking": {"log_images": 1},
         }
     )
+    ours = signal.getsignal(signal.SIGINT)
     outcome = run_training(config)
     assert outcome.status == "completed" and outcome.global_step == 3
+    # Ctrl-C is the driver's again (Ray Train's fit installs a handler of its own),
+    # and the run's controller, no longer held by that handler, ends
+    assert signal.getsignal(signal.SIGINT) is ours
+    deadline = time.monotonic() + 30
+    while live_controllers():
+        assert time.monotonic() < deadline, "the finished run's Train controller lives on"
+        time.sleep(0.5)
     client = MlflowClient(outcome.tracking_uri)
     run = client.get_run(outcome.mlflow_run_id)
     assert {"val/AP/5___", "val/AP/17___", "val/AP/42_circle"} <= set(run.data.metrics)

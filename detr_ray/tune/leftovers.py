@@ -72,7 +72,8 @@ def live_controllers() -> set[str] | None:
         ("state", "!=", "DEAD"),
     ]
     try:
-        return {a.actor_id for a in list_actors(address=context.gcs_address, filters=filters)}
+        found = list_actors(address=context.gcs_address, filters=filters, timeout=10)
+        return {a.actor_id for a in found}
     except Exception:  # noqa: BLE001 (a cluster without its dashboard)
         return None
 

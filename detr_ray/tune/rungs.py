@@ -87,3 +87,10 @@ def read_rungs(
             f"({e}); delete the file to resume without them (the trials finished before "
             "are then not compared with the ones to run)"
         ) from None
+
+
+def check_rungs(sweep_dir: str, options: StorageOptions) -> None:
+    """Refuse a damaged rungs file in ``sweep_dir`` now, before Tune starts (a
+    resumed sweep's ASHA reads it at its first decision); only its form is
+    checked, so any rung layout will do."""
+    read_rungs(storage.join(sweep_dir, RUNGS_FILE), options, marks=[], reduction_factor=2.0)

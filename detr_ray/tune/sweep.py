@@ -46,7 +46,7 @@ from detr_ray.tune.leftovers import Stock, remove_groups_left_since, take_stock
 from detr_ray.tune.options import SweepOptions, check_search
 from detr_ray.tune.results import SweepOutcome, finish_sweep
 from detr_ray.tune.resume import check_resume, check_resumed_concurrency, record_concurrency
-from detr_ray.tune.rungs import RUNGS_FILE, read_rungs
+from detr_ray.tune.rungs import check_rungs
 from detr_ray.tune.space import SearchSpace
 from detr_ray.tune.trial import run_trial, trial_folder
 
@@ -70,8 +70,8 @@ def run_sweep(
     options_storage = base.run.storage
     sweep_dir = storage.join(base.run.storage_path, "sweeps", options.name)
     check_resume(sweep_dir, options.resume, options_storage)
-    if options.resume:  # the restored ASHA reads its kept rungs: a damaged file is said now
-        read_rungs(storage.join(sweep_dir, RUNGS_FILE), options_storage, [], 2.0)
+    if options.resume:
+        check_rungs(sweep_dir, options_storage)
 
     set_ray_env_defaults()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's trial table (CLIReporter)

@@ -84,6 +84,7 @@ def evaluate_on_cluster(
     options: StorageOptions = DEFAULT_OPTIONS,
     eval_backend: str = "auto",
     raw_ground_truth: bool = False,
+    class_agnostic: bool = False,
 ) -> tuple[dict[str, float], str]:
     """``eval --checkpoint --cluster``: every image of the set through the pipeline,
     scored as :func:`~detr_ray.evaluation.predict.evaluate_checkpoint` scores
@@ -121,7 +122,13 @@ def evaluate_on_cluster(
     else:
         ground_truth, note = dataset.coco, dataset.ground_truth_note
     image_ids = sorted(image_of.values())
-    metrics, summary = evaluate(ground_truth, results, image_ids=image_ids, backend=eval_backend)
+    metrics, summary = evaluate(
+        ground_truth,
+        results,
+        image_ids=image_ids,
+        backend=eval_backend,
+        class_agnostic=class_agnostic,
+    )
     return metrics, f"Evaluation (Ray Data, {len(image_ids)} images) {note}\n{summary}"
 
 

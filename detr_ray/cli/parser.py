@@ -270,6 +270,12 @@ def _evaluation(commands: Any, command: Any) -> None:
         help="score against the annotation file as it is (pycocotools' numbers); by default "
         "against its boxes as training uses them: clipped to their image, invalid ones dropped",
     )
+    evaluate.add_argument(
+        "--class-agnostic",
+        action="store_true",
+        help="also score the boxes with the classes ignored (agnostic/AP ...): AP near 0 "
+        "beside a higher agnostic AP means the objects are found but misnamed",
+    )
     evaluate.add_argument("--json", action="store_true", help="print the metric dict as JSON")
     eval_cluster = evaluate.add_argument_group("over a Ray cluster (Ray Data), with --checkpoint")
     eval_cluster.add_argument(

@@ -157,7 +157,11 @@ def run_eval(args: argparse.Namespace) -> int:
         metrics, summary = _evaluate_on_cluster(args)
     elif args.results:
         metrics, summary = evaluate_results_file(
-            args.ann, args.results, args.eval_backend, args.raw_ground_truth
+            args.ann,
+            args.results,
+            args.eval_backend,
+            args.raw_ground_truth,
+            class_agnostic=args.class_agnostic,
         )
     else:
         if not args.images:
@@ -178,6 +182,7 @@ def run_eval(args: argparse.Namespace) -> int:
             on_bad_image=args.on_bad_image,
             eval_backend=args.eval_backend,
             raw_ground_truth=args.raw_ground_truth,
+            class_agnostic=args.class_agnostic,
         )
     if args.json:
         print(json.dumps({k: None if math.isnan(v) else v for k, v in metrics.items()}, indent=2))
@@ -229,6 +234,7 @@ def _evaluate_on_cluster(args: argparse.Namespace) -> tuple[dict[str, float], st
         _storage_options(args),
         eval_backend=args.eval_backend,
         raw_ground_truth=args.raw_ground_truth,
+        class_agnostic=args.class_agnostic,
     )
 
 

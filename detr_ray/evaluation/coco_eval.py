@@ -111,6 +111,7 @@ def evaluate(
     results: Sequence[Mapping],
     image_ids: Iterable[int] | None = None,
     backend: str = "auto",
+    class_agnostic: bool = False,
 ) -> tuple[dict[str, float], str]:
     """Score COCO box results against ground truth.
 
@@ -119,6 +120,11 @@ def evaluate(
         results: COCO result dicts (``image_id``, ``category_id``, ``bbox``, ``score``).
         image_ids: evaluate only these images (default: every image in ``coco_gt``).
         backend: one of :data:`EVAL_BACKENDS` (see the module docstring).
+        class_agnostic: also score the boxes with the classes ignored (COCOeval's
+            ``useCats=0``: a detection may match an object of any class), under
+            ``agnostic/AP``, ``agnostic/AP50``, ... and a second summary table.
+            Near-zero AP beside a clearly higher agnostic AP says the model finds
+            the objects but names them wrongly; both near zero, that it finds none.
 
     Returns:
         ``(metrics, summary)``: the metric dict described in the module
@@ -127,15 +133,7 @@ def evaluate(
     _check_results(coco_gt, results)
     coco_dt = _load_results(coco_gt, results)
     evaluator_class = cocoeval_class(backend)
-    # faster-coco-eval reports through logging, not stdout: keep it quiet too
-    quiet = {} if evaluator_class is COCOeval else {"print_function": lambda *_, **__: None}
-    evaluator = evaluator_class(coco_gt, coco_dt, iouType="bbox", **quiet)
-    if image_ids is not None:
-        evaluator.params.imgIds = sorted(set(int(i) for i in image_ids))
-    with contextlib.redirect_stdout(io.StringIO()):
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
+    evaluator = _scored(evaluator_class, coco_gt, coco_dt, image_ids, use_categories=True)
     metrics = {name: _undefined_to_nan(v) for name, v in zip(COCO_METRICS, evaluator.stats)}
     label_map = LabelMap.from_categories(coco_gt.dataset["categories"])
     precision = evaluator.eval["precision"]  # (IoU thresholds, recall, K, area, max dets)
@@ -145,7 +143,32 @@ def evaluate(
         label = label_map.label_of(category_id)
         value = float(defined.mean()) if defined.size else math.nan
         metrics[f"AP/{category_id}_{label_map.metric_name(label)}"] = value
-    return metrics, _summary_table(evaluator.stats)
+    summary = _summary_table(evaluator.stats)
+    if class_agnostic:
+        agnostic = _scored(evaluator_class, coco_gt, coco_dt, image_ids, use_categories=False)
+        for name, value in zip(COCO_METRICS, agnostic.stats):
+            metrics[f"agnostic/{name}"] = _undefined_to_nan(value)
+        summary += (
+            "\nClasses ignored (a detection may match an object of any class):\n"
+            + _summary_table(agnostic.stats)
+        )
+    return metrics, summary
+
+
+def _scored(evaluator_class: type, coco_gt: COCO, coco_dt: COCO, image_ids, use_categories: bool):
+    """A COCOeval (of ``evaluator_class``) that has evaluated, accumulated and
+    summarised, quietly; ``use_categories=False`` ignores the classes."""
+    # faster-coco-eval reports through logging, not stdout: keep it quiet too
+    quiet = {} if evaluator_class is COCOeval else {"print_function": lambda *_, **__: None}
+    evaluator = evaluator_class(coco_gt, coco_dt, iouType="bbox", **quiet)
+    if image_ids is not None:
+        evaluator.params.imgIds = sorted(set(int(i) for i in image_ids))
+    evaluator.params.useCats = int(use_categories)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
 
 
 def evaluate_results_file(
@@ -153,6 +176,7 @@ def evaluate_results_file(
     results_file: str | os.PathLike,
     backend: str = "auto",
     raw_ground_truth: bool = False,
+    class_agnostic: bool = False,
 ) -> tuple[dict[str, float], str]:
     """Score an existing COCO results JSON (a list of result dicts) against the
     annotation file's cleaned ground truth (:mod:`detr_ray.data.ground_truth`),
@@ -181,7 +205,9 @@ def evaluate_results_file(
     if not isinstance(results, list):
         raise DataError(f"results file {path} must hold a JSON list of detections")
     try:
-        metrics, summary = evaluate(coco_gt, results, backend=backend)
+        metrics, summary = evaluate(
+            coco_gt, results, backend=backend, class_agnostic=class_agnostic
+        )
     except DataError as e:
         raise DataError(f"results file {path}: {e}") from None
     return metrics, f"{note}\n{summary}"

@@ -41,9 +41,10 @@ def evaluate_checkpoint(
     num_workers: int = 0,
     eval_backend: str = "auto",
     raw_ground_truth: bool = False,
+    class_agnostic: bool = False,
 ) -> tuple[dict[str, float], str]:
     """COCO box metrics of a checkpoint on a dataset (see
-    :func:`detr_ray.evaluation.coco_eval.evaluate`).
+    :func:`detr_ray.evaluation.coco_eval.evaluate`, ``class_agnostic`` included).
 
     The summary says what was scored: the dataset's cleaned ground truth over
     the images that were run (see :class:`~detr_ray.data.coco.CocoDetection`),
@@ -75,7 +76,13 @@ def evaluate_checkpoint(
     else:
         ground_truth = dataset.coco
         note = dataset.ground_truth_note
-    metrics, summary = evaluate(ground_truth, results, image_ids=image_ids, backend=eval_backend)
+    metrics, summary = evaluate(
+        ground_truth,
+        results,
+        image_ids=image_ids,
+        backend=eval_backend,
+        class_agnostic=class_agnostic,
+    )
     note += f"; {skipped} unreadable images skipped" if skipped else ""
     return metrics, f"Evaluation {note}\n{summary}"
 

@@ -82,6 +82,57 @@ def test_wrong_labels_score_zero(shapes):
     _, coco = shapes
     metrics, _ = evaluate(coco, _gt_as_results(coco, lambda c: c % 3 + 1))  # every label wrong
     assert metrics["AP"] == 0.0 and metrics["AP50"] == 0.0
+    assert not any(key.startswith("agnostic/") for key in metrics)  # only when asked
+    # the classes ignored, every box is right
+    metrics, summary = evaluate(
+        coco, _gt_as_results(coco, lambda c: c % 3 + 1), class_agnostic=True
+    )
+    assert metrics["AP"] == 0.0
+    assert metrics["agnostic/AP"] == pytest.approx(1.0)
+    assert metrics["agnostic/AR100"] == pytest.approx(1.0)
+    assert "Classes ignored" in summary
+
+
+def test_class_agnostic_ap_of_a_worked_example(tmp_path, capsys):
+    # One image, a cat at the left and a dog at the right; two detections, exactly
+    # on the boxes, both called "dog": the cat's (score 0.9) and the dog's (0.8).
+    # By hand, at every IoU threshold: class cat has no detection: AP 0; class
+    # dog ranks a false positive (0.9) before its true one (0.8): precision 1/2
+    # at recall 1, so COCO's interpolated precision is 1/2 at every recall point:
+    # AP 0.5; the mean over the two classes: 0.25. Classes ignored, both
+    # detections are true positives in score order: AP 1.
+    cat, dog = [10, 10, 30, 30], [60, 10, 30, 30]  # x, y, w, h: small (900 px^2 < 32^2)
+    ground_truth = {
+        "images": [{"id": 1, "width": 100, "height": 60, "file_name": "a.png"}],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+        "annotations": [
+            {"id": i + 1, "image_id": 1, "category_id": i + 1, "bbox": box, "area": 900,
+             "iscrowd": 0}
+            for i, box in enumerate([cat, dog])
+        ],
+    }  # fmt: skip
+    results = [
+        {"image_id": 1, "category_id": 2, "bbox": cat, "score": 0.9},
+        {"image_id": 1, "category_id": 2, "bbox": dog, "score": 0.8},
+    ]
+    for backend in ("pycocotools", "faster-coco-eval"):
+        metrics, _ = evaluate(
+            coco_from_dict(ground_truth), results, backend=backend, class_agnostic=True
+        )
+        assert metrics["AP/1_cat"] == 0.0 and metrics["AP/2_dog"] == pytest.approx(0.5)
+        assert metrics["AP"] == pytest.approx(0.25) and metrics["AP50"] == pytest.approx(0.25)
+        assert metrics["agnostic/AP"] == pytest.approx(1.0)
+        assert metrics["agnostic/AP50"] == pytest.approx(1.0)
+        assert metrics["agnostic/APs"] == pytest.approx(1.0) and math.isnan(
+            metrics["agnostic/APm"]
+        )  # no medium object: undefined
+    # the same through the command line, as JSON
+    (tmp_path / "gt.json").write_text(json.dumps(ground_truth))
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    argv = ["eval", "--ann", str(tmp_path / "gt.json"), "--results", str(tmp_path / "results.json")]
+    assert cli_main([*argv, "--class-agnostic", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["AP50"] == pytest.approx(0.25) and printed["agnostic/AP50"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
@@ -164,8 +215,12 @@ def test_the_faster_backend_gives_every_metric_of_pycocotools():
     coco, results = _crowded_set()
     subset = list(range(1, 121, 2))
     for image_ids in (None, subset):
-        reference, table = evaluate(coco, results, image_ids, backend="pycocotools")
-        faster, faster_table = evaluate(coco, results, image_ids, backend="faster-coco-eval")
+        reference, table = evaluate(
+            coco, results, image_ids, backend="pycocotools", class_agnostic=True
+        )
+        faster, faster_table = evaluate(
+            coco, results, image_ids, backend="faster-coco-eval", class_agnostic=True
+        )
         assert faster.keys() == reference.keys()
         assert len([k for k in reference if k.startswith("AP/")]) == 7  # one without objects
         for name, value in reference.items():

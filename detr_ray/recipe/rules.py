@@ -15,9 +15,12 @@ that explains it, which the written config carries as a comment:
 - **queries**: 1.5x the 99th percentile of objects per image, at least 5:
   an object beyond the queries can never be matched.
 - **batch and learning rate**: 8 images per worker on a CPU, 4 on a GPU;
-  AdamW at 2e-4 for a global batch of 16, scaled with the square root of the
-  global batch (DETR's authors advise against linear scaling); from scratch
-  the backbone learns at the same rate; fine-tuning: a tenth of both.
+  AdamW for a global batch of 16 at 2e-4 for the GPU's ResNet-50 models and
+  at 6e-4 for the small CPU models trained from scratch (a few epochs of a
+  2+2-layer, 128-wide transformer: 3x the rate learned faster on both sets it
+  was tried on, BENCHMARKS.md), scaled with the square root of the global
+  batch (DETR's authors advise against linear scaling); from scratch the
+  backbone learns at the same rate; fine-tuning: a tenth of 2e-4 for both.
 - **epochs**: what the probed speed trains in the budget, less the
   evaluations; the run stops at the budget (``train.time_budget_minutes``),
   with the learning rate dropped at 80% of it.
@@ -41,6 +44,7 @@ from detr_ray.train.data_fit import finest_stride
 SCALES = (64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 800)
 MAX_UPSAMPLE = 2.0
 REFERENCE_BATCH, REFERENCE_LR = 16, 2e-4
+SMALL_MODEL_LR = 6e-4  # the CPU presets from scratch, for REFERENCE_BATCH images
 LR_DROP_AT = 0.8  # of the budget
 MANY_EPOCHS = 10
 EVALUATIONS = 4  # during training, besides the final one
@@ -156,13 +160,22 @@ def queries_for(profile: DatasetProfile) -> tuple[int, str]:
 
 
 def batch_and_lr(gpu: bool, workers: int, fine_tune: bool) -> tuple[int, float, str]:
+    """Images per worker and AdamW's learning rate (the backbone's too), with why."""
     batch = 4 if gpu else 8
     global_batch = batch * workers
-    lr = REFERENCE_LR * math.sqrt(global_batch / REFERENCE_BATCH) * (0.1 if fine_tune else 1.0)
+    small_from_scratch = not gpu and not fine_tune  # the small CPU presets (family_models)
+    base = SMALL_MODEL_LR if small_from_scratch else REFERENCE_LR
+    lr = base * math.sqrt(global_batch / REFERENCE_BATCH) * (0.1 if fine_tune else 1.0)
     why = (
         f"{batch} images a worker x {workers} worker(s) = {global_batch}; AdamW at "
-        f"{REFERENCE_LR:g} for {REFERENCE_BATCH} images, times sqrt({global_batch}/"
-        f"{REFERENCE_BATCH})" + (", a tenth of it to fine-tune" if fine_tune else "")
+        f"{base:g} for {REFERENCE_BATCH} images"
+        + (
+            f" (a small model from scratch: 3x the {REFERENCE_LR:g} of the large ones)"
+            if small_from_scratch
+            else ""
+        )
+        + f", times sqrt({global_batch}/{REFERENCE_BATCH})"
+        + (", a tenth of it to fine-tune" if fine_tune else "")
     )
     return batch, lr, why
 

@@ -74,8 +74,12 @@ def test_queries_batch_lr_and_epochs_by_hand(tmp_path):
     crowded = _squares(tmp_path, side=10, per_image=40)
     assert queries_for(profile_coco(crowded))[0] == 60  # 1.5 x 40
     assert queries_for(profile_coco(_squares(tmp_path, side=10, per_image=2)))[0] == 5  # floor
-    batch, lr, _ = batch_and_lr(gpu=False, workers=2, fine_tune=False)
-    assert (batch, lr) == (8, pytest.approx(2e-4))
+    batch, lr, why = batch_and_lr(gpu=False, workers=2, fine_tune=False)  # the small models
+    assert (batch, lr) == (8, pytest.approx(6e-4)) and "3x the 0.0002" in why
+    batch, lr, _ = batch_and_lr(gpu=False, workers=4, fine_tune=False)  # 32 images: sqrt 2
+    assert (batch, lr) == (8, pytest.approx(6e-4 * math.sqrt(2)))
+    batch, lr, why = batch_and_lr(gpu=False, workers=2, fine_tune=True)  # the checkpoint's model
+    assert (batch, lr) == (8, pytest.approx(2e-5)) and "3x" not in why
     batch, lr, _ = batch_and_lr(gpu=True, workers=8, fine_tune=True)  # 32 images: sqrt 2
     assert (batch, lr) == (4, pytest.approx(2e-4 * math.sqrt(2) * 0.1))
     # 10 min, 5 evaluations of 12 s: 540 s x 20 images/s = 10,800 images = 2.7 epochs of 4000

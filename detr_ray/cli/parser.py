@@ -226,6 +226,12 @@ def _recipe(commands: Any, command: Any) -> None:
     recipe.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker gets")
     recipe.add_argument("--address", help="probe on this Ray cluster (a worker's resources)")
     recipe.add_argument(
+        "--probe-steps",
+        type=int,
+        default=3,
+        help="timed training steps a candidate's probe takes (after one warm-up step)",
+    )
+    recipe.add_argument(
         "--init-from", help="fine-tune this checkpoint (detr-ray, official, Hugging Face folder)"
     )
     recipe.add_argument(

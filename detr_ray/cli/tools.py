@@ -104,6 +104,7 @@ def run_recipe(args: argparse.Namespace) -> int:
         storage_path=args.storage_path,
         seed=args.seed,
         family=args.family,
+        probe_steps=args.probe_steps,
     )
     recipe = make_recipe(inputs)
     print(format_profile(recipe.profile, inputs.train_ann))

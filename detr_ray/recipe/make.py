@@ -62,6 +62,7 @@ class RecipeInputs:
     storage_path: str = "runs"
     seed: int = 42
     family: str | None = None  # force a family instead of choosing
+    probe_steps: int = 3  # timed steps a probe takes, after one warm-up step
 
 
 @dataclass
@@ -78,6 +79,8 @@ def make_recipe(inputs: RecipeInputs) -> Recipe:
     """Profile, probe, choose (see the module doc)."""
     if inputs.budget_minutes <= 0:
         raise ConfigError(f"--budget-minutes must be > 0, got {inputs.budget_minutes:g}")
+    if inputs.probe_steps < 1:
+        raise ConfigError(f"--probe-steps must be at least 1, got {inputs.probe_steps}")
     if inputs.family and inputs.init_from:
         raise ConfigError("--family and --init-from together: the checkpoint's family is used")
     data = load_coco_json(inputs.train_ann)
@@ -143,8 +146,8 @@ def _fine_tune_candidate(inputs, data, source, label_map, plan) -> Candidate:
 
 def _probe(config: ExperimentConfig, label_map: LabelMap, inputs: RecipeInputs) -> ProbeResult:
     if inputs.address:
-        return probe_on_cluster(config, label_map, inputs.address)
-    return probe(config, label_map)
+        return probe_on_cluster(config, label_map, inputs.address, inputs.probe_steps)
+    return probe(config, label_map, inputs.probe_steps)
 
 
 def _config(

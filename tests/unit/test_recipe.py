@@ -93,13 +93,14 @@ def test_a_recipe_for_the_shapes_and_for_the_swarm(tmp_path, capsys, tiny_checkp
     shapes = generate(tmp_path / "shapes", num_train=32, num_val=4, size=128, seed=1)
     swarm = generate(tmp_path / "swarm", num_train=16, num_val=4, size=128, seed=1, kind="swarm")
 
-    def recipe(data, out, minutes="10", extra=()):
+    def recipe(data, out, minutes="10", extra=(), probe_steps="1"):
         argv = ["recipe", "--train-ann", str(data.train_ann), "--train-images"]
         argv += [str(data.train_images), "--val-ann", str(data.val_ann), "--val-images"]
         argv += [str(data.val_images), "--budget-minutes", minutes, "--out", str(out)]
-        return main([*argv, *extra])
+        return main([*argv, "--probe-steps", probe_steps, *extra])
 
-    assert recipe(shapes, tmp_path / "shapes.yaml") == 0
+    # (Every other recipe here times one step a candidate, for the suite's time.)
+    assert recipe(shapes, tmp_path / "shapes.yaml", probe_steps="3") == 0
     printed = capsys.readouterr().out
     assert "objects per image" in printed and "probe: deformable_detr" in printed
     config = load_config(tmp_path / "shapes.yaml")  # what detr-ray train reads
@@ -145,6 +146,8 @@ def test_a_recipe_for_the_shapes_and_for_the_swarm(tmp_path, capsys, tiny_checkp
     assert recipe(swarm, tmp_path / "none.yaml", minutes="0.05", extra=forced) == 2
     assert "less than one epoch of 16" in capsys.readouterr().err
     assert not (tmp_path / "none.yaml").exists()
+    assert recipe(swarm, tmp_path / "none.yaml", probe_steps="0") == 2
+    assert "--probe-steps must be at least 1, got 0" in capsys.readouterr().err
     # --family: the family asked for, the only one probed
     assert recipe(shapes, tmp_path / "forced.yaml", extra=forced) == 0
     probes = [x for x in capsys.readouterr().out.splitlines() if x.startswith("probe: ")]

@@ -3,8 +3,8 @@
     python tests/lanes.py [PYTEST ARGS]
 
 Lane ``ray`` runs the ray tier (Ray Train and Tune on one shared local Ray)
-and the cluster-tier sweep test that starts a local Ray of its own (sized
-to the machine); lane ``others`` runs every other test (unit, engine, services, cluster). Each
+and one cluster-tier test, the local sweep, which starts a Ray of its own;
+lane ``others`` runs every other test (unit, engine, services, cluster). Each
 lane's waits (Ray's start-ups and health checks, a fault test's sleeps)
 overlap the other's work, on two cores as on more. The ``others`` lane prints
 as it runs; the ``ray`` lane's output is kept and printed when both end. The

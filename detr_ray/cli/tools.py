@@ -109,7 +109,10 @@ def run_recipe(args: argparse.Namespace) -> int:
     recipe = make_recipe(inputs)
     print(format_profile(recipe.profile, inputs.train_ann))
     for family, probe in recipe.probes.items():
-        print(f"probe: {family} {probe.images_per_s:.1f} images/s on one worker")
+        print(
+            f"probe: {family} {probe.images_per_s:.1f} images/s on one worker "
+            f"({probe.steps} timed step(s))"
+        )
     for key, choice in recipe.plan.choices.items():
         value = round(choice.value, 6) if isinstance(choice.value, float) else choice.value
         print(f"{key}: {value}  ({choice.why})")

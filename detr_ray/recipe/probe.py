@@ -24,10 +24,12 @@ from detr_ray.data.labels import LabelMap
 @dataclass(frozen=True)
 class ProbeResult:
     """One worker's speed: ``step_s`` median seconds a step (batch loading
-    included) of ``batch`` images, so ``images_per_s`` for one worker."""
+    included) of ``batch`` images over ``steps`` timed steps, so
+    ``images_per_s`` for one worker."""
 
     step_s: float
     batch: int
+    steps: int
 
     @property
     def images_per_s(self) -> float:
@@ -54,7 +56,7 @@ def probe(config: ExperimentConfig, label_map: LabelMap, steps: int = 3) -> Prob
                 torch.cuda.synchronize()
             if step:  # the first step warms up (allocations, the optimiser's state)
                 times.append(time.perf_counter() - start)
-        return ProbeResult(statistics.median(times), batch)
+        return ProbeResult(statistics.median(times), batch, len(times))
     finally:
         torch.set_num_threads(threads)
 

@@ -37,7 +37,7 @@ def recipe_yaml(recipe: Recipe, inputs: RecipeInputs) -> str:
         "# Probed training speed, one worker:",
         *(
             f"#   {family}: {probe.images_per_s:.1f} images/s ({probe.step_s * 1000:.0f} ms a "
-            f"step of {probe.batch})"
+            f"step of {probe.batch}, the median of {probe.steps} timed)"
             for family, probe in recipe.probes.items()
         ),
         "",

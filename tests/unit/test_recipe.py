@@ -103,6 +103,7 @@ def test_a_recipe_for_the_shapes_and_for_the_swarm(tmp_path, capsys, tiny_checkp
     assert recipe(shapes, tmp_path / "shapes.yaml", probe_steps="3") == 0
     printed = capsys.readouterr().out
     assert "objects per image" in printed and "probe: deformable_detr" in printed
+    assert printed.count("(3 timed step(s))") == 2  # both families, each 3 steps timed
     config = load_config(tmp_path / "shapes.yaml")  # what detr-ray train reads
     assert config.model.family == "detr" and config.data.augmentation.val_scale == 64
     assert config.train.time_budget_minutes == 10 and config.train.dense_aux_weight == 4
@@ -152,5 +153,6 @@ def test_a_recipe_for_the_shapes_and_for_the_swarm(tmp_path, capsys, tiny_checkp
     assert recipe(shapes, tmp_path / "forced.yaml", extra=forced) == 0
     probes = [x for x in capsys.readouterr().out.splitlines() if x.startswith("probe: ")]
     assert len(probes) == 1 and probes[0].startswith("probe: deformable_detr ")
+    assert probes[0].endswith("(1 timed step(s))")  # --probe-steps 1
     assert load_config(tmp_path / "forced.yaml").model.family == "deformable_detr"
     assert "--family asked for it" in (tmp_path / "forced.yaml").read_text()

@@ -160,8 +160,8 @@ def _config(
 ) -> ExperimentConfig:
     """The experiment of ``candidate``: a probe's (``epochs`` None) or the recipe's."""
     fine_tune = inputs.init_from is not None
-    batch, lr, why_lr = batch_and_lr(inputs.gpu, inputs.num_workers, fine_tune)
     deformable = candidate.model.deformable
+    batch, lr, why_lr = batch_and_lr(inputs.gpu, inputs.num_workers, fine_tune, deformable)
     dense = 0.0 if fine_tune else (2.0 if deformable else 4.0)
     model = dataclasses.asdict(candidate.model) | {"num_classes": label_map.num_classes}
     augmentation: dict = {"scaled_to": candidate.scale, "train_scales": [candidate.scale]}

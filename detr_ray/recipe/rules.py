@@ -14,7 +14,10 @@ that explains it, which the written config carries as a comment:
   side at the same input), so it reaches small objects at a smaller input.
 - **queries**: 1.5x the 99th percentile of objects per image, at least 5:
   an object beyond the queries can never be matched.
-- **batch and learning rate**: 8 images per worker on a CPU, 4 on a GPU;
+- **batch and learning rate**: on a CPU 8 images per worker for DETR and 4
+  for Deformable DETR (twice the updates in the few epochs a CPU budget
+  holds it: its step costs nearly in proportion to its images, so the speed
+  lost is small, and per epoch it learned more; BENCHMARKS.md), 4 on a GPU;
   AdamW for a global batch of 16 at 2e-4 for the GPU's ResNet-50 models and
   at 6e-4 for the small CPU models trained from scratch (a few epochs of a
   2+2-layer, 128-wide transformer: 3x the rate learned faster on both sets it
@@ -79,8 +82,12 @@ def max_size_for(scale: int) -> int:
 
 def family_models(gpu: bool) -> dict[str, ModelConfig]:
     """The model of each family the recipe trains: on a GPU the official
-    ResNet-50 models; on CPUs the small presets (DETR with a 3-stage backbone,
-    stride 16, pre-norm, no dropout: the demo's; Deformable DETR's small one)."""
+    ResNet-50 models; on CPUs the small presets with a 3-stage ResNet-18 trunk
+    (DETR: stride 16, pre-norm, no dropout, the demo's; Deformable DETR: the
+    maps of layer2 and layer3, strides 8 and 16, then two stride-2 levels, no
+    dropout). Without layer4 (three quarters of ResNet-18's weights) a
+    Deformable step is faster and its gradients' all-reduce smaller, and from
+    scratch it learned as much per epoch (BENCHMARKS.md)."""
     if gpu:
         return {
             "detr": preset_config("detr_r50"),
@@ -88,7 +95,9 @@ def family_models(gpu: bool) -> dict[str, ModelConfig]:
         }
     return {
         "detr": preset_config("detr_r18_small", backbone_stages=3, pre_norm=True, dropout=0.0),
-        "deformable_detr": preset_config("deformable_detr_r18_small", dropout=0.0),
+        "deformable_detr": preset_config(
+            "deformable_detr_r18_small", backbone_stages=3, dropout=0.0
+        ),
     }
 
 
@@ -159,15 +168,23 @@ def queries_for(profile: DatasetProfile) -> tuple[int, str]:
     )
 
 
-def batch_and_lr(gpu: bool, workers: int, fine_tune: bool) -> tuple[int, float, str]:
+def batch_and_lr(
+    gpu: bool, workers: int, fine_tune: bool, deformable: bool = False
+) -> tuple[int, float, str]:
     """Images per worker and AdamW's learning rate (the backbone's too), with why."""
-    batch = 4 if gpu else 8
+    batch = 4 if gpu or deformable else 8
     global_batch = batch * workers
     small_from_scratch = not gpu and not fine_tune  # the small CPU presets (family_models)
     base = SMALL_MODEL_LR if small_from_scratch else REFERENCE_LR
     lr = base * math.sqrt(global_batch / REFERENCE_BATCH) * (0.1 if fine_tune else 1.0)
     why = (
-        f"{batch} images a worker x {workers} worker(s) = {global_batch}; AdamW at "
+        f"{batch} images a worker"
+        + (
+            " (Deformable DETR on a CPU: twice the updates an epoch)"
+            if deformable and not gpu
+            else ""
+        )
+        + f" x {workers} worker(s) = {global_batch}; AdamW at "
         f"{base:g} for {REFERENCE_BATCH} images"
         + (
             f" (a small model from scratch: 3x the {REFERENCE_LR:g} of the large ones)"

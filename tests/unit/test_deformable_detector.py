@@ -221,3 +221,19 @@ def test_the_extra_level_under_cpu_bfloat16_is_its_float32_convolution_on_narrow
             )
         assert torch.isfinite(out).all()
         torch.testing.assert_close(out.double(), exact, atol=0.05, rtol=0.02)
+
+
+def test_a_three_stage_trunk_gives_four_levels_at_strides_8_to_64_without_layer4():
+    # The recipe's CPU Deformable DETR: layer2 and layer3 (strides 8, 16), then
+    # two stride-2 convs (32, 64), the first from layer3's 256 channels.
+    backbone = ResNetBackbone(depth=18, norm="group", num_stages=3)
+    model = DeformableDETR(backbone, NUM_CLASSES, dim=128)
+    assert not any(name.startswith("backbone.layer4") for name, _ in model.named_parameters())
+    assert [p[0].in_channels for p in model.input_proj] == [128, 256, 256, 128]
+    with torch.no_grad():
+        maps, masks = model.levels(
+            torch.randn(2, 3, 64, 96), torch.zeros(2, 64, 96, dtype=torch.bool)
+        )
+    # ceil(64 / s) x ceil(96 / s): each stride-2 step rounds up (padding 1)
+    assert [tuple(m.shape[-2:]) for m in maps] == [(8, 12), (4, 6), (2, 3), (1, 2)]
+    assert [tuple(m.shape[-2:]) for m in masks] == [(8, 12), (4, 6), (2, 3), (1, 2)]

@@ -82,6 +82,11 @@ def test_queries_batch_lr_and_epochs_by_hand(tmp_path):
     assert (batch, lr) == (8, pytest.approx(2e-5)) and "3x" not in why
     batch, lr, _ = batch_and_lr(gpu=True, workers=8, fine_tune=True)  # 32 images: sqrt 2
     assert (batch, lr) == (4, pytest.approx(2e-4 * math.sqrt(2) * 0.1))
+    # Deformable DETR on a CPU: 4 a worker, 8 in all, so sqrt(1/2) of 6e-4
+    batch, lr, why = batch_and_lr(gpu=False, workers=2, fine_tune=False, deformable=True)
+    assert (batch, lr) == (4, pytest.approx(6e-4 / math.sqrt(2))) and "twice the updates" in why
+    batch, lr, why = batch_and_lr(gpu=True, workers=4, fine_tune=False, deformable=True)
+    assert (batch, lr) == (4, pytest.approx(2e-4)) and "twice" not in why  # a GPU's 4 anyway
     # 10 min, 5 evaluations of 12 s: 540 s x 20 images/s = 10,800 images = 2.7 epochs of 4000
     epochs, why = epochs_for(10, 20.0, 4000, 12.0)
     assert epochs == pytest.approx(2.7) and "2.7 epochs of 4000 images" in why
@@ -104,7 +109,7 @@ def test_a_recipe_for_the_shapes_and_for_the_swarm(tmp_path, capsys, tiny_checkp
     printed = capsys.readouterr().out
     assert "objects per image" in printed and "probe: deformable_detr" in printed
     assert printed.count("(3 timed step(s))") == 2  # both families, each 3 steps timed
-    config = load_config(tmp_path / "shapes.yaml")  # what detr-ray train reads
+    config = shapes_config = load_config(tmp_path / "shapes.yaml")  # what detr-ray train reads
     assert config.model.family == "detr" and config.data.augmentation.val_scale == 64
     assert config.train.time_budget_minutes == 10 and config.train.dense_aux_weight == 4
     text = (tmp_path / "shapes.yaml").read_text()
@@ -124,6 +129,10 @@ def test_a_recipe_for_the_shapes_and_for_the_swarm(tmp_path, capsys, tiny_checkp
     profile = profile_coco(load_coco_json(swarm.train_ann))
     assert config.model.family == "deformable_detr"
     assert config.model.num_queries == math.ceil(1.5 * profile.objects_per_image.p99)
+    # the CPU's Deformable DETR: layer2 and layer3 of the trunk, 4 images a worker
+    assert (config.model.backbone_stages, config.model.num_feature_levels) == (3, 4)
+    assert config.train.batch_size == 4 and config.optim.lr == pytest.approx(6e-4 / math.sqrt(2))
+    assert (shapes_config.train.batch_size, shapes_config.model.backbone_stages) == (8, 3)
     assert (config.matcher.cls_cost, config.loss.cls_weight) == (2.0, 2.0)  # the family's
     # Fine-tuning the tiny checkpoint (3 shape classes, 10 queries) to the swarm:
     # its model, a new class head (other categories), the swarm's queries (its

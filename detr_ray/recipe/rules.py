@@ -16,8 +16,8 @@ that explains it, which the written config carries as a comment:
   an object beyond the queries can never be matched.
 - **batch and learning rate**: on a CPU 8 images per worker for DETR and 4
   for Deformable DETR (twice the updates in the few epochs a CPU budget
-  holds it: its step costs nearly in proportion to its images, so the speed
-  lost is small, and per epoch it learned more; BENCHMARKS.md), 4 on a GPU;
+  holds: on glyphs it trained 12% slower and learned more per epoch, and
+  more in the same minutes; BENCHMARKS.md), 4 on a GPU;
   AdamW for a global batch of 16 at 2e-4 for the GPU's ResNet-50 models and
   at 6e-4 for the small CPU models trained from scratch (a few epochs of a
   2+2-layer, 128-wide transformer: 3x the rate learned faster on both sets it

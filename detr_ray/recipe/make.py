@@ -36,6 +36,7 @@ from detr_ray.recipe.rules import (
     epochs_for,
     queries_for,
     scale_for,
+    small_model,
 )
 from detr_ray.train.data_fit import finest_stride
 
@@ -161,7 +162,13 @@ def _config(
     """The experiment of ``candidate``: a probe's (``epochs`` None) or the recipe's."""
     fine_tune = inputs.init_from is not None
     deformable = candidate.model.deformable
-    batch, lr, why_lr = batch_and_lr(inputs.gpu, inputs.num_workers, fine_tune, deformable)
+    batch, lr, backbone_lr, why_lr = batch_and_lr(
+        inputs.gpu,
+        inputs.num_workers,
+        fine_tune,
+        deformable=deformable,
+        small=small_model(candidate.model),
+    )
     dense = 0.0 if fine_tune else (2.0 if deformable else 4.0)
     model = dataclasses.asdict(candidate.model) | {"num_classes": label_map.num_classes}
     augmentation: dict = {"scaled_to": candidate.scale, "train_scales": [candidate.scale]}
@@ -213,6 +220,10 @@ def _config(
         )
         plan.set("train.batch_size", batch, why_lr)
         plan.set("optim.lr", lr, why_lr)
+        if backbone_lr != lr:
+            plan.set(
+                "optim.backbone_lr", backbone_lr, "a tenth of optim.lr: the pretrained backbone"
+            )
         plan.set(
             "train.time_budget_minutes",
             inputs.budget_minutes,
@@ -226,7 +237,7 @@ def _config(
         plan.set(
             "train.dense_aux_weight",
             dense,
-            "no dense head when fine-tuning"
+            "no dense head when fine-tuning: it learned less and ran slower (BENCHMARKS.md)"
             if fine_tune
             else "the dense auxiliary head speeds up training from scratch"
             + (" (focal classes: half DETR's 4)" if deformable else ""),
@@ -242,7 +253,7 @@ def _config(
             "size_divisor": 32,
             "num_workers": 4 if inputs.gpu else 0,
         },
-        "optim": {"lr": lr, "backbone_lr": lr, "weight_decay": 1e-4, "grad_clip": 0.1},
+        "optim": {"lr": lr, "backbone_lr": backbone_lr, "weight_decay": 1e-4, "grad_clip": 0.1},
         "train": train,
         "scaling": {
             "num_workers": inputs.num_workers,

@@ -18,12 +18,16 @@ that explains it, which the written config carries as a comment:
   for Deformable DETR (twice the updates in the few epochs a CPU budget
   holds: on glyphs it trained 12% slower and learned more per epoch, and
   more in the same minutes; BENCHMARKS.md), 4 on a GPU;
-  AdamW for a global batch of 16 at 2e-4 for the GPU's ResNet-50 models and
-  at 6e-4 for the small CPU models trained from scratch (a few epochs of a
-  2+2-layer, 128-wide transformer: 3x the rate learned faster on both sets it
-  was tried on, BENCHMARKS.md), scaled with the square root of the global
-  batch (DETR's authors advise against linear scaling); from scratch the
-  backbone learns at the same rate; fine-tuning: a tenth of 2e-4 for both.
+  AdamW for a global batch of 16 at 2e-4 for the ResNet-50 models and at
+  6e-4 for the small models (a few epochs of a 2+2-layer, 128-wide
+  transformer: 3x the rate learned faster on both sets it was tried on,
+  BENCHMARKS.md), scaled with the square root of the global batch (DETR's
+  authors advise against linear scaling). From scratch the backbone learns
+  at the same rate; fine-tuning keeps the model's rate for the rest (its
+  class head and extra queries start new) and gives the pretrained backbone
+  a tenth of it, the reference's convention. Fine-tuning glyphs from the
+  swarm for 10 minutes, this learned the most of five rules, and more than
+  from scratch (BENCHMARKS.md, "Fine-tuning at the model's rate").
 - **epochs**: what the probed speed trains in the budget, less the
   evaluations; the run stops at the budget (``train.time_budget_minutes``),
   with the learning rate dropped at 80% of it.
@@ -31,7 +35,8 @@ that explains it, which the written config carries as a comment:
   more: each image seen often) also its multi-scale resize and crops.
 - **dense head**: on when training from scratch (weight 4 for DETR, 2 for
   Deformable DETR, whose focal loss weighs its classes twice), off when
-  fine-tuning.
+  fine-tuning (with it, fine-tuning learned less on glyphs and ran 15%
+  slower on the swarm; BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -168,15 +173,24 @@ def queries_for(profile: DatasetProfile) -> tuple[int, str]:
     )
 
 
+def small_model(model: ModelConfig) -> bool:
+    """Narrower than the reference's 256 channels: the CPU presets' size
+    (:func:`family_models`), which learns faster at 3x the reference's rate."""
+    return model.d_model < 256
+
+
 def batch_and_lr(
-    gpu: bool, workers: int, fine_tune: bool, deformable: bool = False
-) -> tuple[int, float, str]:
-    """Images per worker and AdamW's learning rate (the backbone's too), with why."""
+    gpu: bool, workers: int, fine_tune: bool, *, deformable: bool, small: bool
+) -> tuple[int, float, float, str]:
+    """Images per worker, AdamW's learning rate and the backbone's, with why.
+
+    ``small``: the model is one of the small ones (:func:`small_model`).
+    """
     batch = 4 if gpu or deformable else 8
     global_batch = batch * workers
-    small_from_scratch = not gpu and not fine_tune  # the small CPU presets (family_models)
-    base = SMALL_MODEL_LR if small_from_scratch else REFERENCE_LR
-    lr = base * math.sqrt(global_batch / REFERENCE_BATCH) * (0.1 if fine_tune else 1.0)
+    base = SMALL_MODEL_LR if small else REFERENCE_LR
+    lr = base * math.sqrt(global_batch / REFERENCE_BATCH)
+    backbone_lr = lr * (0.1 if fine_tune else 1.0)
     why = (
         f"{batch} images a worker"
         + (
@@ -186,15 +200,15 @@ def batch_and_lr(
         )
         + f" x {workers} worker(s) = {global_batch}; AdamW at "
         f"{base:g} for {REFERENCE_BATCH} images"
+        + (f" (a small model: 3x the {REFERENCE_LR:g} of the large ones)" if small else "")
+        + f", times sqrt({global_batch}/{REFERENCE_BATCH})"
         + (
-            f" (a small model from scratch: 3x the {REFERENCE_LR:g} of the large ones)"
-            if small_from_scratch
+            "; the pretrained backbone at a tenth of it (the reference's fine-tuning)"
+            if fine_tune
             else ""
         )
-        + f", times sqrt({global_batch}/{REFERENCE_BATCH})"
-        + (", a tenth of it to fine-tune" if fine_tune else "")
     )
-    return batch, lr, why
+    return batch, lr, backbone_lr, why
 
 
 def epochs_for(

@@ -23,8 +23,10 @@ from detr_ray.recipe.rules import (
     candidates,
     choose_family,
     epochs_for,
+    family_models,
     queries_for,
     scale_for,
+    small_model,
 )
 
 
@@ -74,19 +76,34 @@ def test_queries_batch_lr_and_epochs_by_hand(tmp_path):
     crowded = _squares(tmp_path, side=10, per_image=40)
     assert queries_for(profile_coco(crowded))[0] == 60  # 1.5 x 40
     assert queries_for(profile_coco(_squares(tmp_path, side=10, per_image=2)))[0] == 5  # floor
-    batch, lr, why = batch_and_lr(gpu=False, workers=2, fine_tune=False)  # the small models
-    assert (batch, lr) == (8, pytest.approx(6e-4)) and "3x the 0.0002" in why
-    batch, lr, _ = batch_and_lr(gpu=False, workers=4, fine_tune=False)  # 32 images: sqrt 2
+    cpu = {"deformable": False, "small": True}  # DETR's small CPU model
+    r50 = {"deformable": False, "small": False}  # DETR's ResNet-50 model
+    batch, lr, backbone_lr, why = batch_and_lr(False, 2, fine_tune=False, **cpu)  # small model
+    assert (batch, lr, backbone_lr) == (8, pytest.approx(6e-4), pytest.approx(6e-4))
+    assert "3x the 0.0002" in why
+    batch, lr, _, _ = batch_and_lr(False, 4, fine_tune=False, **cpu)  # 32 images: sqrt 2
     assert (batch, lr) == (8, pytest.approx(6e-4 * math.sqrt(2)))
-    batch, lr, why = batch_and_lr(gpu=False, workers=2, fine_tune=True)  # the checkpoint's model
-    assert (batch, lr) == (8, pytest.approx(2e-5)) and "3x" not in why
-    batch, lr, _ = batch_and_lr(gpu=True, workers=8, fine_tune=True)  # 32 images: sqrt 2
-    assert (batch, lr) == (4, pytest.approx(2e-4 * math.sqrt(2) * 0.1))
+    # fine-tuning: the model's rate, the pretrained backbone at a tenth of it
+    batch, lr, backbone_lr, why = batch_and_lr(False, 2, fine_tune=True, **cpu)
+    assert (batch, lr, backbone_lr) == (8, pytest.approx(6e-4), pytest.approx(6e-5))
+    assert "backbone at a tenth" in why
+    batch, lr, backbone_lr, why = batch_and_lr(True, 8, fine_tune=True, **r50)  # 32: sqrt 2
+    assert (batch, lr) == (4, pytest.approx(2e-4 * math.sqrt(2))) and "3x" not in why
+    assert backbone_lr == pytest.approx(2e-5 * math.sqrt(2))
     # Deformable DETR on a CPU: 4 a worker, 8 in all, so sqrt(1/2) of 6e-4
-    batch, lr, why = batch_and_lr(gpu=False, workers=2, fine_tune=False, deformable=True)
+    batch, lr, _, why = batch_and_lr(False, 2, fine_tune=False, deformable=True, small=True)
     assert (batch, lr) == (4, pytest.approx(6e-4 / math.sqrt(2))) and "twice the updates" in why
-    batch, lr, why = batch_and_lr(gpu=True, workers=4, fine_tune=False, deformable=True)
+    batch, lr, _, why = batch_and_lr(True, 4, fine_tune=False, deformable=True, small=False)
     assert (batch, lr) == (4, pytest.approx(2e-4)) and "twice" not in why  # a GPU's 4 anyway
+    batch, lr, backbone_lr, _ = batch_and_lr(False, 2, fine_tune=True, deformable=True, small=True)
+    assert (batch, lr, backbone_lr) == (
+        4,
+        pytest.approx(6e-4 / math.sqrt(2)),
+        pytest.approx(6e-5 / math.sqrt(2)),
+    )
+    # the small models are the CPU presets; the GPU's ResNet-50 models are not
+    assert all(small_model(m) for m in family_models(gpu=False).values())
+    assert not any(small_model(m) for m in family_models(gpu=True).values())
     # 10 min, 5 evaluations of 12 s: 540 s x 20 images/s = 10,800 images = 2.7 epochs of 4000
     epochs, why = epochs_for(10, 20.0, 4000, 12.0)
     assert epochs == pytest.approx(2.7) and "2.7 epochs of 4000 images" in why
@@ -144,6 +161,9 @@ def test_a_recipe_for_the_shapes_and_for_the_swarm(tmp_path, capsys, tiny_checkp
     assert fine.init.init_from == str(checkpoint.parent) and fine.init.class_head == "reinit"
     assert fine.model.num_queries == config.model.num_queries > source.query_embed.num_embeddings
     assert fine.model.family == "detr" and fine.train.dense_aux_weight == 0
+    # a small model, 8 a worker x 2 = 16: its 6e-4, the pretrained backbone a tenth
+    assert (fine.optim.lr, fine.optim.backbone_lr) == (pytest.approx(6e-4), pytest.approx(6e-5))
+    assert "a tenth of optim.lr: the pretrained backbone" in out.read_text()
     assert "query embeddings start the" in out.read_text()
     model = build_model(fine.model)
     labels = LabelMap.from_categories(load_coco_json(swarm.train_ann)["categories"])

@@ -26,8 +26,9 @@ that explains it, which the written config carries as a comment:
   at the same rate; fine-tuning keeps the model's rate for the rest (its
   class head and extra queries start new) and gives the pretrained backbone
   a tenth of it, the reference's convention. Fine-tuning glyphs from the
-  swarm for 10 minutes, this learned the most of five rules, and more than
-  from scratch (BENCHMARKS.md, "Fine-tuning at the model's rate").
+  swarm for 10 minutes, this learned the most of five rules; on both pairs
+  (glyphs from the swarm, the swarm from glyphs) it learned more than from
+  scratch (BENCHMARKS.md, "Fine-tuning at the model's rate").
 - **epochs**: what the probed speed trains in the budget, less the
   evaluations; the run stops at the budget (``train.time_budget_minutes``),
   with the learning rate dropped at 80% of it.
